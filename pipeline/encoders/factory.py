@@ -1,0 +1,22 @@
+"""Pick and build the encoder from settings: Triton when a server URL is set, onnxruntime in-process otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipeline.config import Settings
+from pipeline.encoders.base import Encoder
+from pipeline.types import Precision
+
+
+async def create_encoder(settings: Settings, precision: Precision | None = None) -> Encoder:
+    """Open the configured encoder; loading runs in a thread so the event loop stays free."""
+    from pipeline.encoders.onnx import OnnxEncoder
+
+    return await asyncio.to_thread(
+        OnnxEncoder.load,
+        settings.encoder.model_repository,
+        settings.encoder,
+        settings.limits,
+        precision,
+    )

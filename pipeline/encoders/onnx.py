@@ -1,0 +1,154 @@
+"""In-process encoder: onnxruntime sessions on the exported graphs, no torch, no transformers.
+
+Preprocessing (decode, tokenise) runs per request in a thread pool, so a bad input fails only its caller;
+model calls go through a micro-batcher on a single inference thread (onnxruntime parallelises inside a call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import EncoderSettings, LimitsSettings
+from pipeline.encoders.base import EncoderInfo
+from pipeline.encoders.batching import MicroBatcher
+from pipeline.errors import ModelMismatch
+from pipeline.manifest import Manifest, load_manifest
+from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
+from pipeline.types import Modality, Precision
+
+
+def available_providers(wanted: Sequence[str]) -> list[str]:
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [p for p in wanted if p in have] or ["CPUExecutionProvider"]
+
+
+def default_precision(manifest: Manifest, on_gpu: bool) -> Precision:
+    """FP16 on a GPU, INT8 on a CPU (measured fastest on each), else the best exported one."""
+    order = (
+        (Precision.FP16, Precision.FP32, Precision.INT8) if on_gpu else (Precision.INT8, Precision.FP32, Precision.FP16)
+    )
+    have = manifest.precisions()
+    return next((p for p in order if p in have), order[0])
+
+
+def _session(path: Path, settings: EncoderSettings, providers: list[str]) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def _check_contract(session: Any, manifest: Manifest, modality: Modality, path: Path) -> None:
+    spec = manifest.models[modality]
+    have = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    want = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+    if have != want:
+        raise ModelMismatch(f"{path}: tensors {have} differ from the manifest's {want}; re-export the model")
+
+
+class OnnxEncoder:
+    """Encoder protocol on onnxruntime. Build with :meth:`load`; close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        repository: Path,
+        precision: Precision,
+        sessions: dict[Modality, Any],
+        settings: EncoderSettings,
+        limits: LimitsSettings,
+    ) -> None:
+        self.manifest = manifest
+        self._limits = limits
+        self._sessions = sessions
+        self._tokenizer = TextTokenizer(repository / manifest.text.tokenizer_file, manifest.text)
+        backend = (
+            "onnxruntime-gpu" if "CUDAExecutionProvider" in sessions[Modality.TEXT].get_providers() else ("onnxruntime")
+        )
+        self._info = EncoderInfo.of(manifest, precision, backend)
+        self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
+        self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        wait = settings.batch_wait_ms / 1000
+        self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait)
+        self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait)
+
+    @classmethod
+    def load(
+        cls,
+        repository: Path,
+        settings: EncoderSettings | None = None,
+        limits: LimitsSettings | None = None,
+        precision: Precision | None = None,
+    ) -> OnnxEncoder:
+        """Open both towers of ``repository`` at ``precision`` (settings', else the default for the device).
+
+        Raises ModelError when the repository or the precision is missing, ModelMismatch when a graph's
+        tensors differ from the manifest.
+        """
+        settings = settings or EncoderSettings()
+        repository = Path(repository)
+        manifest = load_manifest(repository)
+        providers = available_providers(settings.providers)
+        precision = (
+            precision or settings.precision or default_precision(manifest, on_gpu="CUDAExecutionProvider" in providers)
+        )
+        sessions = {}
+        for modality in Modality:
+            path = repository / manifest.variant(modality, precision).file
+            sessions[modality] = _session(path, settings, providers)
+            _check_contract(sessions[modality], manifest, modality, path)
+        return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings())
+
+    @property
+    def info(self) -> EncoderInfo:
+        return self._info
+
+    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        for i, text in enumerate(texts):
+            check_text(text, self._limits, name=f"text {i}")
+        if not texts:
+            return np.zeros((0, self._info.dim), np.float32)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._prep, self._tokenizer.encode, list(texts))
+        return await self._texts.submit(ids)
+
+    async def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self._info.dim), np.float32)
+        loop = asyncio.get_running_loop()
+        tensors = await loop.run_in_executor(self._prep, self._preprocess_images, list(images))
+        return await self._images.submit(tensors)
+
+    def _preprocess_images(self, images: list[bytes]) -> list[np.ndarray]:
+        spec = self.manifest.image
+        return [load_image_tensor(data, spec, self._limits, name=f"image {i}") for i, data in enumerate(images)]
+
+    def _run_text(self, ids: list[list[int]]) -> np.ndarray:
+        batch = self._tokenizer.pad(ids)
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        return self._sessions[Modality.TEXT].run(None, feeds)[0]
+
+    def _run_image(self, tensors: list[np.ndarray]) -> np.ndarray:
+        return self._sessions[Modality.IMAGE].run(None, {"pixel_values": np.stack(tensors)})[0]
+
+    async def aclose(self) -> None:
+        await self._texts.aclose()
+        await self._images.aclose()
+        self._prep.shutdown(wait=False, cancel_futures=True)
+        self._infer.shutdown(wait=True)
+
+    async def __aenter__(self) -> OnnxEncoder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

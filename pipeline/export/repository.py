@@ -1,0 +1,325 @@
+"""``python -m pipeline export``: a CLIP checkpoint → a Triton model repository plus manifest.
+
+Layout written under ``out``::
+
+    manifest.json  tokenizer.json
+    clip_text/   config.pbtxt  configs/cpu_test.pbtxt  1/model.onnx (fp32)  2/… (fp16)  3/… (int8)  */model.py
+    clip_visual/ the same for the vision tower
+
+Everything is built in a staging folder beside ``out`` and moved in only when every step succeeded, so a
+failed export leaves ``out`` as it was. Variants already exported from the same source by the same tool
+versions are kept, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ModelError
+from pipeline.manifest import (
+    FORMAT_VERSION,
+    IMAGE_INPUT,
+    IMAGE_MODEL,
+    IMAGE_OUTPUT,
+    MANIFEST_FILE,
+    TEXT_INPUTS,
+    TEXT_MODEL,
+    TEXT_OUTPUT,
+    TOKENIZER_FILE,
+    ImageSpec,
+    Manifest,
+    ModelSpec,
+    TensorSpec,
+    TextSpec,
+    VariantSpec,
+    load_manifest,
+    sha256_file,
+)
+from pipeline.types import Modality, Precision
+
+Log = Callable[[str], None]
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+_MODEL_NAMES = {Modality.TEXT: TEXT_MODEL, Modality.IMAGE: IMAGE_MODEL}
+_SHIM = "from pipeline.triton.onnx_model import TritonPythonModel  # noqa: F401  (written by pipeline export)\n"
+
+
+def resolve_source(source: str) -> Path:
+    """A local folder as is; otherwise a hub id fetched into the Hugging Face cache (needs internet)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"{source}: not a folder (expected a save_pretrained folder or a hub id)")
+    if not _HUB_ID.match(source) or source.startswith((".", "/")):
+        raise ModelError(f"{source}: no such folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # the hub raises many types (HTTP, offline, not found); all mean the same here
+        raise ModelError(f"{source}: not a local folder, and the model hub could not provide it ({exc})") from exc
+
+
+def read_clip_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's config.json, refusing anything that is not a CLIP dual encoder."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{folder}: no config.json, not a transformers checkpoint")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_file}: not valid JSON ({exc})") from exc
+    if config.get("model_type") != "clip":
+        raise ModelError(f"{folder}: model_type is {config.get('model_type')!r}, not a CLIP checkpoint ('clip')")
+    return config
+
+
+def image_spec(folder: Path, config: dict[str, Any]) -> ImageSpec:
+    """Preprocessing constants from preprocessor_config.json (CLIP's defaults where it is absent)."""
+    image_size = int(config.get("vision_config", {}).get("image_size", 224))
+    spec = ImageSpec(size=image_size)
+    pre_file = folder / "preprocessor_config.json"
+    if not pre_file.is_file():
+        return spec
+    pre = json.loads(pre_file.read_text())
+    size = pre.get("size", image_size)
+    shortest = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
+    crop = pre.get("crop_size", shortest)
+    crop = crop.get("height") if isinstance(crop, dict) else crop
+    if not (shortest == crop == image_size):
+        raise ModelError(
+            f"{pre_file}: resize {shortest} / crop {crop} / model {image_size} differ; only CLIP's "
+            "resize-to-crop-size preprocessing is supported"
+        )
+    if pre.get("resample", 3) != 3:
+        raise ModelError(f"{pre_file}: resample {pre.get('resample')} is not bicubic (3)")
+    return ImageSpec(
+        size=image_size,
+        mean=tuple(pre.get("image_mean", spec.mean)),
+        std=tuple(pre.get("image_std", spec.std)),
+    )
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and content: the identity of the source checkpoint."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def exporter_versions() -> dict[str, str]:
+    versions = {name: metadata.version(name) for name in ("torch", "transformers", "onnx", "onnxruntime")}
+    return {"format": str(FORMAT_VERSION), **versions}
+
+
+def _rel(modality: Modality, precision: Precision) -> str:
+    return f"{_MODEL_NAMES[modality]}/{precision.triton_version}/model.onnx"
+
+
+def _tensor_specs(dim: int, image_size: int) -> dict[Modality, tuple[list[TensorSpec], list[TensorSpec]]]:
+    return {
+        Modality.TEXT: (
+            [TensorSpec(name=n, dtype="int64", shape=[-1, -1]) for n in TEXT_INPUTS],
+            [TensorSpec(name=TEXT_OUTPUT, dtype="float32", shape=[-1, dim])],
+        ),
+        Modality.IMAGE: (
+            [TensorSpec(name=IMAGE_INPUT, dtype="float32", shape=[-1, 3, image_size, image_size])],
+            [TensorSpec(name=IMAGE_OUTPUT, dtype="float32", shape=[-1, dim])],
+        ),
+    }
+
+
+def _reusable(existing: Manifest | None, out: Path, digest: str, versions: dict[str, str]) -> dict:
+    """Variants in ``out`` made from the same source by the same tool versions, with intact files."""
+    if existing is None or existing.source_digest != digest or existing.exporter != versions:
+        return {}
+    keep = {}
+    for modality, spec in existing.models.items():
+        for precision, variant in spec.variants.items():
+            path = out / variant.file
+            if path.is_file() and path.stat().st_size == variant.size_bytes:
+                keep[(modality, precision)] = variant
+    return keep
+
+
+def export_repository(
+    source: str,
+    out: Path,
+    precisions: Sequence[Precision] = tuple(Precision),
+    *,
+    max_batch_size: int = 64,
+    log: Log = lambda _msg: None,
+) -> Manifest:
+    """Export ``source`` (hub id or save_pretrained folder) into the Triton repository ``out``.
+
+    Returns the manifest written. Raises ModelError for a source that is missing or not CLIP; ``out`` is left
+    untouched on any failure.
+    """
+    out = Path(out)
+    precisions = sorted(set(precisions), key=lambda p: p.triton_version)
+    folder = resolve_source(source)
+    config = read_clip_config(folder)
+    img_spec = image_spec(folder, config)
+    digest = folder_digest(folder)
+    versions = exporter_versions()
+    try:
+        existing: Manifest | None = load_manifest(out) if (out / MANIFEST_FILE).exists() else None
+    except ModelError:
+        existing = None
+    reuse = _reusable(existing, out, digest, versions)
+    wanted = [(m, p) for m in Modality for p in precisions]
+    if existing is not None and all(key in reuse for key in wanted):
+        log(f"{out}: up to date ({', '.join(precisions)} already exported from this source)")
+        return existing
+
+    # Stage inside the nearest existing folder: same filesystem, so the final moves are atomic renames.
+    anchor = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    staging = Path(tempfile.mkdtemp(prefix=".export-staging-", dir=anchor))
+    try:
+        manifest = _build(
+            folder,
+            source,
+            config,
+            img_spec,
+            digest,
+            versions,
+            precisions,
+            reuse,
+            existing,
+            staging,
+            max_batch_size,
+            log,
+        )
+        _commit(staging, out, manifest, existing)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"{out}: exported {', '.join(precisions)} (dim {manifest.dim}, fingerprint {manifest.fingerprint[:12]})")
+    return manifest
+
+
+def _build(
+    folder: Path,
+    source: str,
+    config: dict[str, Any],
+    img_spec: ImageSpec,
+    digest: str,
+    versions: dict[str, str],
+    precisions: Sequence[Precision],
+    reuse: dict,
+    existing: Manifest | None,
+    staging: Path,
+    max_batch_size: int,
+    log: Log,
+) -> Manifest:
+    from transformers import AutoTokenizer, CLIPModel
+
+    from pipeline.export.onnx_export import export_text, export_vision
+    from pipeline.export.quantize import to_fp16, to_int8
+    from pipeline.export.triton_config import render_config
+
+    log(f"loading {source}")
+    try:
+        model = CLIPModel.from_pretrained(folder).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{source}: cannot load the CLIP weights or tokenizer ({exc})") from exc
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ModelError(f"{source}: tokenizer has no tokenizers-library backend to export")
+    dim = int(model.config.projection_dim)
+    max_length = int(model.config.text_config.max_position_embeddings)
+    text_spec = TextSpec(
+        max_length=max_length,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+    fp32_dir = staging / ".fp32"
+    fp32_dir.mkdir()
+    fp32 = {Modality.TEXT: fp32_dir / "text.onnx", Modality.IMAGE: fp32_dir / "image.onnx"}
+    log("exporting the text tower (fp32)")
+    export_text(model, fp32[Modality.TEXT], max_length, text_spec.eos_token_id)
+    log("exporting the vision tower (fp32)")
+    export_vision(model, fp32[Modality.IMAGE], img_spec.size)
+    fingerprint = hashlib.sha256(
+        (sha256_file(fp32[Modality.TEXT]) + sha256_file(fp32[Modality.IMAGE])).encode()
+    ).hexdigest()
+    if existing is not None and reuse and existing.fingerprint != fingerprint:
+        reuse = {}  # same source, but the graphs differ: rebuild everything rather than mix
+
+    models: dict[Modality, ModelSpec] = {}
+    for modality, (inputs, outputs) in _tensor_specs(dim, img_spec.size).items():
+        variants: dict[Precision, VariantSpec] = {}
+        if reuse and existing is not None:
+            variants.update({p: v for (m, p), v in reuse.items() if m == modality})
+        for precision in precisions:
+            if (modality, precision) in reuse:
+                log(f"{modality} {precision}: up to date, kept")
+                continue
+            dst = staging / _rel(modality, precision)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            log(f"{modality} {precision}: building")
+            if precision is Precision.FP32:
+                shutil.copyfile(fp32[modality], dst)
+            elif precision is Precision.FP16:
+                to_fp16(fp32[modality], dst)
+            else:
+                to_int8(fp32[modality], dst)
+            variants[precision] = VariantSpec(
+                precision=precision,
+                file=_rel(modality, precision),
+                sha256=sha256_file(dst),
+                size_bytes=dst.stat().st_size,
+                triton_version=precision.triton_version,
+            )
+        spec = ModelSpec(name=_MODEL_NAMES[modality], inputs=inputs, outputs=outputs, variants=variants)
+        models[modality] = spec
+        model_dir = staging / spec.name
+        (model_dir / "configs").mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.pbtxt").write_text(render_config(spec, production=True, max_batch_size=max_batch_size))
+        (model_dir / "configs" / "cpu_test.pbtxt").write_text(
+            render_config(spec, production=False, max_batch_size=max_batch_size)
+        )
+        for variant in variants.values():
+            shim = model_dir / str(variant.triton_version) / "model.py"
+            shim.parent.mkdir(parents=True, exist_ok=True)
+            shim.write_text(_SHIM)
+    shutil.rmtree(fp32_dir)
+    tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+    return Manifest(
+        source=source,
+        source_digest=digest,
+        dim=dim,
+        fingerprint=fingerprint,
+        image=img_spec,
+        text=text_spec,
+        models=models,
+        exporter=versions,
+    )
+
+
+def _commit(staging: Path, out: Path, manifest: Manifest, existing: Manifest | None) -> None:
+    """Move staged files into ``out``, drop variant files no longer in the manifest, write the manifest last."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = out / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    if existing is not None:
+        keep = {v.file for spec in manifest.models.values() for v in spec.variants.values()}
+        for spec in existing.models.values():
+            for variant in spec.variants.values():
+                if variant.file not in keep:
+                    (out / variant.file).unlink(missing_ok=True)
+    manifest.save(out)

@@ -1,0 +1,1 @@
+"""Code that runs inside Triton's python backend (imported by the ``model.py`` shims export writes)."""

@@ -1,0 +1,54 @@
+"""Triton python-backend model that runs an exported ONNX file with onnxruntime (the ``cpu_test`` configs).
+
+Triton loads ``<model>/<version>/model.py``; export writes there a one-line shim importing this class, so the
+server runs the project's own code from the venv. All requests of a dynamic batch run as one onnxruntime call:
+texts of different lengths are right-padded to the longest (CLIP's causal mask makes padding invisible).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        model_dir = Path(args["model_repository"])
+        self.session = ort.InferenceSession(
+            str(model_dir / args["model_version"] / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        self.inputs = [t["name"] for t in config["input"]]
+        self.outputs = [t["name"] for t in config["output"]]
+        manifest = json.loads((model_dir.parent / "manifest.json").read_text())
+        # Padding values per input: pad id for token ids, 0 for masks; images never need padding.
+        self.pad = {"input_ids": int(manifest["text"]["pad_token_id"]), "attention_mask": 0}
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        per_input = {
+            name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs
+        }
+        sizes = [len(a) for a in per_input[self.inputs[0]]]
+        feeds = {name: _concat(arrays, self.pad.get(name, 0)) for name, arrays in per_input.items()}
+        outputs = self.session.run(self.outputs, feeds)
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [pb_utils.Tensor(n, o[start : start + size]) for n, o in zip(self.outputs, outputs, strict=True)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses
+
+
+def _concat(arrays: list[np.ndarray], pad_value: int) -> np.ndarray:
+    """Stack request arrays along the batch axis, right-padding axis 1 to the longest when lengths differ."""
+    if arrays[0].ndim == 2 and len({a.shape[1] for a in arrays}) > 1:
+        longest = max(a.shape[1] for a in arrays)
+        arrays = [np.pad(a, ((0, 0), (0, longest - a.shape[1])), constant_values=pad_value) for a in arrays]
+    return np.concatenate(arrays, axis=0)
