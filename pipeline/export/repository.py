@@ -222,6 +222,7 @@ def _build(
     max_batch_size: int,
     log: Log,
 ) -> Manifest:
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, CLIPModel
 
     from pipeline.export.onnx_export import export_text, export_vision
@@ -232,7 +233,7 @@ def _build(
     try:
         model = CLIPModel.from_pretrained(folder).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ModelError(f"{source}: cannot load the CLIP weights or tokenizer ({exc})") from exc
     if not hasattr(tokenizer, "backend_tokenizer"):
         raise ModelError(f"{source}: tokenizer has no tokenizers-library backend to export")

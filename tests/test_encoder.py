@@ -1,0 +1,138 @@
+"""The in-process onnxruntime encoder: parity, ordering, micro-batching, bad input, no torch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import EncoderSettings
+from pipeline.encoders.base import Encoder
+from pipeline.encoders.onnx import OnnxEncoder
+from pipeline.errors import InvalidInput, ModelError
+from pipeline.types import Precision
+from tests.images import encode, noise_image
+
+
+@pytest.fixture
+async def fp32(model_repository):
+    encoder = OnnxEncoder.load(model_repository, precision=Precision.FP32)
+    yield encoder
+    await encoder.aclose()
+
+
+def _reference_texts(reference, texts):
+    model, tokenizer, _ = reference
+    tokens = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        out = model.get_text_features(**tokens)
+    return torch.nn.functional.normalize(out.pooler_output, dim=-1).numpy()
+
+
+def _reference_images(reference, images):
+    model, _, processor = reference
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=pixels)
+    return torch.nn.functional.normalize(out.pooler_output, dim=-1).numpy()
+
+
+async def test_protocol_and_default_precision(model_repository):
+    encoder = OnnxEncoder.load(model_repository)
+    try:
+        assert isinstance(encoder, Encoder)
+        assert encoder.info.precision is Precision.INT8  # CPU default
+        assert encoder.info.dim == 32 and encoder.info.backend == "onnxruntime"
+    finally:
+        await encoder.aclose()
+
+
+async def test_texts_match_transformers_in_order(fp32, reference):
+    texts = ["red mug", "a blue striped cotton t-shirt", "green shoe", "word " * 120]
+    out = await fp32.encode_texts(texts)
+    np.testing.assert_allclose(out, _reference_texts(reference, texts), atol=1e-4)
+    # Same vector whether a text is alone or padded in a batch with a longer one.
+    alone = await fp32.encode_texts(["red mug"])
+    np.testing.assert_allclose(alone[0], out[0], atol=1e-5)
+
+
+async def test_images_match_transformers_end_to_end(fp32, reference):
+    images = [noise_image(640, 480, seed=1), noise_image(300, 500, seed=2), noise_image(224, 224, seed=3)]
+    out = await fp32.encode_images([encode(img) for img in images])
+    np.testing.assert_allclose(out, _reference_images(reference, images), atol=1e-4)
+
+
+async def test_concurrent_callers_are_batched_and_correct(model_repository):
+    settings = EncoderSettings(batch_wait_ms=20, max_batch_size=16)
+    encoder = OnnxEncoder.load(model_repository, settings, precision=Precision.FP32)
+    calls = []
+    original = encoder._texts._run
+    encoder._texts._run = lambda ids: calls.append(len(ids)) or original(ids)  # count model calls
+    try:
+        texts = [f"{c} item {i}" for i, c in enumerate(["red", "blue", "green", "black"] * 16)]
+        results = await asyncio.gather(*(encoder.encode_texts([t]) for t in texts))
+        one_by_one = [await encoder.encode_texts([t]) for t in texts[:8]]
+    finally:
+        await encoder.aclose()
+    assert len(results) == 64 and all(r.shape == (1, 32) for r in results)
+    for got, want in zip(results[:8], one_by_one, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    batched_calls = calls[: len(calls) - 8]
+    assert len(batched_calls) < 64 and max(batched_calls) <= 16 and sum(batched_calls) == 64
+
+
+async def test_large_request_is_split(model_repository):
+    encoder = OnnxEncoder.load(model_repository, EncoderSettings(max_batch_size=4), precision=Precision.FP32)
+    try:
+        out = await encoder.encode_texts([f"text {i}" for i in range(10)])
+        assert out.shape == (10, 32)
+        np.testing.assert_allclose(out[7], (await encoder.encode_texts(["text 7"]))[0], atol=1e-5)
+    finally:
+        await encoder.aclose()
+
+
+async def test_bad_inputs_fail_only_their_caller(fp32):
+    good = encode(noise_image(300, 300))
+    results = await asyncio.gather(
+        fp32.encode_images([good]),
+        fp32.encode_images([good, b"\x89PNG\r\n\x1a\n broken"]),
+        fp32.encode_texts(["red mug"]),
+        fp32.encode_texts(["fine", "   "]),
+        return_exceptions=True,
+    )
+    assert results[0].shape == (1, 32) and results[2].shape == (1, 32)
+    assert isinstance(results[1], InvalidInput) and "image 1" in str(results[1])
+    assert isinstance(results[3], InvalidInput) and "text 1: empty text" in str(results[3])
+    assert (await fp32.encode_texts([])).shape == (0, 32)
+
+
+async def test_missing_precision_is_a_clear_error(model_repository, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    manifest = json.loads((repo / "manifest.json").read_text())
+    for model in manifest["models"].values():
+        del model["variants"]["fp16"]
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"no fp16 variant .*exported: fp32, int8"):
+        OnnxEncoder.load(repo, precision=Precision.FP16)
+
+
+def test_serving_imports_neither_torch_nor_transformers(model_repository):
+    code = f"""
+import asyncio, sys
+from pipeline.encoders.onnx import OnnxEncoder
+async def main():
+    enc = OnnxEncoder.load({str(model_repository)!r})
+    print((await enc.encode_texts(["red mug"])).shape)
+    await enc.aclose()
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["(1, 32)", "[]"]

@@ -1,0 +1,180 @@
+"""Export through the CLI, compared with transformers' own get_text_features / get_image_features."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipeline.manifest import load_manifest
+from pipeline.types import Modality, Precision
+from tests.conftest import run_cli
+
+TEXTS = [
+    f"{c} {p} {k}" for c in ("red", "blue", "green", "black") for p in ("striped", "plain") for k in ("shirt", "mug")
+]
+# Bounds measured on the tiny model (FP16 max |Δ| ≈ 6e-4, INT8 ≈ 1.7e-2, centred cosine ≥ 0.98) with headroom.
+# A broken variant (swapped inputs, wrong mean/std, no normalisation) is off by ≥ 0.16: see the test below.
+BOUNDS = {Precision.FP32: (1e-4, 0.9999), Precision.FP16: (2e-3, 0.999), Precision.INT8: (5e-2, 0.95)}
+
+
+def _normalised(t: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(getattr(t, "pooler_output", t), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def golden(reference):
+    """Reference vectors from transformers for a fixed batch of pixels and texts."""
+    model, tokenizer, _ = reference
+    pixels = np.random.default_rng(0).normal(size=(16, 3, 224, 224)).astype(np.float32)
+    tokens = tokenizer(TEXTS, padding=True, return_tensors="np")
+    ids, mask = tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64)
+    with torch.no_grad():
+        image = _normalised(model.get_image_features(pixel_values=torch.from_numpy(pixels)))
+        text = _normalised(
+            model.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        )
+    return {"pixels": pixels, "ids": ids, "mask": mask, "image": image, "text": text}
+
+
+def _within(out: np.ndarray, ref: np.ndarray, max_abs: float, min_centred_cos: float) -> bool:
+    """Close in absolute terms, unit length, and close after removing the shared mean direction.
+
+    Random-weight CLIPs map every input near one direction, so plain cosine hides errors; centring does not.
+    """
+    mu = ref.mean(axis=0)
+    a, r = out - mu, ref - mu
+    centred = (a * r).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(r, axis=1)
+    unit = np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-3)
+    return bool(np.abs(out - ref).max() <= max_abs and centred.min() >= min_centred_cos and unit)
+
+
+def _run(repo, modality, precision, feeds):
+    manifest = load_manifest(repo)
+    session = ort.InferenceSession(str(repo / manifest.variant(modality, precision).file))
+    return session.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("precision", list(Precision))
+def test_variants_match_transformers(model_repository, golden, precision):
+    max_abs, min_cos = BOUNDS[precision]
+    image = _run(model_repository, Modality.IMAGE, precision, {"pixel_values": golden["pixels"]})
+    text = _run(
+        model_repository, Modality.TEXT, precision, {"input_ids": golden["ids"], "attention_mask": golden["mask"]}
+    )
+    assert image.shape == golden["image"].shape and text.shape == golden["text"].shape
+    assert _within(image, golden["image"], max_abs, min_cos), np.abs(image - golden["image"]).max()
+    assert _within(text, golden["text"], max_abs, min_cos), np.abs(text - golden["text"]).max()
+
+
+def test_bounds_catch_broken_variants(model_repository, golden):
+    """The INT8 bound (the loosest) must still refuse the classic export bugs."""
+    max_abs, min_cos = BOUNDS[Precision.INT8]
+    swapped = _run(
+        model_repository, Modality.TEXT, Precision.FP32, {"input_ids": golden["mask"], "attention_mask": golden["ids"]}
+    )
+    assert not _within(swapped, golden["text"], max_abs, min_cos)
+    # Pixels left in [0, 1] (mean/std not applied) instead of normalised.
+    unnormalised_input = golden["pixels"] * 0.26 + 0.45
+    wrong_std = _run(model_repository, Modality.IMAGE, Precision.FP32, {"pixel_values": unnormalised_input})
+    assert not _within(wrong_std, golden["image"], max_abs, min_cos)
+    # A graph that forgot the final L2 normalisation.
+    assert not _within(golden["image"] * 3.0, golden["image"], max_abs, min_cos)
+
+
+def test_text_model_takes_any_length(model_repository, reference):
+    model, tokenizer, _ = reference
+    for text in ("red mug", "word " * 100):
+        tokens = tokenizer([text], truncation=True, max_length=77, return_tensors="np")
+        ids, mask = tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64)
+        out = _run(model_repository, Modality.TEXT, Precision.FP32, {"input_ids": ids, "attention_mask": mask})
+        with torch.no_grad():
+            ref = _normalised(
+                model.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+            )
+        assert ids.shape[1] in (4, 77)
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_manifest_and_layout(model_repository, tiny_checkpoint):
+    manifest = load_manifest(model_repository)
+    assert manifest.source == str(tiny_checkpoint) and manifest.dim == 32 and len(manifest.fingerprint) == 64
+    assert manifest.precisions() == set(Precision)
+    assert [t.name for t in manifest.models[Modality.TEXT].inputs] == ["input_ids", "attention_mask"]
+    assert [t.name for t in manifest.models[Modality.IMAGE].outputs] == ["image_embeds"]
+    assert manifest.text.max_length == 77 and manifest.image.size == 224
+    for model in ("clip_text", "clip_visual"):
+        prod = (model_repository / model / "config.pbtxt").read_text()
+        cpu = (model_repository / model / "configs" / "cpu_test.pbtxt").read_text()
+        assert 'backend: "onnxruntime"' in prod and "KIND_GPU" in prod and "dynamic_batching" in prod
+        assert 'backend: "python"' in cpu and "KIND_CPU" in cpu
+        # Same tensors in both: everything after the backend/instance lines must agree.
+        tensors = [
+            [line for line in text.splitlines() if "name:" in line and "data_type" in line] for text in (prod, cpu)
+        ]
+        assert tensors[0] == tensors[1] and len(tensors[0]) >= 2
+        for version in (1, 2, 3):
+            assert (model_repository / model / str(version) / "model.onnx").is_file()
+            assert "TritonPythonModel" in (model_repository / model / str(version) / "model.py").read_text()
+    assert (model_repository / "tokenizer.json").is_file()
+    # Sizes: FP16 about half of FP32, INT8 smaller still.
+    sizes = {p: manifest.variant(Modality.IMAGE, p).size_bytes for p in Precision}
+    assert sizes[Precision.FP16] < 0.7 * sizes[Precision.FP32] and sizes[Precision.INT8] < sizes[Precision.FP32]
+
+
+def test_rerun_is_up_to_date_and_precision_subset(tiny_checkpoint, model_repository, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    before = {p: p.stat().st_mtime_ns for p in repo.rglob("*.onnx")}
+    proc = run_cli("export", "--model", str(tiny_checkpoint), "--out", str(repo))
+    assert "up to date" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in repo.rglob("*.onnx")} == before
+
+    only = tmp_path / "int8-only"
+    run_cli("export", "--model", str(tiny_checkpoint), "--out", str(only), "--precision", "int8")
+    manifest = load_manifest(only)
+    assert manifest.precisions() == {Precision.INT8}
+    # Same model, same fingerprint, whatever precisions were asked for.
+    assert manifest.fingerprint == load_manifest(model_repository).fingerprint
+    assert not (only / "clip_text" / "1").exists()
+    assert "versions: [ 3 ]" in (only / "clip_text" / "config.pbtxt").read_text()
+
+
+def test_not_clip_folder_is_refused_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    out = tmp_path / "out"
+    proc = run_cli("export", "--model", str(folder), "--out", str(out), check=False)
+    assert proc.returncode == 1
+    assert "not a CLIP checkpoint" in proc.stderr and str(folder) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == [folder]
+
+
+def test_broken_weights_fail_without_touching_existing_repository(tiny_checkpoint, model_repository, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    manifest_before = (repo / "manifest.json").read_text()
+    proc = run_cli("export", "--model", str(bad), "--out", str(repo), check=False)
+    assert proc.returncode == 1 and "cannot load" in proc.stderr
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+    assert (repo / "manifest.json").read_text() == manifest_before
+
+
+def test_missing_folder_and_missing_config(tmp_path):
+    proc = run_cli("export", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 1 and "no such folder" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("export", "--model", str(empty), "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 1 and "no config.json" in proc.stderr
+    assert not (tmp_path / "o").exists()
