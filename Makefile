@@ -7,11 +7,12 @@ MODEL ?=
 
 .PHONY: install lint format typecheck test bench export demo clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml scripts/fetch-libssl11.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
+	scripts/fetch-libssl11.sh $(VENV)/opt/libssl1.1
 	touch $(STAMP)
 
 install: $(STAMP)

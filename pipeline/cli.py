@@ -111,5 +111,173 @@ def _read_image(path: Path, settings: Settings) -> bytes:
     return data
 
 
+# --- the search pipeline ------------------------------------------------------------------------------------
+
+RepoOption = Annotated[Path | None, typer.Option(help="Exported model repository (default from settings)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def _settings(model_repository: Path | None) -> Settings:
+    settings = Settings()
+    if model_repository is not None:
+        settings.encoder.model_repository = model_repository
+    return settings
+
+
+def _run_with_stack(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    from pipeline.stack import open_stack
+
+    async def runner() -> Any:
+        async with open_stack(settings) as stack:
+            return await work(stack)
+
+    return asyncio.run(runner())
+
+
+def _count_rows(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as fh:
+            lines = sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
+    return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
+
+
+@app.command()
+@guarded
+def ingest(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file: .jsonl or .csv")],
+    model_repository: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate, store and embed a catalog. Unchanged rows cost nothing; bad rows are listed and skipped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    async def work(stack: Any) -> Any:
+        columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
+            task = progress.add_task("ingest", total=_count_rows(catalog))
+            return await stack.ingest.ingest(catalog, progress=lambda n: progress.advance(task, n))
+
+    report = _run_with_stack(_settings(model_repository), work)
+    summary = {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
+               "rejected": [{"line": line, "reason": reason} for line, reason in report.rejected],
+               "seconds": round(report.seconds, 2)}  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    rate = (report.added + report.updated) / report.seconds if report.seconds else 0.0
+    err.print(
+        f"[green]ingested[/green] {catalog}: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {len(report.rejected)} rejected in {report.seconds:.1f} s "
+        f"({rate:.1f} products/s embedded)"
+    )
+    for line, reason in report.rejected[:50]:
+        err.print(f"  line {line}: {reason}", soft_wrap=True, markup=False)
+    if len(report.rejected) > 50:
+        err.print(f"  … and {len(report.rejected) - 50} more (use --json for all)")
+
+
+@app.command()
+@guarded
+def search(
+    text: Annotated[str | None, typer.Option(help="Search with words")] = None,
+    image: Annotated[Path | None, typer.Option(help="Search with a photo")] = None,
+    product_id: Annotated[str | None, typer.Option(help="More like this product")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="How many products")] = 10,
+    category: Annotated[str | None, typer.Option()] = None,
+    brand: Annotated[str | None, typer.Option()] = None,
+    color: Annotated[str | None, typer.Option()] = None,
+    min_price: Annotated[float | None, typer.Option(min=0)] = None,
+    max_price: Annotated[float | None, typer.Option(min=0)] = None,
+    min_score: Annotated[float | None, typer.Option(help="Minimum cosine similarity of a match")] = None,
+    model_repository: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ranked products, one per product, with score and metadata."""
+    from pipeline.schemas import SearchFilters
+
+    if sum(x is not None for x in (text, image, product_id)) != 1:
+        raise InvalidInput("give exactly one of --text, --image or --product-id")
+    settings = _settings(model_repository)
+    filters = SearchFilters(category=category, brand=brand, color=color, min_price=min_price, max_price=max_price)
+    data = _read_image(image, settings) if image is not None else None
+
+    async def work(stack: Any) -> Any:
+        if text is not None:
+            return await stack.search.search_text(text, top_k, filters, min_score)
+        if data is not None:
+            return await stack.search.search_image(data, top_k, filters, min_score)
+        return await stack.search.search_product(str(product_id), top_k, filters, min_score)
+
+    response = _run_with_stack(settings, work)
+    if as_json:
+        sys.stdout.write(response.model_dump_json() + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{response.kind} search: {len(response.hits)} products")
+    for col in ("#", "id", "name", "brand", "category", "color", "price", "similarity", "matched"):
+        table.add_column(col)
+    for rank, hit in enumerate(response.hits, start=1):
+        p = hit.product
+        table.add_row(str(rank), hit.product_id, p.name if p else "?", (p.brand or "") if p else "",
+                      (p.category or "") if p else "", (p.color or "") if p else "",
+                      f"{p.price:.2f}" if p and p.price is not None else "", f"{hit.similarity:.3f}",
+                      str(hit.matched))  # fmt: skip
+    Console().print(table)
+    cache = {True: "cache hit", False: "cache miss", None: "stored vectors"}[response.cache_hit]
+    err.print(f"{response.timings_ms.get('total', 0):.1f} ms ({cache}); model {response.model}")
+    if response.metadata_missing:
+        err.print("[yellow]warning:[/yellow] MongoDB could not supply some metadata; ids and scores only")
+
+
+@app.command()
+@guarded
+def delete(
+    ids: Annotated[list[str], typer.Argument(help="Product ids")],
+    model_repository: RepoOption = None,
+) -> None:
+    """Delete products from MongoDB and Qdrant."""
+
+    async def work(stack: Any) -> Any:
+        return await stack.ingest.delete(ids)
+
+    deleted, unknown = _run_with_stack(_settings(model_repository), work)
+    err.print(f"deleted {len(deleted)} product(s)")
+    if unknown:
+        err.print(f"[yellow]unknown ids:[/yellow] {', '.join(unknown)}", markup=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@guarded
+def reindex(model_repository: RepoOption = None) -> None:
+    """Re-embed every product into a new collection with the current model and swap it in atomically."""
+
+    async def work(stack: Any) -> Any:
+        return await stack.ingest.reindex()
+
+    report = _run_with_stack(_settings(model_repository), work)
+    err.print(f"[green]reindexed[/green] {report.updated} products in {report.seconds:.1f} s")
+    for _, reason in report.rejected[:50]:
+        err.print(f"  left out: {reason}", markup=False)
+
+
+@app.command()
+@guarded
+def status(model_repository: RepoOption = None, as_json: JsonOption = False) -> None:
+    """Counts in MongoDB and Qdrant and whether they agree, the model fingerprint, cache and health."""
+
+    async def work(stack: Any) -> Any:
+        return await stack.status()
+
+    result = _run_with_stack(_settings(model_repository), work)
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    else:
+        Console().print_json(json.dumps(result, default=str))
+
+
 def main() -> None:
     app()

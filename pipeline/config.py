@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.types import Precision
@@ -41,6 +41,47 @@ class LimitsSettings(BaseModel):
     max_text_chars: int = Field(default=20_000, ge=1)
 
 
+class QdrantSettings(BaseModel):
+    # Unset: Qdrant Edge in-process under ``path``. Set (http://host:6333): a Qdrant server or cluster.
+    url: str | None = None
+    api_key: SecretStr | None = None
+    path: Path = Path("data/qdrant")
+    collection: str = "products"  # the alias (server) or pointer (Edge) name
+    timeout_s: float = Field(default=10.0, gt=0)
+    # Points fetched per result slot before grouping per product (products have several images).
+    overfetch: int = Field(default=4, ge=1, le=50)
+
+
+class MongoSettings(BaseModel):
+    # Unset: a mongod the stack starts itself on loopback with data under ``data_dir``.
+    uri: SecretStr | None = None
+    database: str = "product_search"
+    data_dir: Path = Path("data/mongo")
+    # Client-side timeout for every operation: a dead server costs a query this much, not more.
+    timeout_ms: int = Field(default=2000, ge=50)
+
+
+class CacheSettings(BaseModel):
+    max_entries: int = Field(default=10_000, ge=0)  # 0 disables the cache
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
+class EventSettings(BaseModel):
+    queue_size: int = Field(default=10_000, ge=1)  # events beyond this are dropped and counted, never awaited
+    batch_size: int = Field(default=200, ge=1)
+
+
+class SearchSettings(BaseModel):
+    default_top_k: int = Field(default=10, ge=1)
+    max_top_k: int = Field(default=100, ge=1)
+    rrf_k: int = Field(default=60, ge=1)
+
+
+class IngestSettings(BaseModel):
+    batch_size: int = Field(default=32, ge=1)
+    http_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PIPELINE__",
@@ -51,3 +92,9 @@ class Settings(BaseSettings):
 
     encoder: EncoderSettings = EncoderSettings()
     limits: LimitsSettings = LimitsSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    mongo: MongoSettings = MongoSettings()
+    cache: CacheSettings = CacheSettings()
+    events: EventSettings = EventSettings()
+    search: SearchSettings = SearchSettings()
+    ingest: IngestSettings = IngestSettings()

@@ -11,6 +11,10 @@ class InvalidInput(PipelineError):
     """The caller's input (an image, a text, an id, a catalog row) cannot be used as given."""
 
 
+class NotFound(InvalidInput):
+    """An id that names nothing (an unknown product)."""
+
+
 class ModelError(PipelineError):
     """A model source or an exported repository is missing, incomplete or not what it claims to be."""
 

@@ -1,0 +1,255 @@
+"""Catalog ingestion, deletion and re-indexing.
+
+Per batch: read the ingest state from MongoDB → skip rows whose content and model are unchanged → load and
+encode the rest (one encoder call per product, so a bad image rejects only its row while the micro-batcher
+still batches them all) → write metadata (marked "not indexed") → upsert vectors → mark indexed. A crash at
+any point leaves rows marked "not indexed", which the next run redoes; point ids are deterministic, so a redo
+never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from pipeline.catalog import Row, is_url, read_catalog
+from pipeline.config import IngestSettings, LimitsSettings
+from pipeline.encoders.base import Encoder
+from pipeline.errors import InvalidInput
+from pipeline.schemas import Product
+from pipeline.stores.mongo import MongoStore
+from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.added + self.updated + self.unchanged + len(self.rejected)
+
+
+def image_identity(ref: str) -> str:
+    """What changes when an image changes, without reading it: size and mtime for files, the URL itself."""
+    if is_url(ref):
+        return ref
+    try:
+        st = Path(ref).stat()
+    except OSError:
+        return f"{ref}:missing"
+    return f"{ref}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _read_file(path: Path, limit: int) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise InvalidInput(f"image {path}: {size} bytes is over the limit of {limit}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"image {path}: cannot read ({exc.strerror or exc})") from exc
+
+
+class IngestService:
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: VectorIndex,
+        mongo: MongoStore,
+        http: httpx.AsyncClient,
+        settings: IngestSettings,
+        limits: LimitsSettings,
+    ) -> None:
+        self.encoder, self.index, self.mongo, self.http = encoder, index, mongo, http
+        self.settings, self.limits = settings, limits
+
+    @property
+    def stamp(self) -> ModelStamp:
+        info = self.encoder.info
+        return ModelStamp(info.fingerprint, info.dim, info.model)
+
+    # --- images ----------------------------------------------------------------------------------------------
+
+    async def load_image(self, ref: str) -> bytes:
+        """Bytes of a file or URL, refused past the size limit; a URL that hangs is cut off by a timeout."""
+        limit = self.limits.max_image_bytes
+        if not is_url(ref):
+            return await asyncio.to_thread(_read_file, Path(ref), limit)
+        try:
+            async with asyncio.timeout(self.settings.http_timeout_s), self.http.stream("GET", ref) as resp:
+                resp.raise_for_status()
+                chunks, total = [], 0
+                async for chunk in resp.aiter_bytes():
+                    total += len(chunk)
+                    if total > limit:
+                        raise InvalidInput(f"image {ref}: over the limit of {limit} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except TimeoutError:
+            raise InvalidInput(f"image {ref}: no answer within {self.settings.http_timeout_s:.0f} s") from None
+        except httpx.HTTPError as exc:
+            raise InvalidInput(f"image {ref}: download failed ({exc})") from exc
+
+    async def _embed_product(self, product: Product) -> np.ndarray:
+        images = await asyncio.gather(*(self.load_image(ref) for ref in product.images))
+        try:
+            return await self.encoder.encode_images(list(images))
+        except InvalidInput as exc:
+            # The encoder names the image by position; say which file it was.
+            message = str(exc)
+            for i, ref in enumerate(product.images):
+                message = message.replace(f"image {i}:", f"image {ref}:")
+            raise InvalidInput(message) from exc
+
+    async def _encode(
+        self, products: Sequence[Product]
+    ) -> tuple[list[tuple[Product, np.ndarray, np.ndarray]], list[tuple[Product, str]]]:
+        """Vectors per product; products whose images fail are returned with the reason instead."""
+        image_results = await asyncio.gather(*(self._embed_product(p) for p in products), return_exceptions=True)
+        ok, failed = [], []
+        for product, result in zip(products, image_results, strict=True):
+            if isinstance(result, InvalidInput):
+                failed.append((product, str(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                ok.append((product, result))
+        texts = await self.encoder.encode_texts([p.embedding_text() for p, _ in ok]) if ok else []
+        return [(p, img, texts[i]) for i, (p, img) in enumerate(ok)], failed
+
+    @staticmethod
+    def _points(product: Product, images: np.ndarray, text: np.ndarray) -> list[VectorPoint]:
+        return [VectorPoint(product.id, i, images[i], text, payload_of(product, i)) for i in range(len(images))]
+
+    # --- ingest ------------------------------------------------------------------------------------------------
+
+    async def ingest(self, catalog: Path, progress: Progress | None = None) -> IngestReport:
+        """Ingest a JSONL/CSV catalog; returns counts and the rejected rows with line numbers."""
+        report = IngestReport()
+        start = time.perf_counter()
+        batch: list[Row] = []
+        for row in read_catalog(catalog):
+            if row.product is None:
+                report.rejected.append((row.line, row.error or "invalid row"))
+                if progress:
+                    progress(1)
+                continue
+            batch.append(row)
+            if len(batch) >= self.settings.batch_size:
+                await self._ingest_batch(batch, report)
+                if progress:
+                    progress(len(batch))
+                batch = []
+        if batch:
+            await self._ingest_batch(batch, report)
+            if progress:
+                progress(len(batch))
+        report.rejected.sort()
+        report.seconds = time.perf_counter() - start
+        return report
+
+    async def _ingest_batch(self, rows: list[Row], report: IngestReport) -> None:
+        stamp = self.stamp
+        hashes = {
+            r.product.id: r.product.content_hash(",".join(map(image_identity, r.product.images)))
+            for r in rows
+            if r.product
+        }
+        states = await self.mongo.get_states(list(hashes))
+        todo: list[Row] = []
+        for row in rows:
+            assert row.product is not None
+            state, h = states.get(row.product.id), hashes[row.product.id]
+            if state and state.content_hash == h and state.indexed_hash == h and state.fingerprint == stamp.fingerprint:
+                report.unchanged += 1
+            else:
+                todo.append(row)
+        if not todo:
+            return
+        line_of = {r.product.id: r.line for r in todo if r.product}
+        encoded, failed = await self._encode([r.product for r in todo if r.product])
+        for product, reason in failed:
+            report.rejected.append((line_of[product.id], reason))
+        if not encoded:
+            return
+        await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded])
+        points = [pt for p, img, txt in encoded for pt in self._points(p, img, txt)]
+        await self.index.upsert(points)
+        updated = [p for p, _, _ in encoded if p.id in states]
+        for product in updated:  # a product that lost images keeps no stale points
+            await self.index.delete_products([product.id], from_image=len(product.images))
+        await self.mongo.mark_indexed([(p.id, hashes[p.id]) for p, _, _ in encoded], stamp.fingerprint)
+        report.updated += len(updated)
+        report.added += len(encoded) - len(updated)
+
+    # --- delete and reindex ------------------------------------------------------------------------------------
+
+    async def delete(self, product_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Delete products everywhere; returns (deleted ids, unknown ids)."""
+        ids = list(dict.fromkeys(str(i) for i in product_ids))
+        known = [i for i in ids if i in await self.mongo.get_states(ids)]
+        if known:
+            await self.mongo.mark_unindexed(known)  # a crash from here on is redone, not forgotten
+            await self.index.delete_products(known)
+            await self.mongo.delete_products(known)
+        return known, [i for i in ids if i not in known]
+
+    async def reindex(self, progress: Progress | None = None) -> IngestReport:
+        """Re-embed every product in MongoDB into a new collection and swap it in atomically.
+
+        The live collection keeps answering until the swap. Products whose images can no longer be read
+        are reported and left out of the new collection (their metadata stays).
+        """
+        report = IngestReport()
+        start = time.perf_counter()
+        stamp = self.stamp
+        indexed: list[tuple[str, str]] = []
+        left_out: list[str] = []
+        async with self.index.rebuild(stamp) as staged:
+            batch: list[Product] = []
+            async for product in self.mongo.iter_products():
+                batch.append(product)
+                if len(batch) >= self.settings.batch_size:
+                    await self._reindex_batch(batch, staged, report, indexed, left_out)
+                    if progress:
+                        progress(len(batch))
+                    batch = []
+            if batch:
+                await self._reindex_batch(batch, staged, report, indexed, left_out)
+                if progress:
+                    progress(len(batch))
+        # Only now is the new collection live: record which model made whose vectors.
+        await self.mongo.mark_indexed(indexed, stamp.fingerprint)
+        if left_out:
+            await self.mongo.mark_unindexed(left_out)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    async def _reindex_batch(
+        self,
+        batch: list[Product],
+        staged: VectorIndex,
+        report: IngestReport,
+        indexed: list[tuple[str, str]],
+        left_out: list[str],
+    ) -> None:
+        states = await self.mongo.get_states([p.id for p in batch])
+        encoded, failed = await self._encode(batch)
+        report.rejected.extend((0, f"{p.id}: {reason}") for p, reason in failed)
+        left_out.extend(p.id for p, _ in failed)
+        await staged.upsert([pt for p, img, txt in encoded for pt in self._points(p, img, txt)])
+        indexed.extend((p.id, states[p.id].content_hash or "") for p, _, _ in encoded if p.id in states)
+        report.updated += len(encoded)

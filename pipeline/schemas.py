@@ -1,0 +1,107 @@
+"""Typed data that crosses layers: catalog products, filters, hits and search responses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from pipeline.types import Modality
+
+ProductId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+AttributeValue = str | int | float | bool | None
+
+
+class Product(BaseModel):
+    """One catalog product. MongoDB holds it under ``_id = id``; Qdrant holds one point per image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: ProductId
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=10_000)] = ""
+    brand: Short | None = None
+    category: Short | None = None
+    color: Short | None = None
+    price: float | None = Field(default=None, ge=0)
+    images: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]] = Field(
+        min_length=1, max_length=32
+    )
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError("id contains control characters")
+        return value
+
+    @field_validator("price")
+    @classmethod
+    def _finite_price(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("price must be a finite number")
+        return value
+
+    @field_validator("brand", "category", "color")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def embedding_text(self) -> str:
+        """What the text vector encodes: the title words a shopper would type (CLIP reads ≤ 77 tokens)."""
+        return " ".join(part for part in (self.color, self.name, self.brand, self.category) if part)
+
+    def content_hash(self, extra: str = "") -> str:
+        """Hash of everything that shapes the vectors; ``extra`` carries image file identities."""
+        doc = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256((doc + "\0" + extra).encode()).hexdigest()[:32]
+
+
+class SearchFilters(BaseModel):
+    """Payload filters; values are matched literally (never interpreted as query operators)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    category: str | None = None
+    brand: str | None = None
+    color: str | None = None
+    min_price: float | None = Field(default=None, ge=0)
+    max_price: float | None = Field(default=None, ge=0)
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in self.model_dump().values())
+
+
+class QueryKind(StrEnum):
+    TEXT = "text"
+    IMAGE = "image"
+    PRODUCT = "product"
+
+
+class Hit(BaseModel):
+    product_id: str
+    score: float  # fused ranking score (reciprocal-rank fusion over the vector spaces searched)
+    similarity: float  # best cosine similarity among the product's matching vectors
+    matched: Modality  # which stored vector ("image" or "text") matched best
+    image_index: int | None = None  # which of the product's images matched, for image matches
+    product: Product | None = None  # None when MongoDB could not be read
+
+
+class SearchResponse(BaseModel):
+    kind: QueryKind
+    hits: list[Hit]
+    metadata_missing: bool = False
+    cache_hit: bool | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    model: str = ""
+
+
+def jsonable(obj: Any) -> Any:
+    """Pydantic models and plain data to JSON-ready structures."""
+    return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj

@@ -1,0 +1,226 @@
+"""The search service: a text, an image or a product id in; ranked products with metadata out.
+
+Flow: embed the query (through the LRU cache) → search the ``image`` and ``text`` vector spaces in one batch
+→ best point per product → reciprocal-rank fusion → metadata from MongoDB → an event to the log.
+A MongoDB failure degrades the answer (ids and scores, ``metadata_missing``); a Qdrant failure is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.cache import EmbeddingCache, cache_key
+from pipeline.config import LimitsSettings, SearchSettings
+from pipeline.encoders.base import Encoder
+from pipeline.errors import InvalidInput, NotFound, PipelineError, StoreUnavailable
+from pipeline.events import EventLog
+from pipeline.fusion import best_per_product, rrf_fuse
+from pipeline.preprocess import check_text
+from pipeline.schemas import Hit, QueryKind, SearchFilters, SearchResponse
+from pipeline.stores.mongo import MongoStore
+from pipeline.stores.vectors import SpaceQuery, VectorIndex
+from pipeline.types import Modality
+
+# How much each stored space counts in the fusion, per query kind. Text queries weigh CLIP's cross-modal
+# match (query text vs product photos) and title similarity alike; photo queries lean on the photos.
+WEIGHTS = {
+    QueryKind.TEXT: {Modality.IMAGE: 1.0, Modality.TEXT: 1.0},
+    QueryKind.IMAGE: {Modality.IMAGE: 1.0, Modality.TEXT: 0.5},
+    QueryKind.PRODUCT: {Modality.IMAGE: 1.0, Modality.TEXT: 0.5},
+}
+
+
+class SearchService:
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: VectorIndex,
+        mongo: MongoStore,
+        cache: EmbeddingCache,
+        events: EventLog,
+        settings: SearchSettings,
+        limits: LimitsSettings,
+        overfetch: int,
+    ) -> None:
+        self.encoder, self.index, self.mongo, self.cache, self.events = encoder, index, mongo, cache, events
+        self.settings, self.limits, self.overfetch = settings, limits, overfetch
+        self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}
+
+    async def search_text(
+        self, text: str, top_k: int | None = None, filters: SearchFilters | None = None, min_score: float | None = None
+    ) -> SearchResponse:
+        """Raises InvalidInput for an empty or over-long text."""
+        return await self._run(
+            QueryKind.TEXT,
+            text[:200],
+            top_k,
+            filters,
+            min_score,
+            lambda: self._embed(Modality.TEXT, check_text(text, self.limits, name="query")),
+        )
+
+    async def search_image(
+        self,
+        image: bytes,
+        top_k: int | None = None,
+        filters: SearchFilters | None = None,
+        min_score: float | None = None,
+    ) -> SearchResponse:
+        """Raises InvalidInput for an unreadable, empty or oversized image."""
+        digest = hashlib.sha256(image).hexdigest()[:16]
+        return await self._run(
+            QueryKind.IMAGE, f"sha256:{digest}", top_k, filters, min_score, lambda: self._embed(Modality.IMAGE, image)
+        )
+
+    async def search_product(
+        self,
+        product_id: str,
+        top_k: int | None = None,
+        filters: SearchFilters | None = None,
+        min_score: float | None = None,
+    ) -> SearchResponse:
+        """ "More like this": the product's stored vectors, no encoding; the product itself is left out.
+
+        Raises NotFound for an id that is not in the index.
+        """
+        return await self._run(
+            QueryKind.PRODUCT,
+            product_id,
+            top_k,
+            filters,
+            min_score,
+            lambda: self._stored(product_id),
+            exclude=product_id,
+        )
+
+    # --- internals -------------------------------------------------------------------------------------------
+
+    async def _embed(self, modality: Modality, payload: str | bytes) -> tuple[dict[Modality, np.ndarray], bool]:
+        info = self.encoder.info
+        key = cache_key(modality, info.fingerprint, info.precision, payload)
+        vector = self.cache.get(key)
+        if vector is not None:
+            return {m: vector for m in Modality}, True
+        if key in self._inflight:  # the same query is being encoded right now: share its result
+            vector = await asyncio.shield(self._inflight[key])
+            return {m: vector for m in Modality}, True
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            if modality is Modality.TEXT:
+                assert isinstance(payload, str)
+                vector = (await self.encoder.encode_texts([payload]))[0]
+            else:
+                assert isinstance(payload, bytes)
+                vector = (await self.encoder.encode_images([payload]))[0]
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._inflight[key]
+        self.cache.put(key, vector)
+        future.set_result(vector)
+        return {m: vector for m in Modality}, False
+
+    async def _stored(self, product_id: str) -> tuple[dict[Modality, np.ndarray], None]:
+        stored = await self.index.product_vectors(product_id)
+        if not stored:
+            raise NotFound(f"unknown product id {product_id!r}")
+        image = np.mean(stored[Modality.IMAGE], axis=0)
+        return {Modality.IMAGE: image / np.linalg.norm(image), Modality.TEXT: stored[Modality.TEXT][0]}, None
+
+    def _top_k(self, top_k: int | None) -> int:
+        top_k = self.settings.default_top_k if top_k is None else top_k
+        if not 1 <= top_k <= self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {self.settings.max_top_k}, got {top_k}")
+        return top_k
+
+    async def _run(
+        self,
+        kind: QueryKind,
+        query: str,
+        top_k: int | None,
+        filters: SearchFilters | None,
+        min_score: float | None,
+        embed: Callable[[], Awaitable[tuple[dict[Modality, np.ndarray], bool | None]]],
+        exclude: str | None = None,
+    ) -> SearchResponse:
+        filters = filters or SearchFilters()
+        timings: dict[str, float] = {}
+        event: dict[str, Any] = {
+            "kind": str(kind),
+            "query": query,
+            "filters": filters.model_dump(exclude_none=True),
+            "model": self.encoder.info.model,
+            "precision": str(self.encoder.info.precision),
+        }
+        start = clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = round((now - clock) * 1000, 3)
+            clock = now
+
+        try:
+            k = self._top_k(top_k)
+            vectors, cache_hit = await embed()
+            lap("embed")
+            weights = WEIGHTS[kind]
+            spaces = [SpaceQuery(vectors[m], m) for m in weights]
+            ranked_lists = await self.index.search(spaces, filters, k * self.overfetch, min_score, exclude)
+            ranked = rrf_fuse(
+                [best_per_product(r) for r in ranked_lists], list(weights.values()), self.settings.rrf_k, k
+            )
+            lap("search")
+            products, metadata_missing = {}, False
+            if ranked:
+                try:
+                    products = await self.mongo.get_products([r.product_id for r in ranked])
+                except StoreUnavailable as exc:
+                    event["metadata_error"] = str(exc)[:300]
+                metadata_missing = len(products) < len(ranked)
+            lap("metadata")
+        except PipelineError as exc:
+            event.update(
+                error=f"{type(exc).__name__}: {exc}"[:500],
+                timings_ms=timings,
+                total_ms=round((time.perf_counter() - start) * 1000, 3),
+            )
+            self.events.record(event)
+            raise
+        hits = [
+            Hit(
+                product_id=r.product_id,
+                score=r.score,
+                similarity=r.similarity,
+                matched=r.matched,
+                image_index=r.image_index,
+                product=products.get(r.product_id),
+            )
+            for r in ranked
+        ]
+        timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+        event.update(
+            timings_ms=timings,
+            cache_hit=cache_hit,
+            top_ids=[h.product_id for h in hits],
+            metadata_missing=metadata_missing,
+            error=None,
+        )
+        self.events.record(event)
+        return SearchResponse(
+            kind=kind,
+            hits=hits,
+            metadata_missing=metadata_missing,
+            cache_hit=cache_hit,
+            timings_ms=timings,
+            model=self.encoder.info.model,
+        )

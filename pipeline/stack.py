@@ -1,0 +1,139 @@
+"""The composition root: every service built from one Settings, opened and closed as one async context.
+
+The faces (CLI, Streamlit, later an HTTP API) use only this. With no server URLs set, everything is
+embedded: onnxruntime in-process, Qdrant Edge under ``./data/qdrant``, and a mongod started on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pipeline.cache import EmbeddingCache
+from pipeline.config import Settings
+from pipeline.encoders.base import Encoder
+from pipeline.encoders.factory import create_encoder
+from pipeline.errors import StoreUnavailable
+from pipeline.events import EventLog
+from pipeline.ingest import IngestService
+from pipeline.search import SearchService
+from pipeline.stores.mongo import MongoStore
+from pipeline.stores.mongod import ManagedMongod
+from pipeline.stores.vectors import ModelStamp, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    encoder: Encoder
+    index: VectorIndex
+    mongo: MongoStore
+    cache: EmbeddingCache
+    events: EventLog
+    search: SearchService
+    ingest: IngestService
+    mongod: ManagedMongod | None
+
+    async def status(self) -> dict[str, Any]:
+        """Counts in MongoDB and Qdrant and whether they agree, the model, cache and event-log figures, health."""
+        info = self.encoder.info
+        out: dict[str, Any] = {
+            "encoder": {
+                "backend": info.backend,
+                "model": info.model,
+                "precision": str(info.precision),
+                "dim": info.dim,
+                "fingerprint": info.fingerprint,
+            },
+            "cache": vars(self.cache.stats()) | {"hit_rate": round(self.cache.stats().hit_rate, 3)},
+            "events": {"written": self.events.written, "dropped": self.events.dropped, "pending": self.events.pending},
+        }
+        mongo_ids: set[str] | None = None
+        try:
+            await self.mongo.ping()
+            out["mongo"] = {
+                "healthy": True,
+                **await self.mongo.counts(),
+                "managed": self.mongod.uri if self.mongod else None,
+            }
+            mongo_ids = {p.id async for p in self.mongo.iter_products()}
+        except StoreUnavailable as exc:
+            out["mongo"] = {"healthy": False, "error": str(exc)}
+        try:
+            index = await self.index.info()
+            qdrant_ids = await self.index.product_ids()
+            stamp = index.stamp
+            out["qdrant"] = {
+                "healthy": True,
+                "backend": index.backend,
+                "collection": index.collection,
+                "points": index.points,
+                "products": len(qdrant_ids),
+                "fingerprint": stamp.fingerprint if stamp else None,
+                "model_matches": stamp is None or stamp.fingerprint == info.fingerprint,
+            }
+            if mongo_ids is not None:
+                out["in_agreement"] = mongo_ids == qdrant_ids
+                out["only_in_mongo"] = sorted(mongo_ids - qdrant_ids)[:20]
+                out["only_in_qdrant"] = sorted(qdrant_ids - mongo_ids)[:20]
+        except StoreUnavailable as exc:
+            out["qdrant"] = {"healthy": False, "error": str(exc)}
+        return out
+
+
+def create_index(settings: Settings) -> VectorIndex:
+    q = settings.qdrant
+    if q.url:
+        from pipeline.stores.qdrant_server import ServerIndex
+
+        key = q.api_key.get_secret_value() if q.api_key else None
+        return ServerIndex(q.url, q.collection, api_key=key, timeout_s=q.timeout_s)
+    from pipeline.stores.qdrant_edge import EdgeIndex
+
+    return EdgeIndex(q.path, q.collection)
+
+
+@contextlib.asynccontextmanager
+async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
+    """Build and open every part; close them all, in reverse, however the block ends."""
+    async with contextlib.AsyncExitStack() as exit_stack:
+        encoder = await create_encoder(settings)
+        exit_stack.push_async_callback(encoder.aclose)
+
+        mongod = None
+        uri = settings.mongo.uri.get_secret_value() if settings.mongo.uri else None
+        if uri is None:
+            mongod = ManagedMongod(settings.mongo.data_dir)
+            uri = await mongod.start()
+            exit_stack.push_async_callback(mongod.stop)
+        mongo = MongoStore(uri, settings.mongo.database, settings.mongo.timeout_ms)
+        exit_stack.push_async_callback(mongo.aclose)
+        try:
+            await mongo.ensure_indexes()
+        except StoreUnavailable as exc:  # searches still answer without metadata; say so once
+            log.warning("MongoDB is not reachable at start-up: %s", exc)
+
+        index = create_index(settings)
+        exit_stack.push_async_callback(index.aclose)
+        info = encoder.info
+        await index.open(ModelStamp(info.fingerprint, info.dim, info.model))
+
+        events = EventLog(mongo.insert_events, settings.events.queue_size, settings.events.batch_size)
+        events.start()
+        exit_stack.push_async_callback(events.aclose)
+        http = httpx.AsyncClient(timeout=settings.ingest.http_timeout_s, follow_redirects=True)
+        exit_stack.push_async_callback(http.aclose)
+
+        cache = EmbeddingCache(settings.cache.max_entries, settings.cache.ttl_s)
+        search = SearchService(
+            encoder, index, mongo, cache, events, settings.search, settings.limits, settings.qdrant.overfetch
+        )
+        ingest = IngestService(encoder, index, mongo, http, settings.ingest, settings.limits)
+        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, mongod)

@@ -1,0 +1,1 @@
+"""Outside systems that hold data: Qdrant (vectors) and MongoDB (metadata, events)."""

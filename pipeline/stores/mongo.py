@@ -1,0 +1,162 @@
+"""MongoDB: the record of truth for product metadata, the ingest state, and the query/error event log.
+
+PyMongo's async client (``AsyncMongoClient``). Every operation runs under the client-side timeout
+(``timeoutMS``), and every driver failure becomes StoreUnavailable, so callers decide what a dead database
+means for them. Ids and filter values only ever appear as values in queries, never as operators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo.errors import PyMongoError
+
+from pipeline.errors import StoreUnavailable
+from pipeline.schemas import Product
+
+_FIELDS = tuple(Product.model_fields)
+FACETS = ("category", "brand", "color")
+
+
+@dataclass(frozen=True)
+class IngestState:
+    content_hash: str | None
+    indexed_hash: str | None  # content hash whose vectors are in Qdrant; None while (re)indexing
+    fingerprint: str | None  # model that made those vectors
+
+
+def _to_product(doc: dict[str, Any]) -> Product:
+    return Product.model_validate({"id": doc["_id"], **{k: doc[k] for k in _FIELDS if k in doc and k != "id"}})
+
+
+class MongoStore:
+    def __init__(self, uri: str, database: str, timeout_ms: int) -> None:
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            timeoutMS=timeout_ms,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            tz_aware=True,
+        )
+        db = self._client[database]
+        self.products = db["products"]
+        self.events = db["events"]
+
+    async def ensure_indexes(self) -> None:
+        try:
+            for field in (*FACETS, "price"):
+                await self.products.create_index([(field, ASCENDING)])
+            await self.products.create_index([("indexed_hash", ASCENDING)])
+            await self.events.create_index([("ts", ASCENDING)])
+            await self.events.create_index([("kind", ASCENDING), ("ts", ASCENDING)])
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def get_products(self, ids: Sequence[str]) -> dict[str, Product]:
+        """Products by id ($in); ids not found are simply absent from the result."""
+        try:
+            docs = await self.products.find({"_id": {"$in": [str(i) for i in ids]}}).to_list(None)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        return {doc["_id"]: _to_product(doc) for doc in docs}
+
+    async def get_states(self, ids: Sequence[str]) -> dict[str, IngestState]:
+        try:
+            docs = await self.products.find(
+                {"_id": {"$in": [str(i) for i in ids]}}, {"content_hash": 1, "indexed_hash": 1, "fingerprint": 1}
+            ).to_list(None)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        return {d["_id"]: IngestState(d.get("content_hash"), d.get("indexed_hash"), d.get("fingerprint")) for d in docs}
+
+    async def upsert_products(self, products: Sequence[tuple[Product, str]]) -> None:
+        """Write metadata with its new content hash; ``indexed_hash`` is cleared until vectors are in."""
+        ops = []
+        for product, content_hash in products:
+            doc = product.model_dump(mode="json", exclude={"id"})
+            fields = {**{k: None for k in _FIELDS if k != "id"}, **doc}
+            ops.append(
+                UpdateOne(
+                    {"_id": product.id},
+                    {"$set": {**fields, "content_hash": content_hash, "indexed_hash": None}},
+                    upsert=True,
+                )
+            )
+        await self._bulk(ops)
+
+    async def mark_indexed(self, items: Sequence[tuple[str, str]], fingerprint: str) -> None:
+        """Record that the vectors of (id, content hash) are in Qdrant, made by ``fingerprint``."""
+        ops = [
+            UpdateOne({"_id": pid, "content_hash": h}, {"$set": {"indexed_hash": h, "fingerprint": fingerprint}})
+            for pid, h in items
+        ]
+        await self._bulk(ops)
+
+    async def mark_unindexed(self, ids: Sequence[str]) -> None:
+        try:
+            await self.products.update_many({"_id": {"$in": list(ids)}}, {"$set": {"indexed_hash": None}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def delete_products(self, ids: Sequence[str]) -> int:
+        try:
+            result = await self.products.delete_many({"_id": {"$in": [str(i) for i in ids]}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        return result.deleted_count
+
+    async def iter_products(self, batch_size: int = 500) -> AsyncIterator[Product]:
+        try:
+            async for doc in self.products.find({}, batch_size=batch_size).sort("_id", ASCENDING):
+                yield _to_product(doc)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def counts(self) -> dict[str, int]:
+        try:
+            total = await self.products.count_documents({})
+            pending = await self.products.count_documents({"indexed_hash": None})
+            events = await self.events.estimated_document_count()
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        return {"products": total, "not_indexed": pending, "events": events}
+
+    async def facets(self) -> dict[str, list[str]]:
+        """Distinct values of each filterable field, for the UI's filter widgets."""
+        try:
+            out = {f: sorted(v for v in await self.products.distinct(f) if v) for f in FACETS}
+            prices = await self.products.aggregate(
+                [{"$group": {"_id": None, "lo": {"$min": "$price"}, "hi": {"$max": "$price"}}}]
+            )
+            bounds = await prices.to_list(1)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        if bounds and bounds[0]["lo"] is not None:
+            out["price"] = [bounds[0]["lo"], bounds[0]["hi"]]
+        return out
+
+    async def insert_events(self, events: list[dict[str, Any]]) -> None:
+        try:
+            await self.events.insert_many(events, ordered=False)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def _bulk(self, ops: list[UpdateOne]) -> None:
+        if not ops:
+            return
+        try:
+            await self.products.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()

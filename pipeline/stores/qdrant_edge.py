@@ -1,0 +1,309 @@
+"""Qdrant Edge: Qdrant's own engine in-process (``qdrant-edge-py``), the embedded default.
+
+Files under ``root``: ``<name>-<id>/`` shard folders and ``<name>.json``, the pointer naming the live shard
+and the model stamp; a re-index fills a new shard and swaps the pointer with an atomic rename. One process
+owns the folder: an exclusive ``flock`` on ``.lock`` keeps a second one out with a clear message (a second
+``EdgeShard.load`` would break the owner's write-ahead log). Blocking engine calls run in threads, which the
+engine allows inside the owning process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import StoreUnavailable
+from pipeline.fusion import PointHit
+from pipeline.schemas import SearchFilters
+from pipeline.stores.vectors import (
+    FILTER_FIELDS,
+    INDEXED_FIELDS,
+    IndexInfo,
+    ModelStamp,
+    SpaceQuery,
+    VectorPoint,
+    check_stamp,
+    hit_of,
+)
+from pipeline.types import Modality
+
+
+def _edge() -> Any:
+    import qdrant_edge
+
+    return qdrant_edge
+
+
+def build_filter(
+    filters: SearchFilters, exclude_product: str | None = None, products: Sequence[str] = (), from_image: int = 0
+) -> Any:
+    q = _edge()
+    must: list[Any] = [
+        q.FieldCondition(key=f, match=q.MatchValue(str(getattr(filters, f))))
+        for f in FILTER_FIELDS
+        if getattr(filters, f) is not None
+    ]
+    if filters.min_price is not None or filters.max_price is not None:
+        must.append(q.FieldCondition(key="price", range=q.RangeFloat(gte=filters.min_price, lte=filters.max_price)))
+    if products:
+        must.append(q.FieldCondition(key="product_id", match=q.MatchAny([str(p) for p in products])))
+    if from_image:
+        must.append(q.FieldCondition(key="image_index", range=q.RangeFloat(gte=float(from_image))))
+    must_not = [q.FieldCondition(key="product_id", match=q.MatchValue(exclude_product))] if exclude_product else None
+    if not must and not must_not:
+        return None
+    return q.Filter(must=must or None, must_not=must_not)
+
+
+class _Shard:
+    """One open EdgeShard plus a count of calls in flight, so a swap closes it only when idle."""
+
+    def __init__(self, shard: Any, path: Path) -> None:
+        self.shard = shard
+        self.path = path
+        self.users = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class EdgeIndex:
+    backend = "qdrant-edge"
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = Path(root)
+        self.name = name
+        self._lock_fh: Any = None
+        self._live: _Shard | None = None
+        self._stamp: ModelStamp | None = None
+        self._expected: ModelStamp | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / ".lock", "a+")  # noqa: SIM115  (held open for the process's lifetime)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise StoreUnavailable(
+                f"{self.root} is in use by another process (Qdrant Edge is single-process); stop it, or set "
+                "PIPELINE__QDRANT__URL to a Qdrant server to share vectors between processes"
+            ) from None
+        self._lock_fh = fh
+
+    def _pointer(self) -> Path:
+        return self.root / f"{self.name}.json"
+
+    def _read_pointer(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._pointer().read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StoreUnavailable(f"{self._pointer()} is corrupt ({exc})") from exc
+
+    def _write_pointer(self, shard_dir: str, stamp: ModelStamp) -> None:
+        tmp = self._pointer().with_suffix(".json.tmp")
+        tmp.write_text(
+            json.dumps({"shard": shard_dir, "fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model})
+        )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._pointer())
+
+    def _create_shard(self, stamp: ModelStamp) -> _Shard:
+        q = _edge()
+        path = self.root / f"{self.name}-{uuid.uuid4().hex[:12]}"
+        params = q.EdgeVectorParams(size=stamp.dim, distance=q.Distance.Cosine)
+        shard = q.EdgeShard.create(str(path), q.EdgeConfig(vectors={m.value: params for m in Modality}))
+        kinds = {
+            "keyword": q.PayloadSchemaType.Keyword,
+            "float": q.PayloadSchemaType.Float,
+            "integer": q.PayloadSchemaType.Integer,
+        }
+        for field, kind in INDEXED_FIELDS.items():
+            shard.update(q.UpdateOperation.create_field_index(field, kinds[kind]))
+        return _Shard(shard, path)
+
+    def _open_sync(self, stamp: ModelStamp) -> None:
+        self._acquire()
+        pointer = self._read_pointer()
+        try:
+            if pointer is None:
+                self._live = self._create_shard(stamp)
+                self._live.shard.flush()
+                self._write_pointer(self._live.path.name, stamp)
+                self._stamp = stamp
+            else:
+                path = self.root / pointer["shard"]
+                self._live = _Shard(_edge().EdgeShard.load(str(path)), path)
+                self._stamp = ModelStamp(pointer["fingerprint"], int(pointer["dim"]), pointer["model"])
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise StoreUnavailable(f"Qdrant Edge at {self.root}: {exc}") from exc
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Shard folders the pointer does not name: leftovers of an interrupted re-index."""
+        live = self._live.path.name if self._live else None
+        for path in self.root.glob(f"{self.name}-*"):
+            if path.is_dir() and path.name != live:
+                shutil.rmtree(path, ignore_errors=True)
+
+    async def open(self, stamp: ModelStamp) -> None:
+        self._expected = stamp
+        await asyncio.to_thread(self._open_sync, stamp)
+
+    async def aclose(self) -> None:
+        if self._live is not None:
+            live, self._live = self._live, None
+            await live.idle.wait()
+            await asyncio.to_thread(self._close_shard, live)
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    @staticmethod
+    def _close_shard(live: _Shard) -> None:
+        live.shard.flush()
+        live.shard.close()
+
+    # --- calls ---------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _use(self, check: bool = True) -> AsyncIterator[Any]:
+        if self._live is None:
+            raise StoreUnavailable("Qdrant Edge index is not open")
+        if check and self._expected is not None:
+            check_stamp(self._stamp, self._expected, f"vector collection {self.root / self.name}")
+        live = self._live
+        live.users += 1
+        live.idle.clear()
+        try:
+            yield live.shard
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise StoreUnavailable(f"Qdrant Edge at {self.root}: {exc}") from exc
+        finally:
+            live.users -= 1
+            if live.users == 0:
+                live.idle.set()
+
+    async def upsert(self, points: Sequence[VectorPoint]) -> None:
+        if not points:
+            return
+        q = _edge()
+        batch = [
+            q.Point(p.id, {Modality.IMAGE.value: p.image.tolist(), Modality.TEXT.value: p.text.tolist()}, p.payload)
+            for p in points
+        ]
+        async with self._use() as shard:
+            await asyncio.to_thread(lambda: (shard.update(q.UpdateOperation.upsert_points(batch)), shard.flush()))
+
+    async def delete_products(self, product_ids: Sequence[str], from_image: int = 0) -> None:
+        if not product_ids:
+            return
+        q = _edge()
+        flt = build_filter(SearchFilters(), products=product_ids, from_image=from_image)
+        async with self._use(check=False) as shard:
+            await asyncio.to_thread(
+                lambda: (shard.update(q.UpdateOperation.delete_points_by_filter(flt)), shard.flush())
+            )
+
+    async def search(
+        self,
+        queries: Sequence[SpaceQuery],
+        filters: SearchFilters,
+        limit: int,
+        min_similarity: float | None = None,
+        exclude_product: str | None = None,
+    ) -> list[list[PointHit]]:
+        q = _edge()
+        flt = build_filter(filters, exclude_product=exclude_product)
+        requests = [
+            q.QueryRequest(
+                limit=limit,
+                query=q.Query.Nearest(sq.vector.astype(np.float32).tolist(), using=sq.using.value),
+                filter=flt,
+                score_threshold=min_similarity,
+                with_payload=True,
+                with_vector=False,
+            )
+            for sq in queries
+        ]
+        async with self._use() as shard:
+            results = await asyncio.to_thread(shard.query_batch, q.QueryBatchRequest(requests))
+        return [[hit_of(p.payload, p.score, sq.using) for p in res] for sq, res in zip(queries, results, strict=True)]
+
+    async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
+        q = _edge()
+        flt = build_filter(SearchFilters(), products=[product_id])
+        async with self._use() as shard:
+            records, _ = await asyncio.to_thread(
+                shard.scroll, q.ScrollRequest(filter=flt, limit=256, with_payload=True, with_vector=True)
+            )
+        records = sorted(records, key=lambda r: int((r.payload or {}).get("image_index", 0)))
+        out: dict[Modality, list[np.ndarray]] = {}
+        for modality in Modality:
+            vectors = [np.asarray(r.vector[modality.value], np.float32) for r in records]
+            if modality is Modality.TEXT:
+                vectors = vectors[:1]  # the same text vector rides on every image point
+            if vectors:
+                out[modality] = vectors
+        return out
+
+    async def product_ids(self) -> set[str]:
+        q = _edge()
+        ids: set[str] = set()
+        offset = None
+        async with self._use(check=False) as shard:
+            while True:
+                records, offset = await asyncio.to_thread(
+                    shard.scroll,
+                    q.ScrollRequest(
+                        offset=offset,
+                        limit=2048,
+                        with_payload=q.PayloadSelector.Include(["product_id"]),
+                        with_vector=False,
+                    ),
+                )
+                ids.update(str((r.payload or {}).get("product_id")) for r in records)
+                if offset is None:
+                    return ids
+
+    async def info(self) -> IndexInfo:
+        async with self._use(check=False) as shard:
+            points = await asyncio.to_thread(lambda: shard.info().points_count)
+        return IndexInfo(self.backend, str(self.root / self.name), int(points), self._stamp)
+
+    @contextlib.asynccontextmanager
+    async def rebuild(self, stamp: ModelStamp) -> AsyncIterator[EdgeIndex]:
+        """Fill a new shard; on success point at it atomically, then retire the old one once idle."""
+        if self._live is None:
+            raise StoreUnavailable("Qdrant Edge index is not open")
+        staged = EdgeIndex(self.root, self.name)
+        staged._live = await asyncio.to_thread(self._create_shard, stamp)
+        staged._stamp = staged._expected = stamp
+        try:
+            yield staged
+        except BaseException:
+            await asyncio.to_thread(self._close_shard, staged._live)
+            shutil.rmtree(staged._live.path, ignore_errors=True)
+            raise
+        new = staged._live
+        await asyncio.to_thread(new.shard.flush)
+        await asyncio.to_thread(self._write_pointer, new.path.name, stamp)
+        old, self._live, self._stamp = self._live, new, stamp
+        self._expected = stamp
+        await old.idle.wait()  # queries already running on the old shard finish there
+        await asyncio.to_thread(self._close_shard, old)
+        shutil.rmtree(old.path, ignore_errors=True)

@@ -1,0 +1,244 @@
+"""A Qdrant server (or cluster) through ``AsyncQdrantClient``; ``url=":memory:"`` is qdrant-client's local mode.
+
+The live collection is reached through an alias (``products`` → ``products_<id>``); a re-index fills a new
+collection and moves the alias in one atomic call, then drops the old one. The model stamp lives in the
+collection's metadata. Local mode is brute force in Python: it is for tests, not for users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ApiException
+
+from pipeline.errors import StoreUnavailable
+from pipeline.fusion import PointHit
+from pipeline.schemas import SearchFilters
+from pipeline.stores.vectors import (
+    FILTER_FIELDS,
+    INDEXED_FIELDS,
+    IndexInfo,
+    ModelStamp,
+    SpaceQuery,
+    VectorPoint,
+    check_stamp,
+    hit_of,
+)
+from pipeline.types import Modality
+
+_ERRORS = (ApiException, httpx.HTTPError, OSError, ValueError)
+_SCHEMAS = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "float": models.PayloadSchemaType.FLOAT,
+    "integer": models.PayloadSchemaType.INTEGER,
+}
+
+
+def build_filter(
+    filters: SearchFilters, exclude_product: str | None = None, products: Sequence[str] = (), from_image: int = 0
+) -> models.Filter | None:
+    must: list[Any] = [
+        models.FieldCondition(key=f, match=models.MatchValue(value=str(getattr(filters, f))))
+        for f in FILTER_FIELDS
+        if getattr(filters, f) is not None
+    ]
+    if filters.min_price is not None or filters.max_price is not None:
+        must.append(
+            models.FieldCondition(key="price", range=models.Range(gte=filters.min_price, lte=filters.max_price))
+        )
+    if products:
+        must.append(models.FieldCondition(key="product_id", match=models.MatchAny(any=[str(p) for p in products])))
+    if from_image:
+        must.append(models.FieldCondition(key="image_index", range=models.Range(gte=from_image)))
+    must_not: list[Any] = (
+        [models.FieldCondition(key="product_id", match=models.MatchValue(value=exclude_product))]
+        if exclude_product
+        else []
+    )
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+class ServerIndex:
+    backend = "qdrant-server"
+
+    def __init__(self, url: str, alias: str, api_key: str | None = None, timeout_s: float = 10.0) -> None:
+        if url == ":memory:":
+            self.backend = "qdrant-local"
+            self._client = AsyncQdrantClient(location=":memory:")
+        else:
+            self._client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+        self.url = url
+        self.alias = alias
+        self._stamp: ModelStamp | None = None
+        self._expected: ModelStamp | None = None
+        self._target: str = alias  # writes of a staged (re-index) collection go to its own name
+
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"Qdrant at {self.url}: {what} failed ({exc})") from exc
+
+    async def _create_collection(self, name: str, stamp: ModelStamp) -> None:
+        params = models.VectorParams(size=stamp.dim, distance=models.Distance.COSINE)
+        await self._client.create_collection(
+            name,
+            vectors_config={m.value: params for m in Modality},
+            metadata={"fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model},
+        )
+        if self.backend != "qdrant-local":  # local mode ignores payload indexes (and warns)
+            for field, kind in INDEXED_FIELDS.items():
+                await self._client.create_payload_index(name, field, field_schema=_SCHEMAS[kind])
+
+    async def _alias_target(self) -> str | None:
+        aliases = (await self._client.get_aliases()).aliases
+        return next((a.collection_name for a in aliases if a.alias_name == self.alias), None)
+
+    async def open(self, stamp: ModelStamp) -> None:
+        self._expected = stamp
+        async with self._call("open"):
+            if await self._alias_target() is None:
+                name = f"{self.alias}_{uuid.uuid4().hex[:12]}"
+                await self._create_collection(name, stamp)
+                await self._client.update_collection_aliases(
+                    change_aliases_operations=[
+                        models.CreateAliasOperation(
+                            create_alias=models.CreateAlias(collection_name=name, alias_name=self.alias)
+                        )
+                    ]
+                )
+            info = await self._client.get_collection(self.alias)
+        meta = info.config.metadata or {}
+        self._stamp = ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"]) if meta else None
+
+    def _check(self) -> None:
+        if self._expected is not None:
+            check_stamp(self._stamp, self._expected, f"Qdrant collection {self.alias!r}")
+
+    async def upsert(self, points: Sequence[VectorPoint]) -> None:
+        if not points:
+            return
+        self._check()
+        batch = [
+            models.PointStruct(
+                id=p.id,
+                vector={Modality.IMAGE.value: p.image.tolist(), Modality.TEXT.value: p.text.tolist()},
+                payload=p.payload,
+            )
+            for p in points
+        ]
+        async with self._call("upsert"):
+            await self._client.upsert(self._target, batch, wait=True)
+
+    async def delete_products(self, product_ids: Sequence[str], from_image: int = 0) -> None:
+        if not product_ids:
+            return
+        flt = build_filter(SearchFilters(), products=product_ids, from_image=from_image)
+        async with self._call("delete"):
+            await self._client.delete(self._target, points_selector=models.FilterSelector(filter=flt), wait=True)
+
+    async def search(
+        self,
+        queries: Sequence[SpaceQuery],
+        filters: SearchFilters,
+        limit: int,
+        min_similarity: float | None = None,
+        exclude_product: str | None = None,
+    ) -> list[list[PointHit]]:
+        self._check()
+        flt = build_filter(filters, exclude_product=exclude_product)
+        requests = [
+            models.QueryRequest(
+                query=sq.vector.astype(np.float32).tolist(),
+                using=sq.using.value,
+                filter=flt,
+                limit=limit,
+                score_threshold=min_similarity,
+                with_payload=True,
+            )
+            for sq in queries
+        ]
+        async with self._call("search"):
+            results = await self._client.query_batch_points(self._target, requests)
+        return [
+            [hit_of(p.payload, p.score, sq.using) for p in r.points] for sq, r in zip(queries, results, strict=True)
+        ]
+
+    async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
+        self._check()
+        flt = build_filter(SearchFilters(), products=[product_id])
+        async with self._call("scroll"):
+            records, _ = await self._client.scroll(
+                self._target, scroll_filter=flt, limit=256, with_payload=True, with_vectors=True
+            )
+        records = sorted(records, key=lambda r: int((r.payload or {}).get("image_index", 0)))
+        out: dict[Modality, list[np.ndarray]] = {}
+        for modality in Modality:
+            vectors = [np.asarray(r.vector[modality.value], np.float32) for r in records]  # type: ignore[index]
+            if modality is Modality.TEXT:
+                vectors = vectors[:1]
+            if vectors:
+                out[modality] = vectors
+        return out
+
+    async def product_ids(self) -> set[str]:
+        ids: set[str] = set()
+        offset = None
+        async with self._call("scroll"):
+            while True:
+                records, offset = await self._client.scroll(
+                    self._target, limit=2048, offset=offset, with_payload=["product_id"], with_vectors=False
+                )
+                ids.update(str((r.payload or {}).get("product_id")) for r in records)
+                if offset is None:
+                    return ids
+
+    async def info(self) -> IndexInfo:
+        async with self._call("count"):
+            points = (await self._client.count(self._target, exact=True)).count
+            target = await self._alias_target()
+        return IndexInfo(self.backend, f"{self.alias} → {target}", int(points), self._stamp)
+
+    def _sharing_client(self, target: str, stamp: ModelStamp) -> ServerIndex:
+        """A view on this client that writes to collection ``target`` (the staged re-index)."""
+        staged = ServerIndex.__new__(ServerIndex)
+        staged._client, staged.url, staged.alias, staged.backend = self._client, self.url, self.alias, self.backend
+        staged._target, staged._stamp, staged._expected = target, stamp, stamp
+        return staged
+
+    @contextlib.asynccontextmanager
+    async def rebuild(self, stamp: ModelStamp) -> AsyncIterator[ServerIndex]:
+        """Fill a new collection; on success move the alias to it in one call and drop the old one."""
+        name = f"{self.alias}_{uuid.uuid4().hex[:12]}"
+        async with self._call("create collection"):
+            await self._create_collection(name, stamp)
+            old = await self._alias_target()
+        staged = self._sharing_client(name, stamp)
+        try:
+            yield staged
+        except BaseException:
+            async with self._call("drop staged collection"):
+                await self._client.delete_collection(name)
+            raise
+        ops: list[Any] = [
+            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=name, alias_name=self.alias))
+        ]
+        if old is not None:
+            ops.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
+        async with self._call("swap alias"):
+            await self._client.update_collection_aliases(change_aliases_operations=ops)
+            self._stamp = self._expected = stamp
+            if old is not None:
+                await self._client.delete_collection(old)
+
+    async def aclose(self) -> None:
+        await self._client.close()

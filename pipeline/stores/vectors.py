@@ -1,0 +1,134 @@
+"""The vector index interface (Qdrant Edge in-process, or a Qdrant server) and what both share.
+
+Layout: one point per product image, id = UUID5(product id, image index), with two named vectors: ``image``
+(that image's embedding) and ``text`` (the product's text embedding). The payload carries the product id, the
+image index and the filterable fields. Each collection records the fingerprint of the model that filled it;
+using it with another model is refused with a message that says to re-index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.errors import ModelMismatch
+from pipeline.fusion import PointHit
+from pipeline.schemas import Product, SearchFilters
+from pipeline.types import Modality
+
+_NAMESPACE = uuid.UUID("6f1c1a9e-3d4b-5c8e-9a7f-2b1d0c4e5f60")
+FILTER_FIELDS = ("category", "brand", "color")
+INDEXED_FIELDS = {
+    "product_id": "keyword",
+    "category": "keyword",
+    "brand": "keyword",
+    "color": "keyword",
+    "price": "float",
+    "image_index": "integer",
+}
+
+
+def point_id(product_id: str, image_index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{product_id}\0{image_index}"))
+
+
+def payload_of(product: Product, image_index: int) -> dict[str, Any]:
+    return {
+        "product_id": product.id,
+        "image_index": image_index,
+        **{f: getattr(product, f) for f in FILTER_FIELDS if getattr(product, f) is not None},
+        **({"price": float(product.price)} if product.price is not None else {}),
+    }
+
+
+@dataclass(frozen=True)
+class VectorPoint:
+    product_id: str
+    image_index: int
+    image: np.ndarray
+    text: np.ndarray
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return point_id(self.product_id, self.image_index)
+
+
+@dataclass(frozen=True)
+class SpaceQuery:
+    vector: np.ndarray
+    using: Modality
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """What a collection records about the model that filled it."""
+
+    fingerprint: str
+    dim: int
+    model: str
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    backend: str
+    collection: str
+    points: int
+    stamp: ModelStamp | None
+
+
+def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> None:
+    if found is not None and found.fingerprint != expected.fingerprint:
+        raise ModelMismatch(
+            f"{where} was filled by model {found.model} (fingerprint {found.fingerprint[:12]}), but the encoder is "
+            f"{expected.model}; vectors of two models never mix: run `python -m pipeline reindex`"
+        )
+
+
+def hit_of(payload: dict[str, Any] | None, score: float, using: Modality) -> PointHit:
+    payload = payload or {}
+    return PointHit(str(payload.get("product_id")), int(payload.get("image_index", 0)), float(score), using)
+
+
+class VectorIndex(Protocol):
+    """Async vector store. Every method raises StoreUnavailable when the engine cannot be reached."""
+
+    async def open(self, stamp: ModelStamp) -> None:
+        """Create the collection if absent (recording ``stamp``) or open it; refuses later use on a mismatch."""
+        ...
+
+    async def upsert(self, points: Sequence[VectorPoint]) -> None: ...
+
+    async def delete_products(self, product_ids: Sequence[str], from_image: int = 0) -> None:
+        """Delete the products' points with image index ≥ ``from_image`` (0: all of them)."""
+        ...
+
+    async def search(
+        self,
+        queries: Sequence[SpaceQuery],
+        filters: SearchFilters,
+        limit: int,
+        min_similarity: float | None = None,
+        exclude_product: str | None = None,
+    ) -> list[list[PointHit]]:
+        """One ranked point list per query, best first, at most ``limit`` each."""
+        ...
+
+    async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
+        """The stored vectors of one product (image vectors in image order); empty when unknown."""
+        ...
+
+    async def product_ids(self) -> set[str]: ...
+
+    async def info(self) -> IndexInfo: ...
+
+    def rebuild(self, stamp: ModelStamp) -> AbstractAsyncContextManager[VectorIndex]:
+        """A fresh, empty collection to fill; on clean exit it replaces the live one atomically."""
+        ...
+
+    async def aclose(self) -> None: ...
