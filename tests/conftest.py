@@ -37,6 +37,19 @@ def model_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
+def other_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny CLIP (another seed, so another fingerprint), exported INT8 + FP32."""
+    from pipeline.export.repository import export_repository
+    from pipeline.export.tiny import build_tiny_clip
+    from pipeline.types import Precision
+
+    checkpoint = build_tiny_clip(tmp_path_factory.mktemp("other-clip"), seed=1)
+    out = tmp_path_factory.mktemp("other") / "model_repository"
+    export_repository(str(checkpoint), out, [Precision.FP32, Precision.INT8])
+    return out
+
+
+@pytest.fixture(scope="session")
 def reference(tiny_checkpoint: Path):
     """transformers' own CLIPModel, tokenizer and image processor for the tiny checkpoint."""
     from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
@@ -47,3 +60,56 @@ def reference(tiny_checkpoint: Path):
         CLIPTokenizer.from_pretrained(tiny_checkpoint),
         CLIPImageProcessorPil.from_pretrained(tiny_checkpoint),
     )
+
+
+# --- the search pipeline ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory):
+    """A real mongod (the bundled 6.0 binary) on a free loopback port; MONGODB_URI points at another instead."""
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    from pipeline.stores.mongod import ManagedMongod
+
+    mongod = ManagedMongod(tmp_path_factory.mktemp("mongod"))
+    uri = mongod.start_sync()
+    yield uri
+    mongod.stop_sync()
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.catalogs import write_catalog
+
+    return write_catalog(tmp_path_factory.mktemp("catalog"))
+
+
+def make_settings(model_repository: Path, backend: str, tmp: Path, mongo_uri: str, **overrides):
+    """Settings for one test: its own database, its own vector store (Edge folder or local mode)."""
+    import uuid
+
+    from pipeline.config import Settings
+
+    env = {
+        "encoder": {"model_repository": model_repository, "precision": "fp32"},
+        "mongo": {"uri": mongo_uri, "database": f"t_{uuid.uuid4().hex[:10]}", "timeout_ms": 1500},
+        "qdrant": {"path": tmp / "qdrant"} if backend == "edge" else {"url": ":memory:"},
+    }
+    for section, values in overrides.items():
+        env.setdefault(section, {}).update(values)
+    return Settings(**env)
+
+
+@pytest.fixture(params=["edge", "local"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def stack(model_repository, backend, tmp_path, mongo_uri):
+    from pipeline.stack import open_stack
+
+    async with open_stack(make_settings(model_repository, backend, tmp_path, mongo_uri)) as opened:
+        yield opened

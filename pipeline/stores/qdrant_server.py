@@ -74,7 +74,9 @@ class ServerIndex:
             self.backend = "qdrant-local"
             self._client = AsyncQdrantClient(location=":memory:")
         else:
-            self._client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+            self._client = AsyncQdrantClient(
+                url=url, api_key=api_key, timeout=int(max(1, timeout_s)), check_compatibility=False
+            )
         self.url = url
         self.alias = alias
         self._stamp: ModelStamp | None = None

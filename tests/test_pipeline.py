@@ -1,0 +1,367 @@
+"""The search pipeline end to end on a real mongod and both vector indexes (Qdrant Edge, qdrant-client local)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InvalidInput, ModelMismatch, NotFound, StoreUnavailable
+from pipeline.schemas import SearchFilters
+from pipeline.stack import open_stack
+from pipeline.stores.vectors import ModelStamp, SpaceQuery
+from pipeline.types import Modality
+from tests.catalogs import draw, write_bad_catalog
+from tests.conftest import make_settings
+from tests.images import encode
+
+N_PRODUCTS = 24  # tests/catalogs.py: 4 colours x 3 categories x 2 variants
+N_IMAGES = 36  # every other product has two images
+
+
+async def _count_encodes(stack):
+    calls = {"images": 0, "texts": 0}
+    enc_images, enc_texts = stack.encoder.encode_images, stack.encoder.encode_texts
+
+    async def images(batch):
+        calls["images"] += len(batch)
+        return await enc_images(batch)
+
+    async def texts(batch):
+        calls["texts"] += len(batch)
+        return await enc_texts(batch)
+
+    stack.encoder.encode_images, stack.encoder.encode_texts = images, texts
+    return calls
+
+
+async def test_ingest_then_rerun_does_no_work(stack, catalog):
+    report = await stack.ingest.ingest(catalog)
+    assert (report.added, report.updated, report.unchanged, report.rejected) == (N_PRODUCTS, 0, 0, [])
+    info = await stack.index.info()
+    assert info.points == N_IMAGES and info.stamp.fingerprint == stack.encoder.info.fingerprint
+    assert (await stack.mongo.counts())["products"] == N_PRODUCTS
+
+    calls = await _count_encodes(stack)
+    again = await stack.ingest.ingest(catalog)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, N_PRODUCTS)
+    assert calls == {"images": 0, "texts": 0}
+
+
+async def test_changed_row_is_reembedded_and_lost_images_removed(stack, catalog, tmp_path):
+    await stack.ingest.ingest(catalog)
+    rows = [json.loads(line) for line in catalog.read_text().splitlines()]
+    two = next(r for r in rows if len(r["images"]) == 2)
+    two["images"] = two["images"][:1]
+    two["name"] = "renamed " + two["name"]
+    changed = tmp_path / "catalog.jsonl"
+    changed.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for r in rows:  # same images, but now relative to another folder: make them absolute
+        r["images"] = [str(catalog.parent / i) for i in r["images"]]
+    changed.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    calls = await _count_encodes(stack)
+    report = await stack.ingest.ingest(changed)
+    assert (report.added, report.updated, report.unchanged) == (0, 1, N_PRODUCTS - 1)
+    assert calls == {"images": 1, "texts": 1}
+    assert (await stack.index.info()).points == N_IMAGES - 1
+    assert (await stack.mongo.get_products([two["id"]]))[two["id"]].name.startswith("renamed")
+
+
+async def test_bad_rows_rejected_with_line_numbers_others_go_in(stack, tmp_path):
+    path, expected = write_bad_catalog(tmp_path)
+    report = await stack.ingest.ingest(path)
+    assert report.added == 4
+    got = dict(report.rejected)
+    assert sorted(got) == sorted(expected)
+    for line, fragment in expected.items():
+        assert fragment in got[line], (line, got[line])
+    assert (await stack.mongo.counts())["products"] == 4  # nothing half-written
+    assert await stack.index.product_ids() == {json.loads(x)["id"] for x in path.read_text().splitlines()[:4]}
+
+
+async def test_resume_after_crash_no_duplicates_nothing_missing(
+    model_repository, backend, tmp_path, mongo_uri, catalog
+):
+    settings = make_settings(model_repository, backend, tmp_path, mongo_uri, ingest={"batch_size": 5})
+    async with open_stack(settings) as stack:
+        upsert, calls = stack.index.upsert, {"n": 0}
+
+        async def crash_on_third_batch(points):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("simulated crash")
+            await upsert(points)
+
+        stack.index.upsert = crash_on_third_batch
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            await stack.ingest.ingest(catalog)
+        stack.index.upsert = upsert
+        counts = await stack.mongo.counts()
+        assert counts["not_indexed"] == 5  # the batch written to MongoDB but not to Qdrant
+        report = await stack.ingest.ingest(catalog)
+        assert report.added + report.updated == N_PRODUCTS - 10 and report.unchanged == 10
+        info = await stack.index.info()
+        assert info.points == N_IMAGES
+        assert (await stack.mongo.counts())["not_indexed"] == 0
+        assert (await stack.status())["in_agreement"] is True
+
+
+async def test_search_kinds_group_per_product(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    # The exact text a product's text vector was made from finds that product at cosine 1 (random weights
+    # have no semantics, so nothing else about the ranking can be asserted here).
+    exact = (await stack.mongo.get_products(["mug-red-0"]))["mug-red-0"].embedding_text()
+    text = await stack.search.search_text(exact, top_k=8)
+    ids = [h.product_id for h in text.hits]
+    assert len(ids) == len(set(ids)) == 8
+    hit = next(h for h in text.hits if h.product_id == "mug-red-0")
+    assert hit.similarity > 0.999 and hit.matched is Modality.TEXT and hit.product.name == "red mug 0"
+    assert text.cache_hit is False
+    assert (await stack.search.search_text("  " + exact.upper() + " ", top_k=8)).cache_hit is True
+    assert set(text.timings_ms) >= {"embed", "search", "metadata", "total"}
+
+    photo = encode(draw("blue", "shirt", seed=999), "JPEG")
+    image = await stack.search.search_image(photo, top_k=5)
+    assert len(image.hits) == 5 and image.hits[0].matched is Modality.IMAGE
+
+    similar = await stack.search.search_product("poster-green-1", top_k=N_PRODUCTS)
+    similar_ids = [h.product_id for h in similar.hits]
+    assert "poster-green-1" not in similar_ids and len(similar_ids) == N_PRODUCTS - 1
+    assert similar.cache_hit is None
+    scores = [h.score for h in similar.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_filters(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    hits = (await stack.search.search_text("a thing", top_k=50, filters=SearchFilters(category="mug"))).hits
+    assert len(hits) == 8 and {h.product.category for h in hits} == {"mug"}
+    f = SearchFilters(color="red", brand="acme")
+    hits = (await stack.search.search_text("a thing", top_k=50, filters=f)).hits
+    assert hits and all(h.product.color == "red" and h.product.brand == "acme" for h in hits)
+    f = SearchFilters(min_price=10, max_price=14)
+    hits = (await stack.search.search_text("a thing", top_k=50, filters=f)).hits
+    assert sorted(h.product.price for h in hits) == [10.0, 11.0, 12.0, 13.0, 14.0]
+    hits = (await stack.search.search_text("a thing", top_k=50, min_score=0.999)).hits
+    assert all(h.similarity >= 0.999 for h in hits)
+
+
+async def test_topk_equals_numpy_brute_force(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    ids, vectors = [], []
+    for pid in await stack.index.product_ids():
+        for i, vec in enumerate((await stack.index.product_vectors(pid))[Modality.IMAGE]):
+            ids.append((pid, i))
+            vectors.append(vec)
+    matrix = np.stack(vectors)
+    query = (await stack.encoder.encode_texts(["green poster"]))[0]
+    expected = np.argsort(-(matrix @ query))[:10]
+    [got] = await stack.index.search([SpaceQuery(query, Modality.IMAGE)], SearchFilters(), 10)
+    assert [(h.product_id, h.image_index) for h in got] == [ids[i] for i in expected]
+    np.testing.assert_allclose([h.similarity for h in got], (matrix @ query)[expected], atol=1e-5)
+
+
+async def test_delete(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    deleted, unknown = await stack.ingest.delete(["mug-red-0", "shirt-blue-1", "no-such-id"])
+    assert deleted == ["mug-red-0", "shirt-blue-1"] and unknown == ["no-such-id"]
+    hits = (await stack.search.search_text("red mug 0", top_k=50)).hits
+    assert {"mug-red-0", "shirt-blue-1"}.isdisjoint(h.product_id for h in hits)
+    assert (await stack.mongo.counts())["products"] == N_PRODUCTS - 2
+    with pytest.raises(NotFound):
+        await stack.search.search_product("mug-red-0")
+    assert (await stack.status())["in_agreement"] is True
+
+
+async def test_reindex_with_queries_running_during_the_swap(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    before = [h.product_id for h in (await stack.search.search_text("yellow shirt", top_k=5)).hits]
+    stop, answers, errors = asyncio.Event(), [], []
+
+    async def query_loop():
+        while not stop.is_set():
+            try:
+                answers.append([h.product_id for h in (await stack.search.search_text("yellow shirt", top_k=5)).hits])
+            except Exception as exc:  # any failure during the swap is what this test looks for
+                errors.append(exc)
+            await asyncio.sleep(0)
+
+    loops = [asyncio.create_task(query_loop()) for _ in range(4)]
+    old_collection = (await stack.index.info()).collection
+    report = await stack.ingest.reindex()
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*loops)
+    assert errors == [] and len(answers) > 4 and all(a == before for a in answers)
+    assert report.updated == N_PRODUCTS and report.rejected == []
+    info = await stack.index.info()
+    assert info.points == N_IMAGES
+    if stack.index.backend != "qdrant-edge":
+        assert info.collection != old_collection  # the alias moved to a new collection
+
+
+async def test_fingerprint_refusal_then_reindex_fixes_it(
+    model_repository, other_repository, tmp_path, mongo_uri, catalog
+):
+    """Vectors of model A opened with model B: searches and ingests are refused until `reindex`."""
+    settings = make_settings(model_repository, "edge", tmp_path, mongo_uri)
+    async with open_stack(settings) as stack:
+        await stack.ingest.ingest(catalog)
+    settings.encoder.model_repository = other_repository
+    async with open_stack(settings) as stack:
+        with pytest.raises(ModelMismatch, match="run `python -m pipeline reindex`"):
+            await stack.search.search_text("red mug")
+        with pytest.raises(ModelMismatch):
+            await stack.ingest.ingest(catalog)
+        assert (await stack.status())["qdrant"]["model_matches"] is False
+        report = await stack.ingest.reindex()
+        assert report.updated == N_PRODUCTS
+        assert len((await stack.search.search_text("red mug")).hits) == 10
+        assert (await stack.status())["qdrant"]["model_matches"] is True
+        again = await stack.ingest.ingest(catalog)
+        assert again.unchanged == N_PRODUCTS  # reindex recorded the new model for every product
+
+
+async def test_server_collection_refuses_another_model():
+    from pipeline.stores.qdrant_server import ServerIndex
+    from pipeline.stores.vectors import VectorPoint
+
+    index = ServerIndex(":memory:", "products")
+    a, b = ModelStamp("a" * 64, 4, "model-a"), ModelStamp("b" * 64, 4, "model-b")
+    await index.open(a)
+    vec = np.array([1, 0, 0, 0], np.float32)
+    await index.upsert([VectorPoint("p", 0, vec, vec, {"product_id": "p", "image_index": 0})])
+    await index.open(b)  # the collection exists, filled by model a
+    with pytest.raises(ModelMismatch, match="model-a"):
+        await index.search([SpaceQuery(vec, Modality.IMAGE)], SearchFilters(), 1)
+    with pytest.raises(ModelMismatch):
+        await index.upsert([VectorPoint("q", 0, vec, vec, {"product_id": "q", "image_index": 0})])
+    await index.aclose()
+
+
+async def test_injection_strings_are_data(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    for evil in ['{"$gt": ""}', "$where", "'; return true; //", "mug-red-0' || '1'=='1"]:
+        with pytest.raises(NotFound):
+            await stack.search.search_product(evil)
+        assert await stack.mongo.get_products([evil]) == {}
+        for field in ("category", "brand", "color"):
+            hits = (await stack.search.search_text("mug", filters=SearchFilters(**{field: evil}))).hits
+            assert hits == []
+    deleted, _ = await stack.ingest.delete(['{"$gt": ""}'])
+    assert deleted == [] and (await stack.mongo.counts())["products"] == N_PRODUCTS
+
+
+async def test_bad_queries(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    with pytest.raises(InvalidInput, match="empty text"):
+        await stack.search.search_text("   ")
+    assert (await stack.search.search_text("red " * 2500)).hits  # 10,000 characters: truncated, answered
+    with pytest.raises(InvalidInput, match="over the limit"):
+        await stack.search.search_text("x" * 20_001)
+    with pytest.raises(InvalidInput, match="not an image"):
+        await stack.search.search_image(b"GIF89a nope")
+    with pytest.raises(InvalidInput, match="top_k"):
+        await stack.search.search_text("red", top_k=0)
+
+
+async def test_events_are_logged(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    await stack.search.search_text("red mug")
+    await stack.search.search_text("red mug")
+    with pytest.raises(InvalidInput):
+        await stack.search.search_text("")
+    await stack.events.aclose()
+    events = await stack.mongo.events.find({}, {"_id": 0}).sort("ts", 1).to_list(None)
+    assert [e["kind"] for e in events] == ["text", "text", "text"]
+    assert [e["cache_hit"] for e in events[:2]] == [False, True]
+    assert events[0]["top_ids"] and events[0]["error"] is None and events[0]["timings_ms"]["total"] > 0
+    assert "empty text" in events[2]["error"]
+
+
+async def test_mongo_down_search_degrades(model_repository, backend, tmp_path, mongo_uri, catalog):
+    from pipeline.stores.mongod import ManagedMongod
+
+    own = ManagedMongod(tmp_path / "own-mongod")
+    uri = own.start_sync()
+    settings = make_settings(model_repository, backend, tmp_path, uri)
+    try:
+        async with open_stack(settings) as stack:
+            await stack.ingest.ingest(catalog)
+            own.stop_sync()  # MongoDB dies under a running stack
+            response = await stack.search.search_text("red mug", top_k=5)
+            assert response.metadata_missing is True and len(response.hits) == 5
+            assert all(h.product is None and h.score > 0 for h in response.hits)
+            with pytest.raises(StoreUnavailable):
+                await stack.ingest.ingest(catalog)
+            status = await stack.status()
+            assert status["mongo"]["healthy"] is False and status["qdrant"]["healthy"] is True
+    finally:
+        own.stop_sync()
+
+
+async def test_qdrant_server_down_is_a_clear_error(model_repository, tmp_path, mongo_uri):
+    from pipeline.stores.mongod import free_port
+
+    settings = make_settings(
+        model_repository,
+        "local",
+        tmp_path,
+        mongo_uri,
+        qdrant={"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 1},
+    )
+    with pytest.raises(StoreUnavailable, match=r"Qdrant at http://127\.0\.0\.1"):
+        async with open_stack(settings):
+            pass
+
+
+async def test_edge_store_has_one_owner(model_repository, tmp_path, mongo_uri):
+    settings = make_settings(model_repository, "edge", tmp_path, mongo_uri)
+    async with open_stack(settings):
+        with pytest.raises(StoreUnavailable, match="in use by another process"):
+            async with open_stack(settings):
+                pass
+
+
+async def test_url_that_hangs_is_cut_off(model_repository, tmp_path, mongo_uri):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/ok.jpg":
+                body = encode(draw("red", "mug", 1), "JPEG")
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                release.wait(10)  # hang
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    path = tmp_path / "urls.jsonl"
+    path.write_text(
+        json.dumps({"id": "u1", "name": "remote mug", "images": [f"{base}/ok.jpg"]})
+        + "\n"
+        + json.dumps({"id": "u2", "name": "hanging mug", "images": [f"{base}/hang.jpg"]})
+        + "\n"
+    )
+    settings = make_settings(model_repository, "local", tmp_path, mongo_uri, ingest={"http_timeout_s": 1})
+    try:
+        async with open_stack(settings) as stack:
+            report = await stack.ingest.ingest(path)
+        assert report.added == 1 and len(report.rejected) == 1
+        line, reason = report.rejected[0]
+        assert line == 2 and "no answer within" in reason
+    finally:
+        release.set()
+        server.shutdown()
