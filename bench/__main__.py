@@ -23,5 +23,40 @@ def encoders(
     run(repeat_small=repeat, repeat_large=max(3, repeat // 4), threads=threads)
 
 
+@app.command()
+def search(
+    repeat: int = typer.Option(60, help="queries per row"),
+    sizes: str = typer.Option("1000,10000", help="catalog sizes, comma separated"),
+    ingest: int = typer.Option(200, help="products in the ingestion-rate run"),
+) -> None:
+    """End-to-end query latency (p50/p99) and ingestion rate, stack vs PyTorch eager + numpy + dict."""
+    from bench.search import run
+
+    run(tuple(int(s) for s in sizes.split(",")), repeat, ingest)
+
+
+@app.command()
+def stage(
+    repeat: int = typer.Option(100, help="queries per row"),
+    sizes: str = typer.Option("10000,100000", help="vector counts, comma separated"),
+) -> None:
+    """The vector search alone: Qdrant Edge vs qdrant-client local mode vs numpy, filtered and not."""
+    from bench.search import run_stage
+
+    run_stage(tuple(int(s) for s in sizes.split(",")), repeat)
+
+
+@app.command()
+def load(
+    callers: int = typer.Option(32, help="concurrent callers"),
+    seconds: float = typer.Option(60, help="how long"),
+    products: int = typer.Option(1000, help="catalog size"),
+) -> None:
+    """Soak: concurrent callers for a fixed time; errors, wrong answers, memory, cache and queue bounds."""
+    from bench.load import run
+
+    run(n=products, callers=callers, seconds=seconds)
+
+
 if __name__ == "__main__":
     app()

@@ -25,6 +25,9 @@ class EncoderSettings(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     # How long the micro-batcher waits for more concurrent requests before running a batch.
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    # Merge concurrent callers' requests into one model call. None: yes for FP32/FP16, no for INT8, whose
+    # dynamic quantisation scales activations per batch (a query's vector would depend on its batch-mates).
+    cross_request_batching: bool | None = None
     # onnxruntime execution providers in order of preference; unavailable ones are skipped.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

@@ -136,3 +136,23 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformer
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["(1, 32)", "[]"]
+
+
+async def test_int8_answers_do_not_depend_on_concurrent_callers(model_repository):
+    """INT8 scales activations per batch: merging callers would make a query's vector depend on strangers'."""
+    encoder = OnnxEncoder.load(model_repository, EncoderSettings(batch_wait_ms=20), precision=Precision.INT8)
+    try:
+        alone = (await encoder.encode_texts(["red mug"]))[0]
+        crowd = await asyncio.gather(*(encoder.encode_texts([t]) for t in ["red mug", "word " * 60, "a b c"]))
+        np.testing.assert_array_equal(crowd[0][0], alone)
+    finally:
+        await encoder.aclose()
+    merged = OnnxEncoder.load(
+        model_repository, EncoderSettings(batch_wait_ms=20, cross_request_batching=True), precision=Precision.INT8
+    )
+    try:
+        alone = (await merged.encode_texts(["red mug"]))[0]
+        crowd = await asyncio.gather(*(merged.encode_texts([t]) for t in ["red mug", "word " * 60, "a b c"]))
+        assert not np.array_equal(crowd[0][0], alone)  # the effect the default avoids is real
+    finally:
+        await merged.aclose()

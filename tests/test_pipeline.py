@@ -122,9 +122,13 @@ async def test_search_kinds_group_per_product(stack, catalog):
     assert (await stack.search.search_text("  " + exact.upper() + " ", top_k=8)).cache_hit is True
     assert set(text.timings_ms) >= {"embed", "search", "metadata", "total"}
 
-    photo = encode(draw("blue", "shirt", seed=999), "JPEG")
-    image = await stack.search.search_image(photo, top_k=5)
-    assert len(image.hits) == 5 and image.hits[0].matched is Modality.IMAGE
+    own_photo = (catalog.parent / "img" / "shirt-blue-0-0.jpg").read_bytes()
+    image = await stack.search.search_image(own_photo, top_k=5)
+    assert len(image.hits) == 5
+    hit = next(h for h in image.hits if h.product_id == "shirt-blue-0")
+    assert hit.similarity > 0.999 and hit.matched is Modality.IMAGE and hit.image_index == 0
+    other = await stack.search.search_image(encode(draw("blue", "shirt", seed=999), "JPEG"), top_k=5)
+    assert len({h.product_id for h in other.hits}) == 5
 
     similar = await stack.search.search_product("poster-green-1", top_k=N_PRODUCTS)
     similar_ids = [h.product_id for h in similar.hits]

@@ -3,6 +3,10 @@
 Callers ``await submit(items)``; a single worker task waits up to ``wait_s`` for more requests (or until
 ``max_batch`` items), runs the merged batch in the executor, and hands each caller its own rows. Inputs must
 already be valid: a failure of the model call fails every request in that batch.
+
+With ``merge=False`` each request runs as its own model call (still one at a time, still split at
+``max_batch``): needed where a model's output for one input depends on its batch-mates, as with dynamic
+INT8 quantisation, whose activation scales are computed over the whole batch.
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ T = TypeVar("T")
 
 
 class MicroBatcher(Generic[T]):
-    def __init__(self, run: Callable[[list[T]], np.ndarray], executor: Executor, max_batch: int, wait_s: float) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[T]], np.ndarray],
+        executor: Executor,
+        max_batch: int,
+        wait_s: float,
+        merge: bool = True,
+    ) -> None:
         self._run = run
         self._executor = executor
         self._max_batch = max_batch
         self._wait_s = wait_s
+        self._merge = merge
         self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         # A job that would have pushed a batch past max_batch waits here to open the next batch.
@@ -55,7 +67,7 @@ class MicroBatcher(Generic[T]):
                 batch = [await self._queue.get()]
             size = len(batch[0][0])
             deadline = time.monotonic() + self._wait_s
-            while size < self._max_batch:
+            while self._merge and size < self._max_batch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -79,8 +79,11 @@ class OnnxEncoder:
         self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
         self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         wait = settings.batch_wait_ms / 1000
-        self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait)
-        self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait)
+        merge = settings.cross_request_batching
+        if merge is None:
+            merge = precision is not Precision.INT8
+        self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait, merge)
+        self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait, merge)
 
     @classmethod
     def load(

@@ -2,6 +2,10 @@
 
 Tests, benchmarks and the offline demo use it so that nothing is fetched from a model hub. It is saved with
 ``save_pretrained`` and loaded back through the same path as a real checkpoint.
+
+The weights are identical for a given seed. The tokenizers library's BPE trainer orders merges of equal count
+by hash-map iteration, so two runs can swap such merges (same vocabulary); every test compares within one
+build, so nothing depends on it, but fingerprints of two separately built tiny models can differ.
 """
 
 from __future__ import annotations
