@@ -27,11 +27,13 @@ from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import SpaceQuery, VectorIndex
 from pipeline.types import Modality
 
-# How much each stored space counts in the fusion, per query kind. Text queries weigh CLIP's cross-modal
-# match (query text vs product photos) and title similarity alike; photo queries lean on the photos.
+# Which stored spaces a query searches, and their weight in the reciprocal-rank fusion. Text queries weigh
+# CLIP's cross-modal match (query text vs product photos) and title similarity alike. Photo queries search
+# the photos only: fusing in the weak photo-vs-title space let neighbours outrank an exact match of the
+# shopper's photo. "More like this" adds the product's title at half weight (the product itself is excluded).
 WEIGHTS = {
     QueryKind.TEXT: {Modality.IMAGE: 1.0, Modality.TEXT: 1.0},
-    QueryKind.IMAGE: {Modality.IMAGE: 1.0, Modality.TEXT: 0.5},
+    QueryKind.IMAGE: {Modality.IMAGE: 1.0},
     QueryKind.PRODUCT: {Modality.IMAGE: 1.0, Modality.TEXT: 0.5},
 }
 
