@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL ?=
 
-.PHONY: install lint format typecheck test bench export demo clean
+.PHONY: install system-deps lint format typecheck test bench export triton demo clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml scripts/fetch-libssl11.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml scripts/fetch-lib
 	touch $(STAMP)
 
 install: $(STAMP)
+
+system-deps:
+	scripts/system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,12 +31,19 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy pipeline
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench encoders
+	$(BIN)/python -m bench search
+	$(BIN)/python -m bench stage
+	$(BIN)/python -m bench load
+	$(BIN)/python -m bench triton
+
+triton: $(STAMP)
+	$(BIN)/python -m pipeline serve-triton --model-repository model_repository
 
 export: $(STAMP)
 	$(BIN)/python -m pipeline export --model $(MODEL) --out model_repository

@@ -85,9 +85,16 @@ async def _load(settings: Any, n: int, callers: int, seconds: float, distinct: i
         await asyncio.gather(sampler(), *(caller(k) for k in range(callers)))
         cache = stack.cache.stats()
         await stack.events.aclose()
-        return {**counts, "latencies": latencies, "rss": rss, "cache": cache, "max_pending": max_pending,
-                "events_written": stack.events.written, "events_dropped": stack.events.dropped,
-                "queue_size": settings.events.queue_size}  # fmt: skip
+        return {
+            **counts,
+            "latencies": latencies,
+            "rss": rss,
+            "cache": cache,
+            "max_pending": max_pending,
+            "events_written": stack.events.written,
+            "events_dropped": stack.events.dropped,
+            "queue_size": settings.events.queue_size,
+        }
 
 
 def run(n: int = 1_000, callers: int = 32, seconds: float = 60, distinct: int = 400, cache_entries: int = 200) -> None:
@@ -106,13 +113,20 @@ def run(n: int = 1_000, callers: int = 32, seconds: float = 60, distinct: int = 
         r = asyncio.run(_load(settings, n, callers, seconds, distinct))
     lat = r["latencies"]
     rss = [mb for t, mb in r["rss"] if t >= 5] or [mb for _, mb in r["rss"]]
-    rows = [[
-        f"{callers}", f"{seconds:.0f}", f"{r['queries']:,}", f"{r['queries'] / seconds:.0f}",
-        f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}", str(r["errors"]),
-        f"{r['wrong']} ({r['near_ties']} near-tie swaps)", f"{rss[0]:.0f} → {rss[-1]:.0f} (max {max(rss):.0f})",
-        f"{r['cache'].entries}/{r['cache'].max_entries}, hit rate {r['cache'].hit_rate:.2f}",
-        f"max {r['max_pending']}/{r['queue_size']}, {r['events_written']:,} written, {r['events_dropped']} dropped",
-    ]]  # fmt: skip
+    rows = [
+        [
+            f"{callers}",
+            f"{seconds:.0f}",
+            f"{r['queries']:,}",
+            f"{r['queries'] / seconds:.0f}",
+            f"{np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}",
+            str(r["errors"]),
+            f"{r['wrong']} ({r['near_ties']} near-tie swaps)",
+            f"{rss[0]:.0f} → {rss[-1]:.0f} (max {max(rss):.0f})",
+            f"{r['cache'].entries}/{r['cache'].max_entries}, hit rate {r['cache'].hit_rate:.2f}",
+            f"max {r['max_pending']}/{r['queue_size']}, {r['events_written']:,} written, {r['events_dropped']} dropped",
+        ]
+    ]
     show(
         f"Load: {callers} concurrent callers, {n:,} products, embedded default (INT8 + Qdrant Edge + mongod)",
         [

@@ -78,8 +78,9 @@ async def _fill(stack: Any, n: int, dim: int) -> None:
     for start in range(0, n, 1000):
         batch = [product(i, [f"/bench/{i}.jpg"]) for i in range(start, min(n, start + 1000))]
         await stack.mongo.upsert_products([(p, "h") for p in batch])
-        points = [VectorPoint(p.id, 0, images[start + j], texts[start + j], payload_of(p, 0)) for j, p in
-                  enumerate(batch)]  # fmt: skip
+        points = [
+            VectorPoint(p.id, 0, images[start + j], texts[start + j], payload_of(p, 0)) for j, p in enumerate(batch)
+        ]
         await stack.index.upsert(points)
         await stack.mongo.mark_indexed([(p.id, "h") for p in batch], stack.encoder.info.fingerprint)
 
@@ -230,8 +231,10 @@ def _stage(n: int, dim: int, repeat: int) -> list[list[str]]:
     queries = clustered(repeat, dim, 4)
     flt = SearchFilters(category="mug")
     stamp = ModelStamp("b" * 64, dim, "bench")
-    points = [VectorPoint(f"p{i}", 0, vecs[i], vecs[i], {"product_id": f"p{i}", "image_index": 0,
-                                                         "category": cats[i]}) for i in range(n)]  # fmt: skip
+    points = [
+        VectorPoint(f"p{i}", 0, vecs[i], vecs[i], {"product_id": f"p{i}", "image_index": 0, "category": cats[i]})
+        for i in range(n)
+    ]
     rows = []
 
     async def engine(index: Any, reps: int) -> tuple[list[float], list[float], float]:

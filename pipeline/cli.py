@@ -160,9 +160,13 @@ def ingest(
             return await stack.ingest.ingest(catalog, progress=lambda n: progress.advance(task, n))
 
     report = _run_with_stack(_settings(model_repository), work)
-    summary = {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
-               "rejected": [{"line": line, "reason": reason} for line, reason in report.rejected],
-               "seconds": round(report.seconds, 2)}  # fmt: skip
+    summary = {
+        "added": report.added,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "rejected": [{"line": line, "reason": reason} for line, reason in report.rejected],
+        "seconds": round(report.seconds, 2),
+    }
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
         return
@@ -221,10 +225,17 @@ def search(
         table.add_column(col)
     for rank, hit in enumerate(response.hits, start=1):
         p = hit.product
-        table.add_row(str(rank), hit.product_id, p.name if p else "?", (p.brand or "") if p else "",
-                      (p.category or "") if p else "", (p.color or "") if p else "",
-                      f"{p.price:.2f}" if p and p.price is not None else "", f"{hit.similarity:.3f}",
-                      str(hit.matched))  # fmt: skip
+        table.add_row(
+            str(rank),
+            hit.product_id,
+            p.name if p else "?",
+            (p.brand or "") if p else "",
+            (p.category or "") if p else "",
+            (p.color or "") if p else "",
+            f"{p.price:.2f}" if p and p.price is not None else "",
+            f"{hit.similarity:.3f}",
+            str(hit.matched),
+        )
     Console().print(table)
     cache = {True: "cache hit", False: "cache miss", None: "stored vectors"}[response.cache_hit]
     err.print(f"{response.timings_ms.get('total', 0):.1f} ms ({cache}); model {response.model}")
@@ -277,6 +288,37 @@ def status(model_repository: RepoOption = None, as_json: JsonOption = False) -> 
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     else:
         Console().print_json(json.dumps(result, default=str))
+
+
+@app.command("serve-triton")
+@guarded
+def serve_triton(
+    model_repository: Annotated[Path, typer.Option(help="Exported repository")] = Path("model_repository"),
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (PIPELINE__TRITON__URL=127.0.0.1:PORT)")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port (health, metrics)")] = 8000,
+) -> None:
+    """Run the bundled tritonserver on an exported repository with the cpu_test configs (development)."""
+    import signal as signals
+    import threading
+
+    from pipeline.triton.server import LocalTriton
+
+    server = LocalTriton(
+        model_repository, grpc_port=grpc_port, http_port=http_port, log_file=model_repository.parent / "triton.log"
+    )
+    server.start()
+    err.print(
+        f"[green]Triton ready[/green]: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics "
+        f"{server.metrics_url}; log {server.log_file}. Ctrl-C stops it."
+    )
+    stop = threading.Event()
+    signals.signal(signals.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def main() -> None:

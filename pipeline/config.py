@@ -8,6 +8,7 @@ working directory is read too. Build it once at start-up (``Settings()``) and pa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,21 @@ class LimitsSettings(BaseModel):
     max_aspect_ratio: float = Field(default=20.0, ge=1.0)
     # Longer texts are refused; anything under this is tokenised and truncated to the model's 77 tokens.
     max_text_chars: int = Field(default=20_000, ge=1)
+
+
+class TritonSettings(BaseModel):
+    # Set (host:8001): every embedding goes through Triton over gRPC instead of in-process.
+    url: str | None = None
+    # "bytes": ship encoded images / UTF-8 text to the server-side preprocessing ensembles (small requests);
+    # "tensors": preprocess here and ship FP32 pixels / token ids.
+    send: Literal["bytes", "tensors"] = "bytes"
+    timeout_s: float = Field(default=10.0, gt=0)  # per request
+    retries: int = Field(default=3, ge=0)  # on UNAVAILABLE, with exponential backoff
+    backoff_s: float = Field(default=0.1, ge=0)
+    # When Triton is unreachable, answer in-process instead (logged once per switch), and retry Triton
+    # after the cooldown.
+    fallback: bool = False
+    fallback_cooldown_s: float = Field(default=30.0, ge=0)
 
 
 class QdrantSettings(BaseModel):
@@ -94,6 +110,7 @@ class Settings(BaseSettings):
     )
 
     encoder: EncoderSettings = EncoderSettings()
+    triton: TritonSettings = TritonSettings()
     limits: LimitsSettings = LimitsSettings()
     qdrant: QdrantSettings = QdrantSettings()
     mongo: MongoSettings = MongoSettings()

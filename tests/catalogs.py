@@ -43,11 +43,19 @@ def products(folder: Path) -> list[dict]:
                     name = f"img/{pid}-{k}.jpg"
                     draw(color, category, seed=n * 10 + k).save(folder / name, quality=90)
                     images.append(name)
-                rows.append({
-                    "id": pid, "name": f"{color} {category} {variant}", "description": f"A {color} {category}.",
-                    "brand": BRANDS[n % 2], "category": category, "color": color, "price": float(5 + n),
-                    "images": images, "attributes": {"variant": variant},
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "id": pid,
+                        "name": f"{color} {category} {variant}",
+                        "description": f"A {color} {category}.",
+                        "brand": BRANDS[n % 2],
+                        "category": category,
+                        "color": color,
+                        "price": float(5 + n),
+                        "images": images,
+                        "attributes": {"variant": variant},
+                    }
+                )
     return rows
 
 

@@ -14,8 +14,9 @@ from tests.images import encode
 def cli(cwd, *args, check=True):
     env = {**os.environ, "PIPELINE__ENCODER__PRECISION": "int8"}
     env.pop("MONGODB_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed: {proc.stderr}")
     return proc
@@ -31,8 +32,9 @@ def test_ingest_search_delete_status_on_embedded_default(model_repository, catal
     again = json.loads(cli(tmp_path, "ingest", str(catalog), *repo, "--json").stdout)
     assert again["unchanged"] == 24
 
-    res = json.loads(cli(tmp_path, "search", "--text", "red mug", "--top-k", "5", "--category", "mug", *repo,
-                         "--json").stdout)  # fmt: skip
+    res = json.loads(
+        cli(tmp_path, "search", "--text", "red mug", "--top-k", "5", "--category", "mug", *repo, "--json").stdout
+    )
     assert len(res["hits"]) == 5 and all(h["product"]["category"] == "mug" for h in res["hits"])
     photo = tmp_path / "q.png"
     photo.write_bytes(encode(draw("red", "shirt", 3), "PNG"))

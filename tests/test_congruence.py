@@ -26,8 +26,11 @@ async def _answers(settings, catalog):
     async with open_stack(settings) as stack:
         await stack.ingest.ingest(catalog)
         for kind, query, filters in QUERIES:
-            run = {"text": stack.search.search_text, "image": stack.search.search_image,
-                   "product": stack.search.search_product}[kind]  # fmt: skip
+            run = {
+                "text": stack.search.search_text,
+                "image": stack.search.search_image,
+                "product": stack.search.search_product,
+            }[kind]
             response = await run(query, top_k=10, filters=filters)
             out.append([(h.product_id, h.similarity, h.matched, h.image_index) for h in response.hits])
     return out

@@ -10,7 +10,11 @@ from pipeline.types import Precision
 
 
 async def create_encoder(settings: Settings, precision: Precision | None = None) -> Encoder:
-    """Open the configured encoder; loading runs in a thread so the event loop stays free."""
+    """Open the configured encoder: Triton when ``triton.url`` is set, else onnxruntime in a thread."""
+    if settings.triton.url:
+        from pipeline.encoders.triton import TritonEncoder
+
+        return await TritonEncoder.connect(settings, precision)
     from pipeline.encoders.onnx import OnnxEncoder
 
     return await asyncio.to_thread(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ModelError
+from pipeline.export.triton_extras import image_ensemble, text_ensemble, write_extras
 from pipeline.manifest import (
     FORMAT_VERSION,
     IMAGE_INPUT,
@@ -201,6 +202,7 @@ def export_repository(
             max_batch_size,
             log,
         )
+        write_extras(staging, manifest, max_batch_size)
         _commit(staging, out, manifest, existing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -323,4 +325,8 @@ def _commit(staging: Path, out: Path, manifest: Manifest, existing: Manifest | N
             for variant in spec.variants.values():
                 if variant.file not in keep:
                     (out / variant.file).unlink(missing_ok=True)
+                    shutil.rmtree((out / variant.file).parent, ignore_errors=True)
+        for precision in existing.precisions() - manifest.precisions():
+            for name in (image_ensemble(precision), text_ensemble(precision)):
+                shutil.rmtree(out / name, ignore_errors=True)
     manifest.save(out)

@@ -1,0 +1,290 @@
+"""Encoder on NVIDIA Triton over gRPC (``tritonclient.grpc.aio``).
+
+At start-up it reads each model's metadata from the server and refuses to run, naming the model and the
+difference, when tensor names, shapes or dtypes differ from the manifest. Many callers share one channel; the
+server's dynamic batcher merges their requests. UNAVAILABLE is retried with backoff, then EncoderUnavailable;
+with ``fallback`` set, requests are answered in-process meanwhile (logged once per switch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Settings
+from pipeline.encoders.base import Encoder, EncoderInfo
+from pipeline.errors import EncoderUnavailable, InvalidInput, ModelMismatch
+from pipeline.export.triton_extras import image_ensemble, text_ensemble
+from pipeline.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT, Manifest, load_manifest
+from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
+from pipeline.types import Modality, Precision
+
+log = logging.getLogger(__name__)
+_DTYPES = {"int64": "INT64", "float32": "FP32"}
+_RETRYABLE = {"StatusCode.UNAVAILABLE"}
+
+
+def _grpc() -> Any:
+    import tritonclient.grpc.aio as grpcclient
+
+    return grpcclient
+
+
+def _expected(manifest: Manifest, modality: Modality) -> dict[str, list[tuple[str, str, list[int]]]]:
+    spec = manifest.models[modality]
+    return {
+        "inputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.inputs],
+        "outputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.outputs],
+    }
+
+
+def _actual(meta: dict[str, Any]) -> dict[str, list[tuple[str, str, list[int]]]]:
+    return {
+        kind: [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get(kind, [])]
+        for kind in ("inputs", "outputs")
+    }
+
+
+class TritonEncoder:
+    def __init__(
+        self, client: Any, manifest: Manifest, precision: Precision, settings: Settings, max_batch: dict[str, int]
+    ) -> None:
+        self._client = client
+        self.manifest = manifest
+        self.precision = precision
+        self._settings = settings
+        self._cfg = settings.triton
+        self._limits = settings.limits
+        self._max_batch = max_batch
+        self._tokenizer = TextTokenizer(settings.encoder.model_repository / manifest.text.tokenizer_file, manifest.text)
+        self._info = EncoderInfo.of(manifest, precision, "triton")
+        self._fallback: Encoder | None = None
+        self._fallback_until = 0.0
+        self._fallback_lock = asyncio.Lock()
+        self.bytes_sent = 0
+
+    @classmethod
+    async def connect(cls, settings: Settings, precision: Precision | None = None) -> TritonEncoder:
+        """Connect and check the server's models against the manifest.
+
+        Raises EncoderUnavailable when the server cannot be reached (unless fallback is on), ModelMismatch when
+        a model's tensors differ, ModelError when the manifest or the precision is missing.
+        """
+        manifest = load_manifest(settings.encoder.model_repository)
+        have = manifest.precisions()
+        precision = (
+            precision
+            or settings.encoder.precision
+            or (Precision.FP16 if Precision.FP16 in have else next(iter(sorted(have))))
+        )
+        for modality in Modality:
+            manifest.variant(modality, precision)  # raises ModelError when not exported
+        client = _grpc().InferenceServerClient(url=settings.triton.url)
+        encoder = cls(client, manifest, precision, settings, {})
+        try:
+            await encoder._check_server()
+        except EncoderUnavailable:
+            if not settings.triton.fallback:
+                await client.close()
+                raise
+            await encoder._switch_to_fallback("at start-up")
+        except ModelMismatch:
+            await client.close()
+            raise
+        return encoder
+
+    # --- start-up checks -------------------------------------------------------------------------------------
+
+    async def _check_server(self) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        timeout = self._cfg.timeout_s
+        version = str(self.precision.triton_version)
+        try:
+            if not await self._client.is_server_ready(client_timeout=timeout):
+                raise EncoderUnavailable(f"Triton at {self._cfg.url} is not ready")
+            for modality in Modality:
+                name = self.manifest.models[modality].name
+                try:
+                    meta = await self._client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
+                except InferenceServerException as exc:
+                    if exc.status() in _RETRYABLE:
+                        raise
+                    raise ModelMismatch(
+                        f"Triton at {self._cfg.url} does not serve model {name!r} version {version} "
+                        f"({self.precision}): {exc.message()}"
+                    ) from exc
+                want, got = _expected(self.manifest, modality), _actual(meta)
+                if want != got:
+                    raise ModelMismatch(
+                        f"Triton model {name!r} v{version} differs from the manifest: server has {got}, "
+                        f"the exported model has {want}; re-export or point the client at the right repository"
+                    )
+                config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
+                self._max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+            if self._cfg.send == "bytes":
+                for name in (image_ensemble(self.precision), text_ensemble(self.precision)):
+                    if not await self._client.is_model_ready(name, client_timeout=timeout):
+                        raise ModelMismatch(
+                            f"Triton at {self._cfg.url} has no ready ensemble {name!r}; "
+                            "re-export the repository or set PIPELINE__TRITON__SEND=tensors"
+                        )
+                    config = await self._client.get_model_config(name, as_json=True, client_timeout=timeout)
+                    self._max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+        except InferenceServerException as exc:
+            raise EncoderUnavailable(f"Triton at {self._cfg.url}: {exc.message()}") from exc
+
+    # --- fallback --------------------------------------------------------------------------------------------
+
+    async def _switch_to_fallback(self, why: str) -> Encoder:
+        async with self._fallback_lock:
+            if self._fallback is None:
+                from pipeline.encoders.onnx import OnnxEncoder
+
+                self._fallback = await asyncio.to_thread(
+                    OnnxEncoder.load,
+                    self._settings.encoder.model_repository,
+                    self._settings.encoder,
+                    self._limits,
+                    self.precision,
+                )
+            if time.monotonic() >= self._fallback_until:
+                log.warning(
+                    "Triton at %s unavailable %s: answering in-process for %.0f s",
+                    self._cfg.url,
+                    why,
+                    self._cfg.fallback_cooldown_s,
+                )
+            self._fallback_until = time.monotonic() + self._cfg.fallback_cooldown_s
+            return self._fallback
+
+    @property
+    def info(self) -> EncoderInfo:
+        return self._info
+
+    @property
+    def using_fallback(self) -> bool:
+        return self._fallback is not None and time.monotonic() < self._fallback_until
+
+    # --- requests --------------------------------------------------------------------------------------------
+
+    async def _infer(
+        self, model: str, version: str, inputs: list[tuple[str, np.ndarray, str]], output: str
+    ) -> np.ndarray:
+        from tritonclient.utils import InferenceServerException
+
+        grpcclient = _grpc()
+        tensors = []
+        for name, array, dtype in inputs:
+            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        self.bytes_sent += sum(
+            a.nbytes if a.dtype != object else sum(len(x) for x in a.reshape(-1)) for _, a, _ in inputs
+        )
+        delay = self._cfg.backoff_s
+        for attempt in range(self._cfg.retries + 1):
+            try:
+                result = await self._client.infer(
+                    model,
+                    tensors,
+                    model_version=version,
+                    outputs=[grpcclient.InferRequestedOutput(output)],
+                    client_timeout=self._cfg.timeout_s,
+                )
+                return result.as_numpy(output)
+            except InferenceServerException as exc:
+                status = exc.status() or ""
+                if status in _RETRYABLE and attempt < self._cfg.retries:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                if status in _RETRYABLE or status == "StatusCode.DEADLINE_EXCEEDED":
+                    raise EncoderUnavailable(f"Triton at {self._cfg.url}: {model}: {exc.message()}") from exc
+                raise InvalidInput(f"Triton refused the request to {model}: {exc.message()}") from exc
+        raise AssertionError("unreachable")
+
+    async def _chunked(self, model: str, version: str, items: list[Any], build: Any, output: str) -> np.ndarray:
+        size = self._max_batch.get(model, 1)
+        parts = await asyncio.gather(
+            *(self._infer(model, version, build(items[s : s + size]), output) for s in range(0, len(items), size))
+        )
+        return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+
+    async def _with_fallback(self, modality: Modality, items: Sequence[Any]) -> np.ndarray:
+        if self.using_fallback:
+            assert self._fallback is not None
+            return await (
+                self._fallback.encode_texts(items) if modality is Modality.TEXT else self._fallback.encode_images(items)
+            )
+        try:
+            return await (self._texts(list(items)) if modality is Modality.TEXT else self._images(list(items)))
+        except EncoderUnavailable:
+            if not self._cfg.fallback:
+                raise
+            fallback = await self._switch_to_fallback("during a request")
+            return await (fallback.encode_texts(items) if modality is Modality.TEXT else fallback.encode_images(items))
+
+    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        for i, text in enumerate(texts):
+            check_text(text, self._limits, name=f"text {i}")
+        if not texts:
+            return np.zeros((0, self._info.dim), np.float32)
+        return await self._with_fallback(Modality.TEXT, texts)
+
+    async def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self._info.dim), np.float32)
+        return await self._with_fallback(Modality.IMAGE, images)
+
+    async def _texts(self, texts: list[str]) -> np.ndarray:
+        if self._cfg.send == "bytes":
+
+            def build(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
+                return [("text", np.array([[t.encode()] for t in chunk], dtype=object), "BYTES")]
+
+            return await self._chunked(text_ensemble(self.precision), "", texts, build, TEXT_OUTPUT)
+
+        def build_ids(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
+            batch = self._tokenizer(chunk)
+            return [(TEXT_INPUTS[0], batch.input_ids, "INT64"), (TEXT_INPUTS[1], batch.attention_mask, "INT64")]
+
+        name = self.manifest.models[Modality.TEXT].name
+        return await self._chunked(name, str(self.precision.triton_version), texts, build_ids, TEXT_OUTPUT)
+
+    async def _images(self, images: list[bytes]) -> np.ndarray:
+        if self._cfg.send == "bytes":
+            # Refuse what the server would refuse before shipping it (clear error, no wasted upload).
+            for i, data in enumerate(images):
+                if not data:
+                    raise InvalidInput(f"image {i}: empty file")
+                if len(data) > self._limits.max_image_bytes:
+                    raise InvalidInput(
+                        f"image {i}: {len(data)} bytes is over the limit of {self._limits.max_image_bytes}"
+                    )
+
+            def build(chunk: list[bytes]) -> list[tuple[str, np.ndarray, str]]:
+                return [("image_bytes", np.array([[b] for b in chunk], dtype=object), "BYTES")]
+
+            return await self._chunked(image_ensemble(self.precision), "", images, build, IMAGE_OUTPUT)
+
+        spec = self.manifest.image
+        tensors = await asyncio.to_thread(
+            lambda: [load_image_tensor(d, spec, self._limits, name=f"image {i}") for i, d in enumerate(images)]
+        )
+
+        def build_pixels(chunk: list[np.ndarray]) -> list[tuple[str, np.ndarray, str]]:
+            return [(IMAGE_INPUT, np.stack(chunk), "FP32")]
+
+        name = self.manifest.models[Modality.IMAGE].name
+        return await self._chunked(name, str(self.precision.triton_version), tensors, build_pixels, IMAGE_OUTPUT)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        if self._fallback is not None:
+            await self._fallback.aclose()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages the tests use that PyPI does not ship: a compose client to validate deploy/ (Debian's
+# docker-compose when the docker CLI has no compose plugin). Installed only when missing, as root with apt;
+# elsewhere it says what is missing and the tests that need it skip with that reason.
+set -euo pipefail
+want=()
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  want+=(docker-compose)
+fi
+[ ${#want[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -qq update >/dev/null || true
+  apt-get -qq install -y --no-install-recommends "${want[@]}" >/dev/null
+else
+  echo "system-deps: not root or no apt-get; missing: ${want[*]} (the tests that need them will skip)" >&2
+fi
