@@ -58,5 +58,13 @@ def load(
     run(n=products, callers=callers, seconds=seconds)
 
 
+@app.command()
+def triton(seconds: float = typer.Option(8.0, help="seconds per row")) -> None:
+    """In-process vs Triton (tensors / bytes) at 1, 8 and 32 concurrent callers; bytes sent per image."""
+    from bench.triton import run
+
+    run(seconds=seconds)
+
+
 if __name__ == "__main__":
     app()

@@ -181,6 +181,7 @@ def export_repository(
     reuse = _reusable(existing, out, digest, versions)
     wanted = [(m, p) for m in Modality for p in precisions]
     if existing is not None and all(key in reuse for key in wanted):
+        write_configs(out, existing, max_batch_size)  # cheap, derived from the manifest: always current
         log(f"{out}: up to date ({', '.join(precisions)} already exported from this source)")
         return existing
 
@@ -202,7 +203,7 @@ def export_repository(
             max_batch_size,
             log,
         )
-        write_extras(staging, manifest, max_batch_size)
+        write_configs(staging, manifest, max_batch_size)
         _commit(staging, out, manifest, existing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -229,7 +230,6 @@ def _build(
 
     from pipeline.export.onnx_export import export_text, export_vision
     from pipeline.export.quantize import to_fp16, to_int8
-    from pipeline.export.triton_config import render_config
 
     log(f"loading {source}")
     try:
@@ -286,18 +286,7 @@ def _build(
                 size_bytes=dst.stat().st_size,
                 triton_version=precision.triton_version,
             )
-        spec = ModelSpec(name=_MODEL_NAMES[modality], inputs=inputs, outputs=outputs, variants=variants)
-        models[modality] = spec
-        model_dir = staging / spec.name
-        (model_dir / "configs").mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.pbtxt").write_text(render_config(spec, production=True, max_batch_size=max_batch_size))
-        (model_dir / "configs" / "cpu_test.pbtxt").write_text(
-            render_config(spec, production=False, max_batch_size=max_batch_size)
-        )
-        for variant in variants.values():
-            shim = model_dir / str(variant.triton_version) / "model.py"
-            shim.parent.mkdir(parents=True, exist_ok=True)
-            shim.write_text(_SHIM)
+        models[modality] = ModelSpec(name=_MODEL_NAMES[modality], inputs=inputs, outputs=outputs, variants=variants)
     shutil.rmtree(fp32_dir)
     tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
     return Manifest(
@@ -310,6 +299,24 @@ def _build(
         models=models,
         exporter=versions,
     )
+
+
+def write_configs(root: Path, manifest: Manifest, max_batch_size: int) -> None:
+    """Everything derived from the manifest: config.pbtxt + cpu_test twin, python shims, preprocessing ensembles."""
+    from pipeline.export.triton_config import render_config
+
+    for spec in manifest.models.values():
+        model_dir = root / spec.name
+        (model_dir / "configs").mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.pbtxt").write_text(render_config(spec, production=True, max_batch_size=max_batch_size))
+        (model_dir / "configs" / "cpu_test.pbtxt").write_text(
+            render_config(spec, production=False, max_batch_size=max_batch_size)
+        )
+        for variant in spec.variants.values():
+            shim = model_dir / str(variant.triton_version) / "model.py"
+            shim.parent.mkdir(parents=True, exist_ok=True)
+            shim.write_text(_SHIM)
+    write_extras(root, manifest, max_batch_size)
 
 
 def _commit(staging: Path, out: Path, manifest: Manifest, existing: Manifest | None) -> None:
