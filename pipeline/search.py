@@ -76,9 +76,14 @@ class SearchService:
     ) -> SearchResponse:
         """Raises InvalidInput for an unreadable, empty or oversized image."""
         digest = hashlib.sha256(image).hexdigest()[:16]
-        return await self._run(
-            QueryKind.IMAGE, f"sha256:{digest}", top_k, filters, min_score, lambda: self._embed(Modality.IMAGE, image)
-        )
+
+        async def embed() -> tuple[dict[Modality, np.ndarray], bool]:
+            try:
+                return await self._embed(Modality.IMAGE, image)
+            except InvalidInput as exc:  # the encoder numbers its inputs; here there is one, the shopper's
+                raise InvalidInput(str(exc).replace("image 0:", "query image:", 1)) from exc
+
+        return await self._run(QueryKind.IMAGE, f"sha256:{digest}", top_k, filters, min_score, embed)
 
     async def search_product(
         self,

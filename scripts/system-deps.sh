@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages the tests use that PyPI does not ship: a compose client to validate deploy/ (Debian's
-# docker-compose when the docker CLI has no compose plugin). Installed only when missing, as root with apt;
+# docker-compose when the docker CLI has no compose plugin) and Chromium for the browser test (Playwright
+# drives Debian's chromium; `playwright install` would download a browser). Installed only when missing, as root with apt;
 # elsewhere it says what is missing and the tests that need it skip with that reason.
 set -euo pipefail
 want=()
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   want+=(docker-compose)
 fi
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive

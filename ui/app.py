@@ -1,0 +1,174 @@
+"""Streamlit front end: type words or drop a photo, see matching products, ask for more like one of them.
+
+Run with ``streamlit run ui/app.py`` (``make demo`` does everything). Settings come from the environment
+(``PIPELINE__...``) like every other face; the stack is built once per process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pipeline.bridge import StackBridge
+from pipeline.catalog import is_url
+from pipeline.config import Settings
+from pipeline.errors import PipelineError
+from pipeline.schemas import SearchFilters, SearchResponse
+
+st.set_page_config(page_title="Product search", layout="wide")
+
+
+@st.cache_resource(show_spinner="Starting the search stack…")
+def bridge() -> StackBridge:
+    return StackBridge(Settings())
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def facets() -> dict[str, list[Any]]:
+    try:
+        return bridge().call(lambda s: s.mongo.facets())
+    except PipelineError:
+        return {}
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def status() -> dict[str, Any]:
+    return bridge().call(lambda s: s.status())
+
+
+def start_text_query() -> None:
+    st.session_state.mode = "text"
+
+
+def start_image_query() -> None:
+    st.session_state.mode = "image" if st.session_state.get("photo") is not None else "text"
+
+
+def more_like(product_id: str, name: str) -> None:
+    st.session_state.mode = "product"
+    st.session_state.product_id = product_id
+    st.session_state.product_name = name
+
+
+def sidebar() -> tuple[int, SearchFilters]:
+    with st.sidebar:
+        st.header("Filters")
+        options = facets()
+        top_k = st.slider("Results", 4, 48, 12, step=4, key="top_k")
+        category = st.selectbox("Category", ["Any", *options.get("category", [])], key="category")
+        brand = st.selectbox("Brand", ["Any", *options.get("brand", [])], key="brand")
+        color = st.selectbox("Colour", ["Any", *options.get("color", [])], key="color")
+        lo, hi = options.get("price", [0.0, 0.0]) or [0.0, 0.0]
+        price = (lo, hi)
+        if hi > lo:
+            price = st.slider("Price", float(lo), float(hi), (float(lo), float(hi)), key="price")
+        st.divider()
+        show_status()
+    pick = {k: (v if v != "Any" else None) for k, v in (("category", category), ("brand", brand), ("color", color))}
+    bounds = {"min_price": price[0], "max_price": price[1]} if hi > lo and price != (lo, hi) else {}
+    return top_k, SearchFilters(**pick, **bounds)
+
+
+def show_status() -> None:
+    st.header("System")
+    try:
+        s = status()
+    except PipelineError as exc:
+        st.error(f"Status unavailable: {exc}")
+        return
+    enc = s["encoder"]
+    backend = "Triton (gRPC)" if enc["backend"] == "triton" else "in-process (onnxruntime)"
+    st.markdown(f"**Encoder**: {backend}, {enc['precision'].upper()}  \n**Model**: `{enc['model']}`")
+    qd, mg = s.get("qdrant", {}), s.get("mongo", {})
+
+    def health(ok: bool | None) -> str:
+        return ":green[● up]" if ok else ":red[● down]"
+
+    st.markdown(
+        f"**Qdrant** ({qd.get('backend', '?')}): {health(qd.get('healthy'))}, {qd.get('products', '—')} products  \n"
+        f"**MongoDB**: {health(mg.get('healthy'))}, {mg.get('products', '—')} products"
+    )
+    cache = s["cache"]
+    st.caption(f"Cache: {cache['entries']}/{cache['max_entries']} entries, hit rate {cache['hit_rate']:.0%}")
+
+
+def run_query(top_k: int, filters: SearchFilters) -> SearchResponse | None:
+    mode = st.session_state.get("mode")
+    text = (st.session_state.get("query") or "").strip()
+    photo = st.session_state.get("photo")
+    if mode == "product" and st.session_state.get("product_id"):
+        pid = st.session_state.product_id
+        return bridge().call(lambda s: s.search.search_product(pid, top_k, filters))
+    if mode == "image" and photo is not None:
+        data = photo.getvalue()
+        return bridge().call(lambda s: s.search.search_image(data, top_k, filters))
+    if text:
+        return bridge().call(lambda s: s.search.search_text(text, top_k, filters))
+    return None
+
+
+def show_image(ref: str) -> None:
+    if is_url(ref) or Path(ref).is_file():
+        st.image(ref, width="stretch")
+    else:
+        st.caption("(image unavailable)")
+
+
+def show_results(response: SearchResponse) -> None:
+    what = {"text": "words", "image": "photo", "product": "more like this"}[response.kind]
+    cache = {True: "embedding from cache", False: "embedding computed", None: "stored vectors"}[response.cache_hit]
+    st.caption(
+        f"{len(response.hits)} products for your {what} · {response.timings_ms.get('total', 0):.0f} ms · {cache}"
+    )
+    if response.metadata_missing:
+        st.warning("Product details are unavailable right now (database unreachable); showing ids and scores.")
+    if not response.hits:
+        st.info("No products match. Try other words or fewer filters.")
+        return
+    columns = st.columns(4)
+    for i, hit in enumerate(response.hits):
+        with columns[i % 4], st.container(border=True, key=f"card-{i}"):
+            product = hit.product
+            if product is not None:
+                show_image(product.images[(hit.image_index or 0) % len(product.images)])
+                st.markdown(f"**{product.name}**")
+                price = f"{product.price:.2f}" if product.price is not None else "—"
+                st.caption(f"{product.brand or ''} · {price} · score {hit.similarity:.2f}")
+            else:
+                st.markdown(f"**{hit.product_id}**")
+                st.caption(f"score {hit.similarity:.2f}")
+            name = product.name if product is not None else hit.product_id
+            st.button("More like this", key=f"more-{hit.product_id}", on_click=more_like, args=(hit.product_id, name))
+
+
+def main() -> None:
+    st.title("Product search")
+    try:
+        bridge()
+    except PipelineError as exc:
+        st.error(f"The search stack could not start: {exc}")
+        st.stop()
+    top_k, filters = sidebar()
+    left, right = st.columns([3, 2])
+    with left:
+        st.text_input("Search with words", key="query", placeholder="e.g. blue striped t-shirt",
+                      on_change=start_text_query)  # fmt: skip
+    with right:
+        st.file_uploader("…or with a photo", type=["jpg", "jpeg", "png", "webp", "gif", "bmp"], key="photo",
+                         on_change=start_image_query)  # fmt: skip
+    if st.session_state.get("mode") == "product":
+        st.markdown(f"More like **{st.session_state.product_name}** (`{st.session_state.product_id}`)")
+    try:
+        response = run_query(top_k, filters)
+    except PipelineError as exc:
+        st.error(str(exc))
+        return
+    if response is None:
+        st.info("Type a few words or drop a photo to search the catalog.")
+        return
+    show_results(response)
+
+
+main()
