@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL ?=
+export MODEL CATALOG PORT
 
 .PHONY: install system-deps lint format typecheck test bench export triton demo clean
 
@@ -47,6 +48,9 @@ triton: $(STAMP)
 
 export: $(STAMP)
 	$(BIN)/python -m pipeline export --model $(MODEL) --out model_repository
+
+demo: $(STAMP)
+	scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -66,5 +66,15 @@ def triton(seconds: float = typer.Option(8.0, help="seconds per row")) -> None:
     run(seconds=seconds)
 
 
+@app.command("demo-queries")
+def demo_queries(demo: str = typer.Option("data/demo", help="the folder make demo filled")) -> None:
+    """Precision@10 of text queries such as 'blue striped t-shirt' on the demo model and catalog."""
+    from pathlib import Path
+
+    from bench.demo_queries import run
+
+    run(Path(demo))
+
+
 if __name__ == "__main__":
     app()

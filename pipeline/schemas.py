@@ -54,13 +54,19 @@ class Product(BaseModel):
         return value or None
 
     def embedding_text(self) -> str:
-        """What the text vector encodes: the title words a shopper would type (CLIP reads ≤ 77 tokens)."""
-        return " ".join(part for part in (self.color, self.name, self.brand, self.category) if part)
+        """What the text vector encodes: the product's title, as a shopper would type it (CLIP reads ≤ 77
+        tokens), with the category added when the title does not say it. Brand and description stay out:
+        unknown brand words and long prose pull the vector away from what people search for."""
+        name = self.name
+        if self.category and self.category.lower() not in name.lower():
+            name = f"{name} {self.category}"
+        return name
 
     def content_hash(self, extra: str = "") -> str:
-        """Hash of everything that shapes the vectors; ``extra`` carries image file identities."""
+        """Hash of everything that shapes the vectors (fields, the text recipe's output, and ``extra``: image
+        file identities), so a change to any of them re-embeds the product."""
         doc = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256((doc + "\0" + extra).encode()).hexdigest()[:32]
+        return hashlib.sha256("\0".join((doc, self.embedding_text(), extra)).encode()).hexdigest()[:32]
 
 
 class SearchFilters(BaseModel):

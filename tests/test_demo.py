@@ -1,0 +1,57 @@
+"""The offline demo's pieces: the drawn catalog and the contrastive trainer (a short run on a subset)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.catalog import read_catalog
+from pipeline.demo_catalog import COLORS, PATTERNS, SHAPES, build_demo_catalog
+from pipeline.errors import InvalidInput
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    return build_demo_catalog(tmp_path_factory.mktemp("demo"), per_combination=1, heldout_per_combination=1)
+
+
+def test_demo_catalog_is_valid_and_complete(small_demo):
+    rows = list(read_catalog(small_demo.catalog))
+    assert all(r.product is not None for r in rows)
+    combos = len(SHAPES) * len(COLORS) * len(PATTERNS)
+    assert small_demo.products == len(rows) == combos and small_demo.heldout == combos
+    names = {r.product.name.lower() for r in rows}
+    assert "blue striped t-shirt" in names and "red mug" in names  # plain items are named without the pattern
+    held = [json.loads(line) for line in small_demo.heldout_file.read_text().splitlines()]
+    assert all((small_demo.catalog.parent / h["image"]).is_file() for h in held)
+    # held-out drawings are new images, not copies of catalog images
+    catalog_bytes = {(small_demo.catalog.parent / i).read_bytes() for r in rows for i in r.product.images}
+    assert not any((small_demo.catalog.parent / h["image"]).read_bytes() in catalog_bytes for h in held)
+
+
+def test_training_improves_heldout_recall_and_exports(small_demo, tmp_path):
+    from pipeline.export.finetune import train
+
+    out = tmp_path / "model"
+    report = train("small", small_demo.catalog, out, epochs=4, batch_size=32, log=lambda _m: None)
+    assert report.pairs >= 192 and report.heldout == 192
+    assert report.after["recall@10"] >= report.before["recall@10"] + 0.15, (report.before, report.after)
+    assert json.loads((out / "train_report.json").read_text())["after"] == report.after
+    repo = tmp_path / "repo"
+    run_cli("export", "--model", str(out), "--out", str(repo), "--precision", "int8")
+    doc = json.loads(run_cli("embed", "--model-repository", str(repo), "--text", "blue striped t-shirt").stdout)
+    assert doc["dim"] == 128 and len(doc["vectors"]) == 1
+
+
+def test_training_refuses_bad_inputs(tmp_path):
+    from pipeline.export.finetune import train
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"broken": \n')
+    with pytest.raises(InvalidInput, match="no valid rows"):
+        train("small", empty, tmp_path / "m", log=lambda _m: None)
+    proc = run_cli("train", "--model", str(tmp_path), "--catalog", str(empty), "--out", str(tmp_path / "m"),
+                   check=False)  # fmt: skip
+    assert proc.returncode == 1 and "error:" in proc.stderr
