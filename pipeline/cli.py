@@ -48,8 +48,15 @@ def export(
         list[Precision] | None, typer.Option(help="Variants to build (repeatable); default all")
     ] = None,
     max_batch_size: Annotated[int, typer.Option(min=1, help="max_batch_size in config.pbtxt")] = 64,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Catalog whose images and titles calibrate the INT8 gate (default: drawn)")
+    ] = None,
+    min_cosine: Annotated[float, typer.Option(help="INT8 gate: least mean cosine to FP32, each tower")] = 0.95,
+    min_overlap: Annotated[float, typer.Option(help="INT8 gate: least text→image top-10 overlap with FP32")] = 0.8,
 ) -> None:
-    """Export CLIP's text and vision towers to ONNX (FP32, FP16, INT8) as a Triton model repository."""
+    """Export CLIP's text and vision towers to ONNX (FP32, FP16, INT8) as a Triton model repository.
+
+    Each INT8 variant is measured against FP32 and served only when it passes the accuracy gate."""
     from pipeline.export.repository import export_repository
 
     with err.status("exporting") as status:
@@ -58,6 +65,9 @@ def export(
             out,
             precision or list(Precision),
             max_batch_size=max_batch_size,
+            calibration=calibration,
+            min_cosine=min_cosine,
+            min_overlap=min_overlap,
             log=lambda msg: (status.update(msg), err.print(msg)),
         )
     err.print(f"[green]done[/green]: {out} ({manifest.name}, dim {manifest.dim})")

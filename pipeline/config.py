@@ -29,6 +29,8 @@ class EncoderSettings(BaseModel):
     # Merge concurrent callers' requests into one model call. None: yes for FP32/FP16, no for INT8, whose
     # dynamic quantisation scales activations per batch (a query's vector would depend on its batch-mates).
     cross_request_batching: bool | None = None
+    # Serve a precision even when the export's accuracy gate refused it.
+    force_precision: bool = False
     # onnxruntime execution providers in order of preference; unavailable ones are skipped.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

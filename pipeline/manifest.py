@@ -34,12 +34,24 @@ class TensorSpec(BaseModel):
     shape: list[int]  # -1 for a dynamic axis
 
 
+class VariantQuality(BaseModel):
+    """The export gate's verdict on a reduced-precision variant, with the figures it was based on."""
+
+    servable: bool
+    reasons: list[str] = []
+    figures: dict[str, float] = {}
+    calibration: str = ""
+    min_cosine: float = 0.0
+    min_overlap: float = 0.0
+
+
 class VariantSpec(BaseModel):
     precision: Precision
     file: str  # relative to the repository root
     sha256: str
     size_bytes: int
     triton_version: int
+    quality: VariantQuality | None = None  # measured for INT8 by the export gate; None: not gated
 
 
 class ModelSpec(BaseModel):
@@ -83,6 +95,24 @@ class Manifest(BaseModel):
     def precisions(self) -> set[Precision]:
         """Precisions exported for both towers."""
         return set(self.models[Modality.TEXT].variants) & set(self.models[Modality.IMAGE].variants)
+
+    def servable(self, precision: Precision) -> VariantQuality | None:
+        """The gate's verdict when it refused ``precision`` (None when servable or not gated)."""
+        for spec in self.models.values():
+            variant = spec.variants.get(precision)
+            if variant is not None and variant.quality is not None and not variant.quality.servable:
+                return variant.quality
+        return None
+
+    def check_servable(self, precision: Precision, force: bool = False) -> None:
+        """Raise ModelError when the export gate refused ``precision`` (unless ``force``)."""
+        refused = self.servable(precision)
+        if refused is not None and not force:
+            raise ModelError(
+                f"the {precision} variant failed the export's accuracy gate ({'; '.join(refused.reasons)}); "
+                f"serve another precision, re-export with a better calibration set, or set "
+                f"PIPELINE__ENCODER__FORCE_PRECISION=true to use it anyway"
+            )
 
     def variant(self, modality: Modality, precision: Precision) -> VariantSpec:
         variants = self.models[modality].variants

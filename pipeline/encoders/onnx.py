@@ -31,12 +31,13 @@ def available_providers(wanted: Sequence[str]) -> list[str]:
 
 
 def default_precision(manifest: Manifest, on_gpu: bool) -> Precision:
-    """FP16 on a GPU, INT8 on a CPU (measured fastest on each), else the best exported one."""
+    """FP16 on a GPU, INT8 on a CPU (measured fastest on each), else the best exported one; a variant the
+    export's accuracy gate refused is passed over."""
     order = (
         (Precision.FP16, Precision.FP32, Precision.INT8) if on_gpu else (Precision.INT8, Precision.FP32, Precision.FP16)
     )
-    have = manifest.precisions()
-    return next((p for p in order if p in have), order[0])
+    have = [p for p in order if p in manifest.precisions()]
+    return next((p for p in have if manifest.servable(p) is None), have[0] if have else order[0])
 
 
 def _session(path: Path, settings: EncoderSettings, providers: list[str]) -> Any:
@@ -105,6 +106,7 @@ class OnnxEncoder:
         precision = (
             precision or settings.precision or default_precision(manifest, on_gpu="CUDAExecutionProvider" in providers)
         )
+        manifest.check_servable(precision, settings.force_precision)
         sessions = {}
         for modality in Modality:
             path = repository / manifest.variant(modality, precision).file

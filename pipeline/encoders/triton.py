@@ -84,6 +84,7 @@ class TritonEncoder:
         )
         for modality in Modality:
             manifest.variant(modality, precision)  # raises ModelError when not exported
+        manifest.check_servable(precision, settings.encoder.force_precision)
         client = _grpc().InferenceServerClient(url=settings.triton.url)
         encoder = cls(client, manifest, precision, settings, {})
         try:

@@ -160,9 +160,16 @@ def export_repository(
     precisions: Sequence[Precision] = tuple(Precision),
     *,
     max_batch_size: int = 64,
+    calibration: Path | None = None,
+    min_cosine: float = 0.95,
+    min_overlap: float = 0.8,
     log: Log = lambda _msg: None,
 ) -> Manifest:
     """Export ``source`` (hub id or save_pretrained folder) into the Triton repository ``out``.
+
+    Each INT8 variant is measured against FP32 on ``calibration`` (a catalog; drawn products when None) and
+    marked servable only when its cosine to FP32 (both towers, mean) ≥ ``min_cosine`` and its text→image
+    top-10 overlap ≥ ``min_overlap``; the figures go into the manifest.
 
     Returns the manifest written. Raises ModelError for a source that is missing or not CLIP; ``out`` is left
     untouched on any failure.
@@ -203,6 +210,8 @@ def export_repository(
             max_batch_size,
             log,
         )
+        _gate(manifest, staging, out, calibration, min_cosine, min_overlap, log)
+        shutil.rmtree(staging / ".fp32")
         write_configs(staging, manifest, max_batch_size)
         _commit(staging, out, manifest, existing)
     finally:
@@ -287,7 +296,6 @@ def _build(
                 triton_version=precision.triton_version,
             )
         models[modality] = ModelSpec(name=_MODEL_NAMES[modality], inputs=inputs, outputs=outputs, variants=variants)
-    shutil.rmtree(fp32_dir)
     tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
     return Manifest(
         source=source,
@@ -299,6 +307,49 @@ def _build(
         models=models,
         exporter=versions,
     )
+
+
+def _gate(
+    manifest: Manifest,
+    staging: Path,
+    out: Path,
+    calibration: Path | None,
+    min_cosine: float,
+    min_overlap: float,
+    log: Log,
+) -> None:
+    """Measure newly built INT8 variants against FP32 (kept in staging) and record the verdicts."""
+    from pipeline.export.quality import catalog_calibration, generated_calibration, measure
+
+    fresh = [
+        m.variants[Precision.INT8]
+        for m in manifest.models.values()
+        if Precision.INT8 in m.variants and m.variants[Precision.INT8].quality is None
+    ]
+    if not fresh:
+        return
+    calib = catalog_calibration(calibration, manifest.image) if calibration else generated_calibration(manifest.image)
+    fp32 = (staging / ".fp32" / "text.onnx", staging / ".fp32" / "image.onnx")
+    files = {}
+    for precision in (Precision.INT8,):
+        paths = []
+        for modality in (Modality.TEXT, Modality.IMAGE):
+            rel = manifest.models[modality].variants[precision].file
+            paths.append(staging / rel if (staging / rel).exists() else out / rel)
+        files[precision.value] = (paths[0], paths[1])
+    log(f"int8: measuring against fp32 on {calib.source}")
+    verdicts = measure(
+        files, fp32, calib, manifest.text, staging / TOKENIZER_FILE, min_cosine, min_overlap, [Precision.INT8.value]
+    )
+    verdict = verdicts[Precision.INT8.value]
+    for spec in manifest.models.values():
+        if Precision.INT8 in spec.variants:
+            spec.variants[Precision.INT8].quality = verdict
+    figures = ", ".join(f"{k} {v}" for k, v in verdict.figures.items())
+    if verdict.servable:
+        log(f"int8: servable ({figures})")
+    else:
+        log(f"int8: NOT servable: {'; '.join(verdict.reasons)} ({figures}); encoders refuse it unless forced")
 
 
 def write_configs(root: Path, manifest: Manifest, max_batch_size: int) -> None:
