@@ -40,21 +40,22 @@ def generated_calibration(spec: ImageSpec, n: int = 96, seed: int = 7) -> Calibr
 
 
 def catalog_calibration(catalog: Path, spec: ImageSpec, n: int = 128) -> CalibrationSet:
-    """Up to ``n`` readable images of a catalog with their product titles."""
+    """``n`` products spread evenly over the catalog (catalogs are often sorted by category), first image each,
+    with their titles; unreadable images are skipped."""
     from pipeline.catalog import read_catalog
 
+    products = [row.product for row in read_catalog(catalog) if row.product is not None]
+    picks = sorted(set(np.linspace(0, len(products) - 1, num=min(n, len(products)), dtype=int).tolist()))
     limits, pixels, texts = LimitsSettings(), [], []
-    for row in read_catalog(catalog):
-        if row.product is None or len(pixels) >= n:
-            continue
+    for product in (products[i] for i in picks):
         try:
-            pixels.append(load_image_tensor(Path(row.product.images[0]).read_bytes(), spec, limits))
+            pixels.append(load_image_tensor(Path(product.images[0]).read_bytes(), spec, limits))
         except (OSError, ValueError):
             continue
-        texts.append(row.product.embedding_text())
+        texts.append(product.embedding_text())
     if len(pixels) < 10:
         raise ValueError(f"{catalog}: fewer than 10 readable images for calibration")
-    return CalibrationSet(np.stack(pixels), texts, f"catalog {catalog} ({len(pixels)} pairs)")
+    return CalibrationSet(np.stack(pixels), texts, f"catalog {catalog} ({len(pixels)} pairs, spread evenly)")
 
 
 def _session(path: Path) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 def to_fp16(src: Path, dst: Path) -> None:
     """Convert weights and activations to FP16, keeping FP32 inputs and outputs (the tensor contract)."""
@@ -25,3 +27,35 @@ def to_int8(src: Path, dst: Path) -> None:
         # Symbolic shape inference does not understand the dynamo exporter's graphs; ONNX's own inference does.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+
+
+def to_int8_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Static INT8 in QDQ format: weights per channel, activation ranges calibrated on ``feeds`` (MinMax).
+
+    Only MatMul, Gemm and Conv are quantised: norms and softmax stay in float, where INT8 costs accuracy for
+    no speed.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+        )  # fmt: skip
