@@ -37,11 +37,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m bench encoders
-	$(BIN)/python -m bench search
-	$(BIN)/python -m bench stage
-	$(BIN)/python -m bench load
-	$(BIN)/python -m bench triton
+	$(BIN)/python -m bench report
 
 triton: $(STAMP)
 	$(BIN)/python -m pipeline serve-triton --model-repository model_repository

@@ -76,5 +76,13 @@ def demo_queries(demo: str = typer.Option("data/demo", help="the folder make dem
     run(Path(demo))
 
 
+@app.command()
+def report() -> None:
+    """Every benchmark in one run, stitched into bench/results/REPORT.md (what `make bench` runs)."""
+    from bench.report import run
+
+    run()
+
+
 if __name__ == "__main__":
     app()

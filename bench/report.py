@@ -1,0 +1,55 @@
+"""``make bench``: every benchmark of the project in one run, stitched into one report.
+
+Encoders per precision (vs PyTorch eager), end-to-end queries and ingestion (vs eager + numpy + dict), the
+search stage (vs numpy), the soak, and Triton vs in-process, each beside its baseline with a ratio, under a
+header naming the machine, its cores and the date. Written to bench/results/REPORT.md and printed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+
+from bench.common import RESULTS
+
+SECTIONS = ["encoders", "search", "search_stage", "load", "triton"]
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def header() -> str:
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("onnxruntime", "torch", "qdrant-edge-py", "pymongo"))
+    return (
+        f"# Benchmark report\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} cores ({_cpu()}) · "
+        f"Python {platform.python_version()} · {versions}\n\nViT-B/32 shapes with random weights (latency does not "
+        "depend on the weights). Medians (p50) and p99; ratios are the baseline's time over ours (>1: faster).\n"
+    )
+
+
+def run() -> None:
+    from bench import encoders, load, search, triton
+
+    start = time.perf_counter()
+    encoders.run()
+    search.run()
+    search.run_stage()
+    load.run()
+    triton.run()
+    parts = [header()]
+    for name in SECTIONS:
+        path = RESULTS / f"{name}.md"
+        if path.exists():
+            parts.append(path.read_text().replace("### ", "## ", 1))
+    parts.append(f"_The whole report took {time.perf_counter() - start:.0f} s._\n")
+    report = "\n".join(parts)
+    (RESULTS / "REPORT.md").write_text(report)
+    print(report)
