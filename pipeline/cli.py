@@ -60,6 +60,11 @@ def export(
     from pipeline.export.repository import export_repository
 
     with err.status("exporting") as status:
+
+        def log(msg: str) -> None:
+            status.update(msg)
+            err.print(msg)
+
         manifest = export_repository(
             model,
             out,
@@ -68,7 +73,7 @@ def export(
             calibration=calibration,
             min_cosine=min_cosine,
             min_overlap=min_overlap,
-            log=lambda msg: (status.update(msg), err.print(msg)),
+            log=log,
         )
     err.print(f"[green]done[/green]: {out} ({manifest.name}, dim {manifest.dim})")
 

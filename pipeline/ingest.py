@@ -127,7 +127,7 @@ class IngestService:
                 raise result
             else:
                 ok.append((product, result))
-        texts = await self.encoder.encode_texts([p.embedding_text() for p, _ in ok]) if ok else []
+        texts = await self.encoder.encode_texts([p.embedding_text() for p, _ in ok]) if ok else np.zeros((0, 0))
         return [(p, img, texts[i]) for i, (p, img) in enumerate(ok)], failed
 
     @staticmethod

@@ -40,14 +40,14 @@ def decode_image(data: bytes, limits: LimitsSettings, *, name: str = "image") ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
+            opened = Image.open(io.BytesIO(data))
+            width, height = opened.size
             if width * height > limits.max_image_pixels:
                 raise InvalidInput(f"{name}: {width}x{height} pixels is over the limit of {limits.max_image_pixels}")
             if max(width, height) > limits.max_aspect_ratio * min(width, height):
                 raise InvalidInput(f"{name}: aspect ratio {width}x{height} is over {limits.max_aspect_ratio}:1")
-            img.load()
-            img = ImageOps.exif_transpose(img)
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
     except InvalidInput:
         raise
     except Image.DecompressionBombError as exc:

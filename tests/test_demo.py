@@ -35,9 +35,9 @@ def test_training_improves_heldout_recall_and_exports(small_demo, tmp_path):
     from pipeline.export.finetune import train
 
     out = tmp_path / "model"
-    report = train("small", small_demo.catalog, out, epochs=4, batch_size=32, log=lambda _m: None)
+    report = train("small", small_demo.catalog, out, epochs=10, batch_size=32, log=lambda _m: None)
     assert report.pairs >= 192 and report.heldout == 192
-    assert report.after["recall@10"] >= report.before["recall@10"] + 0.15, (report.before, report.after)
+    assert report.after["recall@10"] >= report.before["recall@10"] + 0.30, (report.before, report.after)
     assert json.loads((out / "train_report.json").read_text())["after"] == report.after
     repo = tmp_path / "repo"
     run_cli("export", "--model", str(out), "--out", str(repo), "--precision", "int8")

@@ -120,12 +120,12 @@ def train(source: str, catalog: Path, out: Path, *, heldout: Path | None = None,
     torch.manual_seed(seed)
     rng = random.Random(seed)
     limits = LimitsSettings()
-    rows = []
+    rows: list[dict[str, str]] = []
     for row in read_catalog(catalog):
         if row.product is not None:
             for image in row.product.images:
-                rows.append({"image": image, "title": row.product.name.lower(), "category": row.product.category,
-                             "color": row.product.color})  # fmt: skip
+                rows.append({"image": image, "title": row.product.name.lower(),
+                             "category": row.product.category or "", "color": row.product.color or ""})  # fmt: skip
     if not rows:
         raise InvalidInput(f"{catalog}: no valid rows to train on")
     heldout = heldout or Path(catalog).with_name("heldout.jsonl")
@@ -146,11 +146,11 @@ def train(source: str, catalog: Path, out: Path, *, heldout: Path | None = None,
         model = CLIPModel.from_pretrained(folder)
         tokenizer = CLIPTokenizer.from_pretrained(folder)
         lr = lr or 1e-5
-    spec = ImageSpec(size=int(model.config.vision_config.image_size))
+    spec = ImageSpec(size=int(model.config.vision_config.image_size))  # type: ignore[union-attr,arg-type]
 
     log(f"loading {len(rows)} training images and {len(held)} held-out images")
     images = np.stack([_uint8_224(r["image"], spec, limits) for r in rows])
-    held_images = np.stack([_uint8_224(h["image"], spec, limits) for h in held]) if held else None
+    held_images = np.stack([_uint8_224(h["image"], spec, limits) for h in held]) if held else np.zeros((0,))
     held_titles = [h["title"] for h in held]
     before = recall_at_k(model, tokenizer, held_images, held_titles, spec) if held else {}
     if before:

@@ -64,7 +64,8 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 600, corpus: Iterable[str] 
         for piece in (symbol, symbol + "</w>"):
             vocab.setdefault(piece, len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    # merges as (left, right) pairs, which the tokenizers BPE model takes; the stub says list[str]
+    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
     out_dir.mkdir(parents=True, exist_ok=True)
     clip_tok.save_pretrained(out_dir)
     return out_dir

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -145,6 +145,7 @@ class ServerIndex:
         if not product_ids:
             return
         flt = build_filter(SearchFilters(), products=product_ids, from_image=from_image)
+        assert flt is not None  # a product condition is always there
         async with self._call("delete"):
             await self._client.delete(self._target, points_selector=models.FilterSelector(filter=flt), wait=True)
 
@@ -185,7 +186,7 @@ class ServerIndex:
         records = sorted(records, key=lambda r: int((r.payload or {}).get("image_index", 0)))
         out: dict[Modality, list[np.ndarray]] = {}
         for modality in Modality:
-            vectors = [np.asarray(r.vector[modality.value], np.float32) for r in records]  # type: ignore[index]
+            vectors = [np.asarray(cast(dict, r.vector)[modality.value], np.float32) for r in records]
             if modality is Modality.TEXT:
                 vectors = vectors[:1]
             if vectors:
