@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,14 +38,11 @@ def header() -> str:
 
 
 def run() -> None:
-    from bench import encoders, load, search, triton
-
+    # Each benchmark in a fresh process: no model, cache or allocator state carried from one into the next
+    # (the soak's memory figures are those of a serving process, not of this one).
     start = time.perf_counter()
-    encoders.run()
-    search.run()
-    search.run_stage()
-    load.run()
-    triton.run()
+    for command in ("encoders", "search", "stage", "load", "triton"):
+        subprocess.run([sys.executable, "-m", "bench", command], check=True)
     parts = [header()]
     for name in SECTIONS:
         path = RESULTS / f"{name}.md"

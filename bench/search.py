@@ -272,9 +272,9 @@ def _stage(n: int, dim: int, repeat: int) -> list[list[str]]:
         np_f.append((time.perf_counter() - t) * 1000)
     base = (statistics.median(np_times), statistics.median(np_f))
     for name, (plain, filtered, load_s) in (("Qdrant Edge (exact)", edge), ("qdrant-client local mode", local)):
-        ratio = f"{statistics.median(plain) / base[0]:.1f}x / {statistics.median(filtered) / base[1]:.1f}x"
+        ratio = f"{base[0] / statistics.median(plain):.2f}x / {base[1] / statistics.median(filtered):.2f}x"
         rows.append([f"{n:,}", name, _fmt(plain), _fmt(filtered), ratio, f"{load_s:.1f}"])
-    rows.append([f"{n:,}", "numpy brute force (baseline)", _fmt(np_times), _fmt(np_f), "1.0x / 1.0x", "0.0"])
+    rows.append([f"{n:,}", "numpy brute force (baseline)", _fmt(np_times), _fmt(np_f), "1.00x / 1.00x", "0.0"])
     return rows
 
 
@@ -287,7 +287,7 @@ def run_stage(sizes: tuple[int, ...] = (10_000, 100_000), repeat: int = 100, dim
             "engine",
             "unfiltered",
             "filtered (1/8 match)",
-            "p50 time vs numpy (unfiltered / filtered)",
+            "speed vs numpy, p50 (unfiltered / filtered)",
             "load s",
         ],
         rows,
