@@ -21,6 +21,11 @@ from bench.data import CATEGORIES, clustered, photo, product
 from bench.encoders import ensure_vit_b32
 
 
+def _ratio(base_ms: float, ours: list[float]) -> str:
+    r = base_ms / statistics.median(ours)
+    return f"{r:.3f}x" if r < 0.1 else f"{r:.2f}x"
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -272,7 +277,7 @@ def _stage(n: int, dim: int, repeat: int) -> list[list[str]]:
         np_f.append((time.perf_counter() - t) * 1000)
     base = (statistics.median(np_times), statistics.median(np_f))
     for name, (plain, filtered, load_s) in (("Qdrant Edge (exact)", edge), ("qdrant-client local mode", local)):
-        ratio = f"{base[0] / statistics.median(plain):.2f}x / {base[1] / statistics.median(filtered):.2f}x"
+        ratio = f"{_ratio(base[0], plain)} / {_ratio(base[1], filtered)}"
         rows.append([f"{n:,}", name, _fmt(plain), _fmt(filtered), ratio, f"{load_s:.1f}"])
     rows.append([f"{n:,}", "numpy brute force (baseline)", _fmt(np_times), _fmt(np_f), "1.00x / 1.00x", "0.0"])
     return rows

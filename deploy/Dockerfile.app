@@ -8,6 +8,7 @@ RUN grep -vE '^(torch|transformers|onnx|onnxscript|onnxconverter-common)==' requ
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY ui ./ui
+COPY .streamlit ./.streamlit
 RUN pip install --no-cache-dir --no-deps . && useradd --create-home app
 USER app
 EXPOSE 8501
