@@ -34,6 +34,7 @@ from pipeline.stores.vectors import (
     VectorPoint,
     check_stamp,
     hit_of,
+    vectors_by_modality,
 )
 from pipeline.types import Modality
 
@@ -251,15 +252,7 @@ class EdgeIndex:
             records, _ = await asyncio.to_thread(
                 shard.scroll, q.ScrollRequest(filter=flt, limit=256, with_payload=True, with_vector=True)
             )
-        records = sorted(records, key=lambda r: int((r.payload or {}).get("image_index", 0)))
-        out: dict[Modality, list[np.ndarray]] = {}
-        for modality in Modality:
-            vectors = [np.asarray(r.vector[modality.value], np.float32) for r in records]
-            if modality is Modality.TEXT:
-                vectors = vectors[:1]  # the same text vector rides on every image point
-            if vectors:
-                out[modality] = vectors
-        return out
+        return vectors_by_modality(records)
 
     async def product_ids(self) -> set[str]:
         q = _edge()

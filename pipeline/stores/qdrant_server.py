@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,6 +29,7 @@ from pipeline.stores.vectors import (
     VectorPoint,
     check_stamp,
     hit_of,
+    vectors_by_modality,
 )
 from pipeline.types import Modality
 
@@ -183,15 +184,7 @@ class ServerIndex:
             records, _ = await self._client.scroll(
                 self._target, scroll_filter=flt, limit=256, with_payload=True, with_vectors=True
             )
-        records = sorted(records, key=lambda r: int((r.payload or {}).get("image_index", 0)))
-        out: dict[Modality, list[np.ndarray]] = {}
-        for modality in Modality:
-            vectors = [np.asarray(cast(dict, r.vector)[modality.value], np.float32) for r in records]
-            if modality is Modality.TEXT:
-                vectors = vectors[:1]
-            if vectors:
-                out[modality] = vectors
-        return out
+        return vectors_by_modality(records)
 
     async def product_ids(self) -> set[str]:
         ids: set[str] = set()

@@ -95,6 +95,20 @@ def hit_of(payload: dict[str, Any] | None, score: float, using: Modality) -> Poi
     return PointHit(str(payload.get("product_id")), int(payload.get("image_index", 0)), float(score), using)
 
 
+def vectors_by_modality(records: Sequence[Any]) -> dict[Modality, list[np.ndarray]]:
+    """A product's stored points (objects with ``payload`` and a named-vector ``vector`` dict) → its image
+    vectors in image order and its text vector (the same one rides on every image point, so one is kept)."""
+    records = sorted(records, key=lambda r: int((r.payload or {}).get("image_index", 0)))
+    out: dict[Modality, list[np.ndarray]] = {}
+    for modality in Modality:
+        vectors = [np.asarray(r.vector[modality.value], np.float32) for r in records]
+        if modality is Modality.TEXT:
+            vectors = vectors[:1]
+        if vectors:
+            out[modality] = vectors
+    return out
+
+
 class VectorIndex(Protocol):
     """Async vector store. Every method raises StoreUnavailable when the engine cannot be reached."""
 
