@@ -41,8 +41,10 @@ class Stack:
     ingest: IngestService
     mongod: ManagedMongod | None
 
-    async def status(self) -> dict[str, Any]:
-        """Counts in MongoDB and Qdrant and whether they agree, the model, cache and event-log figures, health."""
+    async def status(self, deep: bool = True) -> dict[str, Any]:
+        """Counts in MongoDB and Qdrant, the model, cache and event-log figures, health; with ``deep``, also
+        whether the two stores hold the same product ids (reads every id: for the CLI, not for a page that
+        refreshes every few seconds)."""
         info = self.encoder.info
         out: dict[str, Any] = {
             "encoder": {
@@ -63,23 +65,25 @@ class Stack:
                 **await self.mongo.counts(),
                 "managed": self.mongod.uri if self.mongod else None,
             }
-            mongo_ids = {p.id async for p in self.mongo.iter_products()}
+            if deep:
+                mongo_ids = {p.id async for p in self.mongo.iter_products()}
         except StoreUnavailable as exc:
             out["mongo"] = {"healthy": False, "error": str(exc)}
         try:
             index = await self.index.info()
-            qdrant_ids = await self.index.product_ids()
+            qdrant_ids = await self.index.product_ids() if deep else None
             stamp = index.stamp
             out["qdrant"] = {
                 "healthy": True,
                 "backend": index.backend,
                 "collection": index.collection,
                 "points": index.points,
-                "products": len(qdrant_ids),
                 "fingerprint": stamp.fingerprint if stamp else None,
                 "model_matches": stamp is None or stamp.fingerprint == info.fingerprint,
             }
-            if mongo_ids is not None:
+            if qdrant_ids is not None:
+                out["qdrant"]["products"] = len(qdrant_ids)
+            if mongo_ids is not None and qdrant_ids is not None:
                 out["in_agreement"] = mongo_ids == qdrant_ids
                 out["only_in_mongo"] = sorted(mongo_ids - qdrant_ids)[:20]
                 out["only_in_qdrant"] = sorted(qdrant_ids - mongo_ids)[:20]

@@ -78,7 +78,12 @@ def test_empty_page_invites_a_query_and_shows_system_status(app_env):
     at = _app()
     assert "Type a few words" in at.info[0].value
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
-    assert "in-process (onnxruntime)" in sidebar and "INT8" in sidebar and "up], 24 products" in sidebar
+    assert (
+        "in-process (onnxruntime)" in sidebar
+        and "INT8" in sidebar
+        and "up], 24 products" in sidebar
+        and "up], 36 vectors" in sidebar
+    )
     assert at.selectbox(key="category").options == ["Any", "mug", "poster", "shirt"]
 
 

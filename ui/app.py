@@ -35,7 +35,7 @@ def facets() -> dict[str, list[Any]]:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def status() -> dict[str, Any]:
-    return bridge().call(lambda s: s.status())
+    return bridge().call(lambda s: s.status(deep=False))
 
 
 def start_text_query() -> None:
@@ -87,7 +87,7 @@ def show_status() -> None:
         return ":green[● up]" if ok else ":red[● down]"
 
     st.markdown(
-        f"**Qdrant** ({qd.get('backend', '?')}): {health(qd.get('healthy'))}, {qd.get('products', '—')} products  \n"
+        f"**Qdrant** ({qd.get('backend', '?')}): {health(qd.get('healthy'))}, {qd.get('points', '—')} vectors  \n"
         f"**MongoDB**: {health(mg.get('healthy'))}, {mg.get('products', '—')} products"
     )
     cache = s["cache"]
