@@ -55,3 +55,19 @@ def test_training_refuses_bad_inputs(tmp_path):
     proc = run_cli("train", "--model", str(tmp_path), "--catalog", str(empty), "--out", str(tmp_path / "m"),
                    check=False)  # fmt: skip
     assert proc.returncode == 1 and "error:" in proc.stderr
+
+
+def test_fine_tunes_an_existing_checkpoint(small_demo, tiny_checkpoint, tmp_path):
+    """The path a real CLIP takes (hub id or folder): load, fine-tune, save a folder export accepts."""
+    from transformers import CLIPModel
+
+    from pipeline.export.finetune import train
+
+    out = tmp_path / "tuned"
+    report = train(str(tiny_checkpoint), small_demo.catalog, out, epochs=1, batch_size=32, lr=1e-3,
+                   log=lambda _m: None)  # fmt: skip
+    assert report.pairs >= 192 and set(report.after) == {"recall@1", "recall@5", "recall@10"}
+    before = CLIPModel.from_pretrained(tiny_checkpoint).text_projection.weight
+    after = CLIPModel.from_pretrained(out).text_projection.weight
+    assert before.shape == after.shape and not (before == after).all()  # the weights moved
+    run_cli("export", "--model", str(out), "--out", str(tmp_path / "repo"), "--precision", "fp32")
