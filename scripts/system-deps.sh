@@ -13,7 +13,8 @@ command -v chromium >/dev/null 2>&1 || want+=(chromium)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -qq update >/dev/null || true
-  apt-get -qq install -y --no-install-recommends "${want[@]}" >/dev/null
+  apt-get -qq install -y --no-install-recommends "${want[@]}" >/dev/null \
+    || echo "system-deps: could not install ${want[*]} (the tests that need them will skip)" >&2
 else
   echo "system-deps: not root or no apt-get; missing: ${want[*]} (the tests that need them will skip)" >&2
 fi

@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import EncoderUnavailable
 
@@ -73,6 +74,7 @@ class LocalTriton:
         self.metrics_port = _free_port()
         self.log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
         self._backends: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -127,7 +129,8 @@ class LocalTriton:
             "--strict-readiness=true",
             "--log-verbose=0",
         ]
-        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115  (closed in stop)
+        log = self._log or subprocess.DEVNULL
         self._proc = subprocess.Popen(
             cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -159,6 +162,9 @@ class LocalTriton:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self._backends is not None:
             self._backends.cleanup()
             self._backends = None
