@@ -1,7 +1,8 @@
 """The search service: a text, an image or a product id in; ranked products with metadata out.
 
-Flow: embed the query (through the LRU cache) → search the ``image`` and ``text`` vector spaces in one batch
-→ best point per product → reciprocal-rank fusion → metadata from MongoDB → an event to the log.
+Flow: embed the query (through the LRU cache) → search the stored vector spaces the query kind uses
+(``WEIGHTS``), in one batch → best point per product → reciprocal-rank fusion → metadata from MongoDB → an
+event to the log.
 A MongoDB failure degrades the answer (ids and scores, ``metadata_missing``); a Qdrant failure is an error.
 """
 
