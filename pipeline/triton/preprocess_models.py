@@ -8,6 +8,7 @@ bad input fails only its own request (a TritonError in that response); the serve
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +29,36 @@ def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else bytes(value)
 
 
+def _respond(requests: list[Any], input_name: str, convert: Callable[[np.ndarray], dict[str, np.ndarray]]) -> list[Any]:
+    """One response per request: ``convert`` its input's items into named outputs, or, when they are bad input,
+    an error for that request alone (the others in the batch are answered)."""
+    import triton_python_backend_utils as pb_utils
+
+    responses = []
+    for request in requests:
+        items = pb_utils.get_input_tensor_by_name(request, input_name).as_numpy().reshape(-1)
+        try:
+            outputs = convert(items)
+        except (InvalidInput, UnicodeDecodeError) as exc:
+            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+            continue
+        tensors = [pb_utils.Tensor(name, value) for name, value in outputs.items()]
+        responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+    return responses
+
+
 class PreprocessImage:
     def initialize(self, args: dict[str, Any]) -> None:
         self.manifest, _ = _manifest(args)
         self.limits = LimitsSettings()
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        import triton_python_backend_utils as pb_utils
+    def _pixels(self, items: np.ndarray) -> dict[str, np.ndarray]:
+        spec = self.manifest.image
+        pixels = [load_image_tensor(_as_bytes(v), spec, self.limits, name=f"image {i}") for i, v in enumerate(items)]
+        return {"pixel_values": np.stack(pixels)}
 
-        responses = []
-        for request in requests:
-            items = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy().reshape(-1)
-            try:
-                pixels = np.stack(
-                    [
-                        load_image_tensor(_as_bytes(v), self.manifest.image, self.limits, name=f"image {i}")
-                        for i, v in enumerate(items)
-                    ]
-                )
-            except InvalidInput as exc:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
-                continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pixel_values", pixels)]))
-        return responses
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return _respond(requests, "image_bytes", self._pixels)
 
 
 class TokenizeText:
@@ -59,26 +67,10 @@ class TokenizeText:
         self.tokenizer = TextTokenizer(repository / self.manifest.text.tokenizer_file, self.manifest.text)
         self.limits = LimitsSettings()
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        import triton_python_backend_utils as pb_utils
+    def _tokens(self, items: np.ndarray) -> dict[str, np.ndarray]:
+        texts = [check_text(_as_bytes(v).decode("utf-8"), self.limits, name=f"text {i}") for i, v in enumerate(items)]
+        batch = self.tokenizer(texts)
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
 
-        responses = []
-        for request in requests:
-            items = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
-            try:
-                texts = [
-                    check_text(_as_bytes(v).decode("utf-8"), self.limits, name=f"text {i}") for i, v in enumerate(items)
-                ]
-            except (InvalidInput, UnicodeDecodeError) as exc:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
-                continue
-            batch = self.tokenizer(texts)
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("input_ids", batch.input_ids),
-                        pb_utils.Tensor("attention_mask", batch.attention_mask),
-                    ]
-                )
-            )
-        return responses
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return _respond(requests, "text", self._tokens)
