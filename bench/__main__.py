@@ -66,6 +66,20 @@ def triton(seconds: float = typer.Option(8.0, help="seconds per row")) -> None:
     run(seconds=seconds)
 
 
+@app.command()
+def http(
+    seconds: float = typer.Option(60, help="seconds per mixed-workload row"),
+    products: int = typer.Option(10_000, help="catalog size"),
+    clients: str = typer.Option("32,64", help="concurrent clients of the mixed rows, comma separated"),
+    single: int = typer.Option(200, help="requests per single-client row"),
+    systems: str = typer.Option("ours,fp32,int8", help="which to run: ours, fp32 (peer), int8 (peer)"),
+) -> None:
+    """Our HTTP service vs a seed-style FastAPI peer (eager CLIP FP32 / INT8 + FAISS + dict) under load."""
+    from bench.http_load import run
+
+    run(seconds, products, tuple(int(c) for c in clients.split(",")), single, tuple(systems.split(",")))
+
+
 @app.command("demo-queries")
 def demo_queries(demo: str = typer.Option("data/demo", help="the folder make demo filled")) -> None:
     """Precision@10 of text queries such as 'blue striped t-shirt' on the demo model and catalog."""

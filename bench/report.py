@@ -1,8 +1,9 @@
 """``make bench``: every benchmark of the project in one run, stitched into one report.
 
 Encoders per precision (vs PyTorch eager), end-to-end queries and ingestion (vs eager + numpy + dict), the
-search stage (vs numpy), the soak, and Triton vs in-process, each beside its baseline with a ratio, under a
-header naming the machine, its cores and the date. Written to bench/results/REPORT.md and printed.
+search stage (vs numpy), the soak, the HTTP service under load (vs a seed-style FastAPI peer), and Triton vs
+in-process, each beside its baseline with a ratio, under a header naming the machine, its cores and the date.
+Written to bench/results/REPORT.md and printed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from importlib import metadata
 
 from bench.common import RESULTS
 
-SECTIONS = ["encoders", "search", "search_stage", "load", "triton"]
+SECTIONS = ["encoders", "search", "search_stage", "load", "http", "triton"]
 
 
 def _cpu() -> str:
@@ -41,7 +42,7 @@ def run() -> None:
     # Each benchmark in a fresh process: no model, cache or allocator state carried from one into the next
     # (the soak's memory figures are those of a serving process, not of this one).
     start = time.perf_counter()
-    for command in ("encoders", "search", "stage", "load", "triton"):
+    for command in ("encoders", "search", "stage", "load", "http", "triton"):
         subprocess.run([sys.executable, "-m", "bench", command], check=True)
     parts = [header()]
     for name in SECTIONS:

@@ -61,5 +61,9 @@ class EmbeddingCache:
             vector.setflags(write=False)  # shared between callers: nobody may change it
             self._cache[key] = vector
 
+    def clear(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+
     def stats(self) -> CacheStats:
         return CacheStats(len(self._cache) if self._cache is not None else 0, self._max, self.hits, self.misses)

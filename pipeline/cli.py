@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from pipeline.cli_common import JsonOption, RepoOption, app, dispatch, err, guarded, run_with_stack, settings_for
 from pipeline.config import Settings
-from pipeline.errors import InvalidInput, PipelineError
+from pipeline.errors import InvalidInput
 from pipeline.types import Precision
-
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    help="Multimodal product search: export CLIP, embed, search.",
-)
-err = Console(stderr=True, highlight=False)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def guarded(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PipelineError as exc:
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.command()
@@ -128,26 +107,6 @@ def _read_image(path: Path, settings: Settings) -> bytes:
 
 # --- the search pipeline ------------------------------------------------------------------------------------
 
-RepoOption = Annotated[Path | None, typer.Option(help="Exported model repository (default from settings)")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
-
-
-def _settings(model_repository: Path | None) -> Settings:
-    settings = Settings()
-    if model_repository is not None:
-        settings.encoder.model_repository = model_repository
-    return settings
-
-
-def _run_with_stack(settings: Settings, work: Callable[[Any], Any]) -> Any:
-    from pipeline.stack import open_stack
-
-    async def runner() -> Any:
-        async with open_stack(settings) as stack:
-            return await work(stack)
-
-    return asyncio.run(runner())
-
 
 def _count_rows(path: Path) -> int | None:
     try:
@@ -168,13 +127,18 @@ def ingest(
     """Validate, store and embed a catalog. Unchanged rows cost nothing; bad rows are listed and skipped."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    async def work(stack: Any) -> Any:
-        columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
-            task = progress.add_task("ingest", total=_count_rows(catalog))
-            return await stack.ingest.ingest(catalog, progress=lambda n: progress.advance(task, n))
+    settings = settings_for(model_repository)
+    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
+        task = progress.add_task("ingest", total=_count_rows(catalog))
 
-    report = _run_with_stack(_settings(model_repository), work)
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        async def work(stack: Any) -> Any:
+            return await stack.ingest.ingest(catalog, progress=advance)
+
+        report = dispatch(settings, work, lambda c: c.ingest(catalog, settings.ingest.batch_size, advance))
     summary = {
         "added": report.added,
         "updated": report.updated,
@@ -218,7 +182,7 @@ def search(
 
     if sum(x is not None for x in (text, image, product_id)) != 1:
         raise InvalidInput("give exactly one of --text, --image or --product-id")
-    settings = _settings(model_repository)
+    settings = settings_for(model_repository)
     filters = SearchFilters(category=category, brand=brand, color=color, min_price=min_price, max_price=max_price)
     data = _read_image(image, settings) if image is not None else None
 
@@ -229,27 +193,40 @@ def search(
             return await stack.search.search_image(data, top_k, filters, min_score)
         return await stack.search.search_product(str(product_id), top_k, filters, min_score)
 
-    response = _run_with_stack(settings, work)
+    def remote(client: Any) -> Any:
+        if text is not None:
+            return client.search_text(text, top_k, filters, min_score)
+        if data is not None:
+            return client.search_image(data, top_k, filters, min_score)
+        return client.similar(str(product_id), top_k, min_score, filters)
+
+    response = dispatch(settings, work, remote)
     if as_json:
         sys.stdout.write(response.model_dump_json() + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{response.kind} search: {len(response.hits)} products")
     for col in ("#", "id", "name", "brand", "category", "color", "price", "similarity", "matched"):
         table.add_column(col)
     for rank, hit in enumerate(response.hits, start=1):
         p = hit.product
-        table.add_row(
-            str(rank),
-            hit.product_id,
-            p.name if p else "?",
-            (p.brand or "") if p else "",
-            (p.category or "") if p else "",
-            (p.color or "") if p else "",
-            f"{p.price:.2f}" if p and p.price is not None else "",
-            f"{hit.similarity:.3f}",
-            str(hit.matched),
+        table.add_row(  # catalog text is data, never markup
+            *map(
+                Text,
+                (
+                    str(rank),
+                    hit.product_id,
+                    p.name if p else "?",
+                    (p.brand or "") if p else "",
+                    (p.category or "") if p else "",
+                    (p.color or "") if p else "",
+                    f"{p.price:.2f}" if p and p.price is not None else "",
+                    f"{hit.similarity:.3f}",
+                    str(hit.matched),
+                ),
+            )
         )
     Console().print(table)
     cache = {True: "cache hit", False: "cache miss", None: "stored vectors"}[response.cache_hit]
@@ -269,10 +246,10 @@ def delete(
     async def work(stack: Any) -> Any:
         return await stack.ingest.delete(ids)
 
-    deleted, unknown = _run_with_stack(_settings(model_repository), work)
+    deleted, unknown = dispatch(settings_for(model_repository), work, lambda c: c.delete(ids))
     err.print(f"deleted {len(deleted)} product(s)")
     if unknown:
-        err.print(f"[yellow]unknown ids:[/yellow] {', '.join(unknown)}", markup=True)
+        err.print(f"[yellow]unknown ids:[/yellow] {escape(', '.join(unknown))}")
         raise typer.Exit(1)
 
 
@@ -284,7 +261,15 @@ def reindex(model_repository: RepoOption = None) -> None:
     async def work(stack: Any) -> Any:
         return await stack.ingest.reindex()
 
-    report = _run_with_stack(_settings(model_repository), work)
+    settings = settings_for(model_repository)
+    from pipeline.client import ServiceClient
+
+    if (client := ServiceClient.discover(settings)) is not None:
+        client.close()
+        raise InvalidInput(
+            f"a service is running on this data ({client.url}) and owns the index: stop it, reindex, start it again"
+        )
+    report = run_with_stack(settings, work)
     err.print(f"[green]reindexed[/green] {report.updated} products in {report.seconds:.1f} s")
     for _, reason in report.rejected[:50]:
         err.print(f"  left out: {reason}", markup=False)
@@ -298,7 +283,7 @@ def status(model_repository: RepoOption = None, as_json: JsonOption = False) -> 
     async def work(stack: Any) -> Any:
         return await stack.status()
 
-    result = _run_with_stack(_settings(model_repository), work)
+    result = dispatch(settings_for(model_repository), work, lambda c: c.get("/v1/stats"))
     if as_json:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     else:
@@ -378,4 +363,6 @@ def serve_triton(
 
 
 def main() -> None:
+    import pipeline.cli_service  # noqa: F401  (registers serve and keys)
+
     app()

@@ -45,6 +45,11 @@ class LimitsSettings(BaseModel):
     max_aspect_ratio: float = Field(default=20.0, ge=1.0)
     # Longer texts are refused; anything under this is tokenised and truncated to the model's 77 tokens.
     max_text_chars: int = Field(default=20_000, ge=1)
+    # Pillow decoders an image may reach: the common web formats. Exotic decoders (where image-library CVEs
+    # live, and which raise odd errors) are never tried; widen the list only on purpose.
+    image_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+    # A search query or a rank candidate: CLIP reads 77 tokens, so a longer query is a mistake or an attack.
+    max_query_chars: int = Field(default=1_000, ge=1)
 
 
 class TritonSettings(BaseModel):
@@ -90,6 +95,7 @@ class CacheSettings(BaseModel):
 class EventSettings(BaseModel):
     queue_size: int = Field(default=10_000, ge=1)  # events beyond this are dropped and counted, never awaited
     batch_size: int = Field(default=200, ge=1)
+    flush_timeout_s: float = Field(default=10.0, ge=0)  # at shutdown, how long queued events get to reach MongoDB
 
 
 class SearchSettings(BaseModel):
@@ -103,6 +109,34 @@ class IngestSettings(BaseModel):
     http_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ApiSettings(BaseModel):
+    """The HTTP service (``python -m pipeline serve``) and how its clients (the page, the CLI) reach it."""
+
+    # Where clients find the service. Unset: the CLI looks for the service file beside the data and otherwise
+    # opens the stack in-process; the page falls back to http://127.0.0.1:8000.
+    url: str | None = None
+    # The key a client sends (X-API-Key). Unset: on the same machine, the token from the service file.
+    key: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # The file the running service writes (URL, pid, a local admin token; mode 0600), like Jupyter's runtime
+    # file. Unset: ``service.json`` beside the data (the parent of the Qdrant Edge folder).
+    service_file: Path | None = None
+    # Production needs TLS (these two) or an explicit statement that a proxy terminates it.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    behind_proxy: bool = False
+    # How long a checked key is trusted without asking MongoDB again (revocations through this service take
+    # effect at once; through another replica within this many seconds).
+    key_cache_s: float = Field(default=5.0, ge=0)
+    # ``url`` fields (image search, rank, product images) may name private or loopback hosts only if set.
+    allow_private_urls: bool = False
+    # Largest request body; image uploads are held to the image limit instead. Checked before reading.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Seconds a client waits for an answer.
+    client_timeout_s: float = Field(default=120.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PIPELINE__",
@@ -111,6 +145,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    # "production" refuses to start without an API key and without TLS (or behind_proxy), and drops the
+    # development-only routes (/v1/dev/...).
+    environment: Literal["development", "production"] = "development"
     encoder: EncoderSettings = EncoderSettings()
     triton: TritonSettings = TritonSettings()
     limits: LimitsSettings = LimitsSettings()
@@ -120,3 +157,8 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+
+    def service_file(self) -> Path:
+        """Where the running service announces itself: the setting, or ``service.json`` beside the data."""
+        return self.api.service_file or self.qdrant.path.parent / "service.json"

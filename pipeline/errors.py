@@ -29,3 +29,57 @@ class EncoderUnavailable(PipelineError):
 
 class StoreUnavailable(PipelineError):
     """A store (Qdrant, MongoDB) cannot be reached."""
+
+
+class Conflict(InvalidInput):
+    """The request clashes with what exists (a key name already taken)."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body or an upload over its limit, refused before it is read in full."""
+
+
+class UnsupportedMedia(InvalidInput):
+    """An upload or a body of a kind the route does not take (not an image, not JSON or multipart)."""
+
+
+class Unauthorized(PipelineError):
+    """No API key, or a key that is unknown or revoked."""
+
+
+class Forbidden(PipelineError):
+    """A valid key whose scope does not cover the route."""
+
+
+class ServiceUnavailable(PipelineError):
+    """The HTTP service cannot be reached or did not answer."""
+
+
+# Wire codes and HTTP statuses of the family, most specific first: the service maps an error to its status and
+# code, and the HTTP client maps the code back to the same class, so a face shows the same message either way.
+WIRE: tuple[tuple[type[PipelineError], str, int], ...] = (
+    (NotFound, "not_found", 404),
+    (Conflict, "conflict", 409),
+    (PayloadTooLarge, "payload_too_large", 413),
+    (UnsupportedMedia, "unsupported_media", 415),
+    (InvalidInput, "invalid_input", 422),
+    (Unauthorized, "unauthorized", 401),
+    (Forbidden, "forbidden", 403),
+    (ModelMismatch, "model_mismatch", 503),
+    (ModelError, "model_error", 503),
+    (EncoderUnavailable, "encoder_unavailable", 503),
+    (StoreUnavailable, "store_unavailable", 503),
+    (ServiceUnavailable, "service_unavailable", 503),
+    (PipelineError, "internal", 500),
+)
+
+
+def wire_code(exc: PipelineError) -> tuple[str, int]:
+    """The (code, HTTP status) an error travels as."""
+    return next((code, status) for cls, code, status in WIRE if isinstance(exc, cls))
+
+
+def from_wire(code: str, message: str) -> PipelineError:
+    """The error a wire code stands for (PipelineError for a code this version does not know)."""
+    cls = next((cls for cls, c, _ in WIRE if c == code), PipelineError)
+    return cls(message)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import numpy as np
@@ -27,6 +28,15 @@ from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
 
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one product of an upsert."""
+
+    id: str
+    status: Literal["added", "updated", "unchanged", "rejected"]
+    error: str | None = None
 
 
 @dataclass
@@ -83,13 +93,14 @@ class IngestService:
 
     # --- images ----------------------------------------------------------------------------------------------
 
-    async def load_image(self, ref: str) -> bytes:
+    async def load_image(self, ref: str, http: httpx.AsyncClient | None = None) -> bytes:
         """Bytes of a file or URL, refused past the size limit; a URL that hangs is cut off by a timeout."""
         limit = self.limits.max_image_bytes
         if not is_url(ref):
             return await asyncio.to_thread(_read_file, Path(ref), limit)
+        client = http or self.http
         try:
-            async with asyncio.timeout(self.settings.http_timeout_s), self.http.stream("GET", ref) as resp:
+            async with asyncio.timeout(self.settings.http_timeout_s), client.stream("GET", ref) as resp:
                 resp.raise_for_status()
                 chunks, total = [], 0
                 async for chunk in resp.aiter_bytes():
@@ -103,8 +114,8 @@ class IngestService:
         except httpx.HTTPError as exc:
             raise InvalidInput(f"image {ref}: download failed ({exc})") from exc
 
-    async def _embed_product(self, product: Product) -> np.ndarray:
-        images = await asyncio.gather(*(self.load_image(ref) for ref in product.images))
+    async def _embed_product(self, product: Product, http: httpx.AsyncClient | None = None) -> np.ndarray:
+        images = await asyncio.gather(*(self.load_image(ref, http) for ref in product.images))
         try:
             return await self.encoder.encode_images(list(images))
         except InvalidInput as exc:
@@ -115,10 +126,10 @@ class IngestService:
             raise InvalidInput(message) from exc
 
     async def _encode(
-        self, products: Sequence[Product]
+        self, products: Sequence[Product], http: httpx.AsyncClient | None = None
     ) -> tuple[list[tuple[Product, np.ndarray, np.ndarray]], list[tuple[Product, str]]]:
         """Vectors per product; products whose images fail are returned with the reason instead."""
-        image_results = await asyncio.gather(*(self._embed_product(p) for p in products), return_exceptions=True)
+        image_results = await asyncio.gather(*(self._embed_product(p, http) for p in products), return_exceptions=True)
         ok, failed = [], []
         for product, result in zip(products, image_results, strict=True):
             if isinstance(result, InvalidInput):
@@ -162,38 +173,42 @@ class IngestService:
         return report
 
     async def _ingest_batch(self, rows: list[Row], report: IngestReport) -> None:
-        stamp = self.stamp
-        hashes = {
-            r.product.id: r.product.content_hash(",".join(map(image_identity, r.product.images)))
-            for r in rows
-            if r.product
-        }
-        states = await self.mongo.get_states(list(hashes))
-        todo: list[Row] = []
-        for row in rows:
-            assert row.product is not None
-            state, h = states.get(row.product.id), hashes[row.product.id]
-            if state and state.content_hash == h and state.indexed_hash == h and state.fingerprint == stamp.fingerprint:
-                report.unchanged += 1
+        products = [r.product for r in rows if r.product]
+        line_of = {p.id: r.line for r, p in zip(rows, products, strict=True)}
+        for outcome in await self.upsert(products):
+            if outcome.status == "rejected":
+                report.rejected.append((line_of[outcome.id], outcome.error or "rejected"))
             else:
-                todo.append(row)
-        if not todo:
-            return
-        line_of = {r.product.id: r.line for r in todo if r.product}
-        encoded, failed = await self._encode([r.product for r in todo if r.product])
+                setattr(report, outcome.status, getattr(report, outcome.status) + 1)
+
+    async def upsert(self, products: Sequence[Product], http: httpx.AsyncClient | None = None) -> list[Outcome]:
+        """Store and index products (distinct ids); one outcome per product, in order. A product whose
+        content and model are unchanged costs one state read; one whose images fail is rejected alone.
+        ``http`` fetches image URLs (default: the service's own client)."""
+        stamp = self.stamp
+        hashes = {p.id: p.content_hash(",".join(map(image_identity, p.images))) for p in products}
+        states = await self.mongo.get_states(list(hashes))
+        outcomes: dict[str, Outcome] = {}
+        todo: list[Product] = []
+        for product in products:
+            state, h = states.get(product.id), hashes[product.id]
+            if state and state.content_hash == h and state.indexed_hash == h and state.fingerprint == stamp.fingerprint:
+                outcomes[product.id] = Outcome(product.id, "unchanged")
+            else:
+                todo.append(product)
+        encoded, failed = await self._encode(todo, http) if todo else ([], [])
         for product, reason in failed:
-            report.rejected.append((line_of[product.id], reason))
-        if not encoded:
-            return
-        await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded])
-        points = [pt for p, img, txt in encoded for pt in self._points(p, img, txt)]
-        await self.index.upsert(points)
-        updated = [p for p, _, _ in encoded if p.id in states]
-        for product in updated:  # a product that lost images keeps no stale points
-            await self.index.delete_products([product.id], from_image=len(product.images))
-        await self.mongo.mark_indexed([(p.id, hashes[p.id]) for p, _, _ in encoded], stamp.fingerprint)
-        report.updated += len(updated)
-        report.added += len(encoded) - len(updated)
+            outcomes[product.id] = Outcome(product.id, "rejected", reason)
+        if encoded:
+            await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded])
+            await self.index.upsert([pt for p, img, txt in encoded for pt in self._points(p, img, txt)])
+            for product, _, _ in encoded:
+                if product.id in states:  # a product that lost images keeps no stale points
+                    await self.index.delete_products([product.id], from_image=len(product.images))
+            await self.mongo.mark_indexed([(p.id, hashes[p.id]) for p, _, _ in encoded], stamp.fingerprint)
+            for product, _, _ in encoded:
+                outcomes[product.id] = Outcome(product.id, "updated" if product.id in states else "added")
+        return [outcomes[p.id] for p in products]
 
     # --- delete and reindex ------------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ def decode_image(data: bytes, limits: LimitsSettings, *, name: str = "image") ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data), formats=limits.image_formats)
             width, height = opened.size
             if width * height > limits.max_image_pixels:
                 raise InvalidInput(f"{name}: {width}x{height} pixels is over the limit of {limits.max_image_pixels}")
@@ -53,7 +53,8 @@ def decode_image(data: bytes, limits: LimitsSettings, *, name: str = "image") ->
     except Image.DecompressionBombError as exc:
         raise InvalidInput(f"{name}: too many pixels ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
-        raise InvalidInput(f"{name}: not an image in a format Pillow reads") from exc
+        allowed = ", ".join(limits.image_formats)
+        raise InvalidInput(f"{name}: not an image in an accepted format ({allowed})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow signals unknown formats, truncation and corrupt data through these.
         raise InvalidInput(f"{name}: not a readable image ({exc})") from exc

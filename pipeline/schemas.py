@@ -70,9 +70,10 @@ class Product(BaseModel):
 
 
 class SearchFilters(BaseModel):
-    """Payload filters; values are matched literally (never interpreted as query operators)."""
+    """Payload filters; values are matched literally (never interpreted as query operators). An unknown field
+    is an error: a typo must never silently widen a query."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     category: str | None = None
     brand: str | None = None

@@ -58,14 +58,15 @@ class SearchService:
     async def search_text(
         self, text: str, top_k: int | None = None, filters: SearchFilters | None = None, min_score: float | None = None
     ) -> SearchResponse:
-        """Raises InvalidInput for an empty or over-long text."""
+        """Raises InvalidInput for an empty text or one over ``limits.max_query_chars``."""
+        limits = self.limits.model_copy(update={"max_text_chars": self.limits.max_query_chars})
         return await self._run(
             QueryKind.TEXT,
             text[:200],
             top_k,
             filters,
             min_score,
-            lambda: self._embed(Modality.TEXT, check_text(text, self.limits, name="query")),
+            lambda: self._embed(Modality.TEXT, check_text(text, limits, name="query")),
         )
 
     async def search_image(
@@ -184,10 +185,11 @@ class SearchService:
             weights = WEIGHTS[kind]
             spaces = [SpaceQuery(vectors[m], m) for m in weights]
             ranked_lists = await self.index.search(spaces, filters, k * self.overfetch, min_score, exclude)
+            lap("search")
             ranked = rrf_fuse(
                 [best_per_product(r) for r in ranked_lists], list(weights.values()), self.settings.rrf_k, k
             )
-            lap("search")
+            lap("fusion")
             products, metadata_missing = {}, False
             if ranked:
                 try:

@@ -7,6 +7,7 @@ embedded: onnxruntime in-process, Qdrant Edge under ``./data/qdrant``, and a mon
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pipeline.errors import StoreUnavailable
 from pipeline.events import EventLog
 from pipeline.ingest import IngestService
 from pipeline.search import SearchService
+from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.mongod import ManagedMongod
 from pipeline.stores.vectors import ModelStamp, VectorIndex
@@ -39,6 +41,7 @@ class Stack:
     events: EventLog
     search: SearchService
     ingest: IngestService
+    keys: KeyStore
     mongod: ManagedMongod | None
 
     async def status(self, deep: bool = True) -> dict[str, Any]:
@@ -104,6 +107,22 @@ def create_index(settings: Settings) -> VectorIndex:
     return EdgeIndex(q.path, q.collection)
 
 
+async def open_mongo(
+    settings: Settings, exit_stack: contextlib.AsyncExitStack
+) -> tuple[MongoStore, ManagedMongod | None]:
+    """The MongoDB store of these settings: the server at ``mongo.uri``, or the managed mongod (started, or
+    found running beside its data). Closed with ``exit_stack``."""
+    mongod = None
+    uri = settings.mongo.uri.get_secret_value() if settings.mongo.uri else None
+    if uri is None:
+        mongod = ManagedMongod(settings.mongo.data_dir)
+        uri = await mongod.start()
+        exit_stack.push_async_callback(mongod.stop)
+    mongo = MongoStore(uri, settings.mongo.database, settings.mongo.timeout_ms)
+    exit_stack.push_async_callback(mongo.aclose)
+    return mongo, mongod
+
+
 @contextlib.asynccontextmanager
 async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Build and open every part; close them all, in reverse, however the block ends."""
@@ -111,16 +130,11 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         encoder = await create_encoder(settings)
         exit_stack.push_async_callback(encoder.aclose)
 
-        mongod = None
-        uri = settings.mongo.uri.get_secret_value() if settings.mongo.uri else None
-        if uri is None:
-            mongod = ManagedMongod(settings.mongo.data_dir)
-            uri = await mongod.start()
-            exit_stack.push_async_callback(mongod.stop)
-        mongo = MongoStore(uri, settings.mongo.database, settings.mongo.timeout_ms)
-        exit_stack.push_async_callback(mongo.aclose)
+        mongo, mongod = await open_mongo(settings, exit_stack)
+        keys = KeyStore(mongo.api_keys)
         try:
             await mongo.ensure_indexes()
+            await keys.ensure_indexes()
         except StoreUnavailable as exc:  # searches still answer without metadata; say so once
             log.warning("MongoDB is not reachable at start-up: %s", exc)
 
@@ -131,7 +145,7 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
 
         events = EventLog(mongo.insert_events, settings.events.queue_size, settings.events.batch_size)
         events.start()
-        exit_stack.push_async_callback(events.aclose)
+        exit_stack.push_async_callback(functools.partial(events.aclose, settings.events.flush_timeout_s))
         http = httpx.AsyncClient(timeout=settings.ingest.http_timeout_s, follow_redirects=True)
         exit_stack.push_async_callback(http.aclose)
 
@@ -140,4 +154,4 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
             encoder, index, mongo, cache, events, settings.search, settings.limits, settings.qdrant.overfetch
         )
         ingest = IngestService(encoder, index, mongo, http, settings.ingest, settings.limits)
-        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, mongod)
+        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod)

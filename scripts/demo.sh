@@ -2,11 +2,13 @@
 # make demo: everything from a fresh clone to a serving page, offline.
 #   make demo                                           the drawn demo catalog + a demo CLIP trained here
 #   make demo MODEL=openai/clip-vit-base-patch32 CATALOG=path/catalog.jsonl   a real CLIP on your catalog
-# The catalog and the model are built once and reused; the page is served on PORT (8501).
+# The catalog and the model are built once and reused. The service (python -m pipeline serve) listens on
+# API_PORT (8000) and owns the data; the page, its HTTP client, is served on PORT (8501).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 PORT=${PORT:-8501}
+API_PORT=${API_PORT:-8000}
 start=$(date +%s)
 if [ -n "${MODEL:-}" ]; then
   CATALOG=${CATALOG:?MODEL=... needs CATALOG=path/to/catalog.jsonl (or .csv)}
@@ -23,7 +25,18 @@ fi
 export PIPELINE__ENCODER__MODEL_REPOSITORY="$DEMO/model_repository"
 export PIPELINE__QDRANT__PATH="$DEMO/qdrant"
 export PIPELINE__MONGO__DATA_DIR="$DEMO/mongo"
+$PY -m pipeline serve --port "$API_PORT" 2> "$DEMO/service.log" &
+service=$!
+trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null' EXIT
+for _ in $(seq 120); do
+  curl -fsS "http://127.0.0.1:$API_PORT/health/ready" >/dev/null 2>&1 && break
+  kill -0 $service 2>/dev/null || { tail -5 "$DEMO/service.log" >&2; exit 1; }
+  sleep 1
+done
+# The CLI finds the running service and ingests through it (unchanged products cost nothing).
 $PY -m pipeline ingest "$CATALOG"
-echo "demo ready in $(( $(date +%s) - start )) s: open http://localhost:$PORT  (Ctrl-C stops it)"
-exec $PY -m streamlit run ui/app.py --server.port "$PORT" --server.headless true \
-    --browser.gatherUsageStats false
+$PY -m pipeline keys revoke demo-page >/dev/null 2>&1 || true
+PIPELINE__API__KEY=$($PY -m pipeline keys create --name demo-page --scope search)
+export PIPELINE__API__KEY PIPELINE__API__URL="http://127.0.0.1:$API_PORT"
+echo "demo ready in $(( $(date +%s) - start )) s: open http://localhost:$PORT (API docs http://localhost:$API_PORT/docs; Ctrl-C stops both)"
+$PY -m streamlit run ui/app.py --server.port "$PORT" --server.headless true --browser.gatherUsageStats false

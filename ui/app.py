@@ -1,7 +1,8 @@
 """Streamlit front end: type words or drop a photo, see matching products, ask for more like one of them.
 
-Run with ``streamlit run ui/app.py`` (``make demo`` does everything). Settings come from the environment
-(``PIPELINE__...``) like every other face; the stack is built once per process.
+An HTTP client of the service (``python -m pipeline serve``): ``PIPELINE__API__URL`` (default: the service
+announced beside the data, else http://127.0.0.1:8000) and ``PIPELINE__API__KEY`` (default: the local token
+of a service on this machine). ``make demo`` starts both.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import streamlit as st
 
-from pipeline.bridge import StackBridge
 from pipeline.catalog import is_url
+from pipeline.client import DEFAULT_URL, ServiceClient
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.schemas import SearchFilters, SearchResponse
@@ -20,22 +21,24 @@ from pipeline.schemas import SearchFilters, SearchResponse
 st.set_page_config(page_title="Product search", layout="wide")
 
 
-@st.cache_resource(show_spinner="Starting the search stack…")
-def bridge() -> StackBridge:
-    return StackBridge(Settings())
+@st.cache_resource(show_spinner=False)
+def client() -> ServiceClient:
+    found = ServiceClient.discover(Settings(), default=DEFAULT_URL)
+    assert found is not None  # a default URL always gives a client
+    return found
 
 
 @st.cache_data(ttl=10, show_spinner=False)
 def facets() -> dict[str, list[Any]]:
     try:
-        return bridge().call(lambda s: s.mongo.facets())
+        return client().get("/v1/facets")
     except PipelineError:
         return {}
 
 
 @st.cache_data(ttl=5, show_spinner=False)
 def status() -> dict[str, Any]:
-    return bridge().call(lambda s: s.status(deep=False))
+    return client().get("/health")
 
 
 def start_text_query() -> None:
@@ -78,17 +81,18 @@ def show_status() -> None:
     except PipelineError as exc:
         st.error(f"Status unavailable: {exc}")
         return
-    enc = s["encoder"]
-    backend = "Triton (gRPC)" if enc["backend"] == "triton" else "in-process (onnxruntime)"
-    st.markdown(f"**Encoder**: {backend}, {enc['precision'].upper()}  \n**Model**: `{enc['model']}`")
-    qd, mg = s.get("qdrant", {}), s.get("mongo", {})
+    model, parts = s["model"], s["components"]
+    backend = "Triton (gRPC)" if model["backend"] == "triton" else "in-process (onnxruntime)"
+    st.markdown(f"**Encoder**: {backend}, {model['precision'].upper()}  \n**Model**: `{model['name']}`")
+    qd, mg = parts.get("qdrant", {}), parts.get("mongo", {})
 
-    def health(ok: bool | None) -> str:
-        return ":green[● up]" if ok else ":red[● down]"
+    def health(part: dict[str, Any]) -> str:
+        return ":green[● up]" if part.get("status") == "ok" else ":red[● down]"
 
     st.markdown(
-        f"**Qdrant** ({qd.get('backend', '?')}): {health(qd.get('healthy'))}, {qd.get('points', '—')} vectors  \n"
-        f"**MongoDB**: {health(mg.get('healthy'))}, {mg.get('products', '—')} products"
+        f"**Service**: {client().url}  \n"
+        f"**Qdrant** ({qd.get('backend', '?')}): {health(qd)}, {qd.get('points', '—')} vectors  \n"
+        f"**MongoDB**: {health(mg)}, {mg.get('products', '—')} products"
     )
     cache = s["cache"]
     st.caption(f"Cache: {cache['entries']}/{cache['max_entries']} entries, hit rate {cache['hit_rate']:.0%}")
@@ -100,12 +104,11 @@ def run_query(top_k: int, filters: SearchFilters) -> SearchResponse | None:
     photo = st.session_state.get("photo")
     if mode == "product" and st.session_state.get("product_id"):
         pid = st.session_state.product_id
-        return bridge().call(lambda s: s.search.search_product(pid, top_k, filters))
+        return client().similar(pid, top_k, filters=filters)
     if mode == "image" and photo is not None:
-        data = photo.getvalue()
-        return bridge().call(lambda s: s.search.search_image(data, top_k, filters))
+        return client().search_image(photo.getvalue(), top_k, filters)
     if text:
-        return bridge().call(lambda s: s.search.search_text(text, top_k, filters))
+        return client().search_text(text, top_k, filters)
     return None
 
 
@@ -146,9 +149,9 @@ def show_results(response: SearchResponse) -> None:
 def main() -> None:
     st.title("Product search")
     try:
-        bridge()
+        status()
     except PipelineError as exc:
-        st.error(f"The search stack could not start: {exc}")
+        st.error(f"The search service is not reachable: {exc}. Start it with: python -m pipeline serve")
         st.stop()
     top_k, filters = sidebar()
     left, right = st.columns([3, 2])

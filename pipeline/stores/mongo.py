@@ -32,6 +32,10 @@ def _to_product(doc: dict[str, Any]) -> Product:
     return Product.model_validate({"id": doc["_id"], **{k: doc[k] for k in _FIELDS if k in doc and k != "id"}})
 
 
+def _state(doc: dict[str, Any]) -> IngestState:
+    return IngestState(doc.get("content_hash"), doc.get("indexed_hash"), doc.get("fingerprint"))
+
+
 class MongoStore:
     def __init__(self, uri: str, database: str, timeout_ms: int) -> None:
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -44,6 +48,7 @@ class MongoStore:
         db = self._client[database]
         self.products = db["products"]
         self.events = db["events"]
+        self.api_keys = db["api_keys"]
 
     async def ensure_indexes(self) -> None:
         try:
@@ -76,7 +81,7 @@ class MongoStore:
             ).to_list(None)
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
-        return {d["_id"]: IngestState(d.get("content_hash"), d.get("indexed_hash"), d.get("fingerprint")) for d in docs}
+        return {d["_id"]: _state(d) for d in docs}
 
     async def upsert_products(self, products: Sequence[tuple[Product, str]]) -> None:
         """Write metadata with its new content hash; ``indexed_hash`` is cleared until vectors are in."""
@@ -120,6 +125,23 @@ class MongoStore:
                 yield _to_product(doc)
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def product_states(self, ids: Sequence[str]) -> tuple[dict[str, Product], dict[str, IngestState]]:
+        """Products and their ingest state in one read."""
+        try:
+            docs = await self.products.find({"_id": {"$in": [str(i) for i in ids]}}).to_list(None)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        return {d["_id"]: _to_product(d) for d in docs}, {d["_id"]: _state(d) for d in docs}
+
+    async def list_ids(self, after: str | None, limit: int) -> list[str]:
+        """Product ids in ascending order, those after ``after`` (a cursor: the last id of the previous page)."""
+        query = {"_id": {"$gt": after}} if after is not None else {}
+        try:
+            docs = await self.products.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit).to_list(None)
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        return [str(d["_id"]) for d in docs]
 
     async def counts(self) -> dict[str, int]:
         try:

@@ -1,0 +1,44 @@
+"""What a route needs from the running service, as FastAPI dependencies."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, Request
+
+from pipeline.api.auth import Authenticator
+from pipeline.api.metrics import Metrics
+from pipeline.config import Settings
+from pipeline.schemas import SearchResponse
+from pipeline.stack import Stack
+from pipeline.wire import WireSearch
+
+
+@dataclass
+class Service:
+    """The one owner of the stack for this process, opened in the app's lifespan."""
+
+    settings: Settings
+    stack: Stack
+    auth: Authenticator
+    metrics: Metrics
+    urls: httpx.AsyncClient  # fetches URLs that requests name (public hosts only, by default)
+    uploads: Path  # where images sent inside requests are kept
+    started: float = field(default_factory=time.time)
+    health_cache: tuple[float, dict[str, Any]] | None = None
+
+    def answer(self, response: SearchResponse) -> WireSearch:
+        self.metrics.observe(response)
+        return WireSearch.of(response)
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

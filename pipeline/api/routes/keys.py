@@ -1,0 +1,41 @@
+"""API key administration (admin scope). ``python -m pipeline keys`` uses these when a service runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from pipeline.api.auth import AdminKey
+from pipeline.api.deps import ServiceDep
+from pipeline.api.errors import documented
+from pipeline.stores.keys import ApiKey, Scope
+from pipeline.wire import KeyCreated, KeyIn, KeyOut
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+def _out(key: ApiKey) -> KeyOut:
+    return KeyOut(name=key.name, scope=str(key.scope), created=key.created, hint=key.hint, revoked=key.revoked)
+
+
+@router.get("", responses=documented(401, 403, 422, 503))
+async def list_keys(svc: ServiceDep, _: AdminKey, include_revoked: Annotated[bool, Query()] = False) -> list[KeyOut]:
+    """Keys by name and scope (never the keys themselves)."""
+    return [_out(k) for k in await svc.stack.keys.list(include_revoked)]
+
+
+@router.post("", status_code=201, responses=documented(401, 403, 409, 422, 503))
+async def create_key(body: KeyIn, svc: ServiceDep, _: AdminKey) -> KeyCreated:
+    """A new key; the answer is the only place the key itself ever appears."""
+    record, key = await svc.stack.keys.create(body.name, Scope(body.scope))
+    return KeyCreated(**_out(record).model_dump(), key=key)
+
+
+@router.delete("/{name}", responses=documented(401, 403, 404, 422, 503))
+async def revoke_key(name: str, svc: ServiceDep, _: AdminKey) -> KeyOut:
+    """Revoke a key: it fails on its next request to this service."""
+    key_digest = await svc.stack.keys.revoke(name)
+    svc.auth.forget(key_digest)
+    revoked = [k for k in await svc.stack.keys.list(include_revoked=True) if k.name == name and k.revoked]
+    return _out(revoked[-1])

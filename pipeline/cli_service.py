@@ -1,0 +1,150 @@
+"""``serve`` (the HTTP service that owns the stack) and ``keys`` (API keys), registered on the CLI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+
+from pipeline.cli_common import JsonOption, RepoOption, app, err, guarded, settings_for
+from pipeline.config import Settings
+from pipeline.stores.keys import ApiKey, KeyStore, Scope
+
+T = TypeVar("T")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+@guarded
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default PIPELINE__API__HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PIPELINE__API__PORT, 8000)")] = None,
+    model_repository: RepoOption = None,
+) -> None:
+    """Run the HTTP service: one process owning encoders, index, MongoDB, cache and event log.
+
+    OpenAPI at /docs and /openapi.json, Prometheus at /metrics. SIGTERM or Ctrl-C stops it cleanly."""
+    import uvicorn
+
+    from pipeline.api.app import check_production, create_app
+    from pipeline.api.logs import log_config
+
+    settings = settings_for(model_repository)
+    host = host or settings.api.host
+    port = settings.api.port if port is None else port
+    check_production(settings)
+    api = settings.api
+    tls = bool(api.tls_certfile and api.tls_keyfile)
+    local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"{'https' if tls else 'http'}://{local_host}:{port}"
+    err.print(f"serving on {url} (docs {url}/docs); Ctrl-C stops it", markup=False)
+    uvicorn.run(
+        create_app(settings, url),
+        host=host,
+        port=port,
+        log_config=log_config(),
+        access_log=False,
+        proxy_headers=api.behind_proxy,
+        ssl_certfile=str(api.tls_certfile) if tls else None,
+        ssl_keyfile=str(api.tls_keyfile) if tls else None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+# --- keys: through the running service (so a revocation takes effect there at once), else on MongoDB ------
+
+
+def _on_keys(settings: Settings, work: Callable[[KeyStore], Awaitable[T]]) -> T:
+    from pipeline.stack import open_mongo
+
+    async def runner() -> T:
+        async with contextlib.AsyncExitStack() as exits:
+            mongo, _ = await open_mongo(settings, exits)
+            keys = KeyStore(mongo.api_keys)
+            await keys.ensure_indexes()
+            return await work(keys)
+
+    return asyncio.run(runner())
+
+
+def _service(settings: Settings) -> Any:
+    from pipeline.client import ServiceClient
+
+    return ServiceClient.discover(settings)
+
+
+def _row(key: ApiKey | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(key, ApiKey):
+        key = {"name": key.name, "scope": str(key.scope), "created": key.created, "hint": key.hint,
+               "revoked": key.revoked}  # fmt: skip
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in key.items() if k != "key"}
+
+
+@keys_app.command("create")
+@guarded
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name to tell the key by (letters, digits, - _ .)")],
+    scope: Annotated[Scope, typer.Option(help="search, write (also upsert/delete) or admin (also keys)")],
+) -> None:
+    """Create a key and print it once on stdout (it is stored hashed and cannot be shown again)."""
+    settings = Settings()
+    client = _service(settings)
+    if client is not None:
+        with client:
+            key = client.post("/v1/keys", {"name": name, "scope": str(scope)})["key"]
+    else:
+        key = _on_keys(settings, lambda ks: ks.create(name, scope))[1]
+    err.print(f"created key {escape(name)!r} ({scope}); it is shown once, keep it now:")
+    sys.stdout.write(key + "\n")
+
+
+@keys_app.command("list")
+@guarded
+def keys_list(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Also revoked keys")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Keys by name, scope and creation time (never the keys themselves)."""
+    settings = Settings()
+    client = _service(settings)
+    if client is not None:
+        with client:
+            rows = [_row(k) for k in client.get("/v1/keys", include_revoked=include_revoked)]
+    else:
+        rows = [_row(k) for k in _on_keys(settings, lambda ks: ks.list(include_revoked))]
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(rows)} key(s)")
+    for col in ("name", "scope", "created", "hint", "revoked"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(Text(str(row[c] or "")) for c in ("name", "scope", "created", "hint", "revoked")))
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+@guarded
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name")]) -> None:
+    """Revoke a key: it fails on its next request."""
+    settings = Settings()
+    client = _service(settings)
+    if client is not None:
+        with client:
+            client.remove(f"/v1/keys/{name}")
+    else:
+        _on_keys(settings, lambda ks: ks.revoke(name))
+    err.print(f"revoked {escape(name)!r}")
