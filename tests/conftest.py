@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,34 @@ async def stack(model_repository, backend, tmp_path, mongo_uri):
 
     async with open_stack(make_settings(model_repository, backend, tmp_path, mongo_uri)) as opened:
         yield opened
+
+
+# --- the HTTP service ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def api_service(model_repository, catalog, mongo_uri, tmp_path_factory):
+    """The real service (uvicorn subprocess, Qdrant Edge, the test mongod) with the test catalog ingested."""
+    import uuid
+
+    from pipeline.catalog import read_catalog
+    from tests.service import service_env, start_service
+
+    root = tmp_path_factory.mktemp("api")
+    env = service_env(model_repository, root / "qdrant", mongo_uri, f"t_{uuid.uuid4().hex[:10]}",
+                      PIPELINE__ENCODER__PRECISION="fp32")  # fmt: skip
+    service = start_service(env, root / "service.log")
+    rows = [r.product.model_dump(mode="json") for r in read_catalog(catalog) if r.product]
+    with service.client() as http:  # the local token may name files on this machine
+        answer = http.post("/v1/products/batch", json={"products": rows}).json()
+    assert answer["added"] == 24, answer
+    yield service
+    assert service.stop() in (0, -15)  # uvicorn re-raises the signal after its clean shutdown
+    assert "Application shutdown complete" in service.logs() and "Traceback" not in service.logs()
+
+
+@pytest.fixture(scope="session")
+def api_keys(api_service: Any) -> dict[str, str]:
+    with api_service.client() as http:
+        return {s: http.post("/v1/keys", json={"name": f"k-{s}", "scope": s}).json()["key"] for s in
+                ("search", "write", "admin")}  # fmt: skip

@@ -72,3 +72,19 @@ def start_service(env: dict[str, str], log: Path, timeout: float = 90) -> Runnin
         time.sleep(0.2)
     proc.kill()
     raise AssertionError(f"the service did not become ready:\n{log.read_text()[-3000:]}")
+
+
+def error_message(response: httpx.Response, status: int) -> str:
+    """The message of an error answer, after checking its status and that its body is the error shape."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert "Traceback" not in response.text
+    return str(body["error"]["message"])
+
+
+def jpeg(color: str = "red", category: str = "mug", seed: int = 3) -> bytes:
+    from tests.catalogs import draw
+    from tests.images import encode
+
+    return encode(draw(color, category, seed), "JPEG")
