@@ -25,7 +25,7 @@ from pipeline.api.metrics import Metrics
 from pipeline.api.middleware import RequestContext
 from pipeline.api.routes import dev, health, keys, products, rank, search
 from pipeline.config import Settings
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, PipelineError
 from pipeline.service_file import ServiceFile
 from pipeline.stack import open_stack
 from pipeline.wire import UrlQuery
@@ -55,6 +55,15 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with _open(app):
+                yield
+        except PipelineError as exc:  # one line says why; uvicorn then exits ("Application startup failed")
+            log.error("cannot serve: %s", exc)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _open(app: FastAPI) -> AsyncIterator[None]:
         check_production(settings)
         async with contextlib.AsyncExitStack() as exits:
             stack = await exits.enter_async_context(open_stack(settings))
