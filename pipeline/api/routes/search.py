@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from pipeline.api.auth import SearchKey
 from pipeline.api.deps import ServiceDep
@@ -72,7 +73,11 @@ async def search_image(request: Request, svc: ServiceDep, _: SearchKey) -> WireS
         return svc.answer(await search.search_image(data, query.top_k, query.filters, query.min_score))
     if content_type != "multipart/form-data":
         raise UnsupportedMedia(f"send multipart/form-data with a file field, or JSON with a url (got {content_type!r})")
-    async with request.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+    except HTTPException as exc:  # malformed multipart, too many fields or files
+        raise InvalidInput(f"multipart body: {exc.detail}") from None
+    try:
         unknown = set(form.keys()) - set(_IMAGE_FORM["properties"])
         if unknown:
             raise InvalidInput(f"unknown form field(s): {', '.join(sorted(unknown))}")
@@ -86,6 +91,8 @@ async def search_image(request: Request, svc: ServiceDep, _: SearchKey) -> WireS
         min_score = _form_value(form.get("min_score"), "min_score", float)
         raw_filters = _form_value(form.get("filters"), "filters", str)
         data = await upload.read()
+    finally:
+        await form.close()
     filters = None
     if raw_filters:
         try:
