@@ -17,13 +17,14 @@ import pytest
 from tests.catalogs import draw
 from tests.conftest import make_settings
 from tests.images import encode
+from tests.service import service_env, start_service
 
 APP = str(Path(__file__).parent.parent / "ui" / "app.py")
 
 
 @pytest.fixture(scope="module")
 def ui_env(model_repository, catalog, mongo_uri, tmp_path_factory):
-    """An ingested catalog and the environment that points the app at it (Qdrant Edge + the test mongod)."""
+    """An ingested catalog, the service running on it, and the environment that points the page at it."""
     from pipeline.stack import open_stack
 
     root = tmp_path_factory.mktemp("ui")
@@ -36,17 +37,17 @@ def ui_env(model_repository, catalog, mongo_uri, tmp_path_factory):
             assert report.added == 24
 
     asyncio.run(ingest())
-    return {
-        "PIPELINE__ENCODER__MODEL_REPOSITORY": str(model_repository),
-        "PIPELINE__QDRANT__PATH": str(root / "qdrant"),
-        "PIPELINE__MONGO__URI": mongo_uri,
-        "PIPELINE__MONGO__DATABASE": settings.mongo.database,
-    }
+    env = service_env(model_repository, root / "qdrant", mongo_uri, settings.mongo.database)
+    service = start_service(env, root / "service.log")  # the page is a client of the service, nothing else
+    with service.client() as http:
+        key = http.post("/v1/keys", json={"name": "page", "scope": "search"}).json()["key"]
+    yield {"PIPELINE__API__URL": service.url, "PIPELINE__API__KEY": key}
+    service.stop()
 
 
 @pytest.fixture(scope="module")
 def app_env(ui_env):
-    """Environment for in-process AppTest runs; the app's cached stack lives until the process ends."""
+    """Environment for in-process AppTest runs; the app's cached client lives until the process ends."""
     saved = {k: os.environ.get(k) for k in ui_env}
     os.environ.update(ui_env)
     yield
@@ -143,8 +144,7 @@ def _free_port() -> int:
 def served_app(ui_env, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, **ui_env, "PIPELINE__QDRANT__PATH": ui_env["PIPELINE__QDRANT__PATH"] + "-browser"}
-    shutil.copytree(ui_env["PIPELINE__QDRANT__PATH"], env["PIPELINE__QDRANT__PATH"])  # its own Edge folder
+    env = {**os.environ, **ui_env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port), "--server.address", "127.0.0.1",
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -210,3 +210,21 @@ def test_browser_end_to_end(served_app, tmp_path):
     assert shot.stat().st_size > 20_000
     if os.environ.get("UI_SCREENSHOT_DIR"):
         shutil.copy(shot, Path(os.environ["UI_SCREENSHOT_DIR"]) / "ui.png")
+
+
+def test_page_says_when_the_service_is_unreachable(monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from pipeline.stores.mongod import free_port
+
+    monkeypatch.setenv("PIPELINE__API__URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PIPELINE__API__KEY", "psk_none")
+    st.cache_resource.clear()  # the client and the status are cached per process: start from none
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    assert not at.exception
+    assert "search service is not reachable" in at.error[0].value and "python -m pipeline serve" in at.error[0].value
