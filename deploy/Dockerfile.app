@@ -1,4 +1,6 @@
-# The application image: the pipeline package, the CLI and the Streamlit UI. No torch: export runs elsewhere.
+# The application image, for both the HTTP service (`python -m pipeline serve`, port 8000; the compose `api`
+# service overrides the command) and the Streamlit page (the default command, port 8501), plus the CLI.
+# No torch: export runs elsewhere.
 FROM python:3.11-slim
 WORKDIR /app
 COPY requirements.txt ./
@@ -9,7 +11,9 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY ui ./ui
 COPY .streamlit ./.streamlit
-RUN pip install --no-cache-dir --no-deps . && useradd --create-home app
+# /data: the service's own files (uploaded images) on a volume; created here so the volume is the app user's.
+RUN pip install --no-cache-dir --no-deps . && useradd --create-home app \
+    && mkdir -p /data && chown app:app /data
 USER app
-EXPOSE 8501
+EXPOSE 8000 8501
 CMD ["streamlit", "run", "ui/app.py", "--server.address=0.0.0.0", "--server.port=8501", "--server.headless=true"]

@@ -200,28 +200,103 @@ def _compose_cli() -> list[str] | None:
     return [legacy] if legacy else None
 
 
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+                 "offset", "inf", "nan"}  # fmt: skip
+
+
+def _promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers left once strings, label matchers, ranges,
+    Grafana variables, grouping clauses and function calls are taken out."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\$\{?\w+\}?", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = re.findall(r"(?<![\w.:])([a-zA-Z_:][\w:]*)(?![\w:]|\s*\()", expr)
+    return {n for n in names if n.lower() not in _PROMQL_WORDS}
+
+
 def test_compose_file_is_valid(tmp_path):
+    deploy = Path(__file__).parent.parent / "deploy"
+    yaml = pytest.importorskip("yaml")
+    # The dashboard reads only metrics the service exposes (so a rename cannot leave it silently empty).
+    histograms = ("http_request_duration_seconds", "http_request_duration_highr_seconds", "search_stage_seconds",
+                  "search_top1_similarity")  # fmt: skip
+    summaries = ("http_request_size_bytes", "http_response_size_bytes")
+    counters = ("http_requests", "search_no_hit", "search_queries", "embedding_cache_hits", "embedding_cache_misses",
+                "event_log_written", "event_log_dropped")  # fmt: skip
+    exposed = {f"{h}{s}" for h in histograms for s in ("_bucket", "_sum", "_count")}
+    exposed |= {f"{m}{s}" for m in summaries for s in ("_sum", "_count")} | {f"{c}_total" for c in counters}
+    exposed |= {"embedding_cache_entries", "event_log_queue_depth", "catalog_products", "model_info"}
+    from pipeline.api.metrics import Metrics  # the service's own families must be in the list above
+
+    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",), "info": ("_info",)}
+    own = {f"{m.name}{s}" for m in Metrics().registry.collect() for s in suffixes[m.type]}
+    assert own <= exposed, own - exposed
+    dashboard = json.loads((deploy / "grafana" / "dashboards" / "product-search.json").read_text())
+    assert dashboard["uid"] == "product-search"
+    exprs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            exprs.extend(v for k, v in node.items() if k == "expr" and isinstance(v, str))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dashboard)
+    used = set().union(*map(_promql_metric_names, exprs))
+    assert len(exprs) >= 10 and {"http_requests_total", "search_stage_seconds_bucket"} <= used, (exprs, used)
+    assert used <= exposed, f"the dashboard reads metrics the service does not expose: {sorted(used - exposed)}"
+    datasources = yaml.safe_load((deploy / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uids = {d["uid"] for d in datasources["datasources"]}
+    for panel in dashboard["panels"]:
+        for t in panel.get("targets", []):
+            assert t["datasource"]["uid"] in uids, panel["title"]
+    scrape = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert {"api:8000", "triton:8002"} <= targets, targets
+
     cli = _compose_cli()
     if cli is None:
         pytest.skip("no compose client (docker compose plugin or docker-compose); scripts/system-deps.sh installs it")
-    deploy = Path(__file__).parent.parent / "deploy"
+    env = {}
+    for line in (deploy / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            env[name.strip()] = value.strip()
+    env |= {"UI_API_KEY": "ui-key-for-the-test", "GRAFANA_ADMIN_PASSWORD": "grafana-password-for-the-test"}
     env_file = tmp_path / ".env"
-    env_file.write_text((deploy / ".env.example").read_text())
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     clean_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
-    proc = subprocess.run(
-        [*cli, "-f", str(deploy / "docker-compose.yml"), "--env-file", str(env_file), "config"],
-        capture_output=True,
-        text=True,
-        env=clean_env,
-    )
+
+    def config() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cli, "-f", str(deploy / "docker-compose.yml"), "--env-file", str(env_file), "config"],
+            capture_output=True,
+            text=True,
+            env=clean_env,
+        )
+
+    proc = config()
     assert proc.returncode == 0, proc.stderr
     for expected in ("service_healthy", "nvcr.io/nvidia/tritonserver", "PIPELINE__TRITON__URL", "capabilities"):
         assert expected in proc.stdout or expected in (deploy / "Dockerfile.triton").read_text(), expected
+    services = yaml.safe_load(proc.stdout)["services"]
+    assert {"triton", "qdrant", "mongo", "api", "ui", "prometheus", "grafana"} <= set(services), sorted(services)
+    assert services["ui"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    for store in ("triton", "qdrant", "mongo"):
+        assert services["api"]["depends_on"][store]["condition"] == "service_healthy", store
+    api_env, ui_env = services["api"]["environment"], services["ui"]["environment"]
+    assert api_env["PIPELINE__ENVIRONMENT"] == "production" and "PIPELINE__TRITON__URL" in api_env
+    assert ui_env["PIPELINE__API__URL"] == "http://api:8000" and ui_env["PIPELINE__API__KEY"] == env["UI_API_KEY"]
+    assert not any(k.startswith(("PIPELINE__QDRANT", "PIPELINE__MONGO", "PIPELINE__TRITON")) for k in ui_env), ui_env
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == env["GRAFANA_ADMIN_PASSWORD"]
     env_file.write_text("QDRANT_API_KEY=k\n")  # a required secret missing: refused, naming it
-    missing = subprocess.run(
-        [*cli, "-f", str(deploy / "docker-compose.yml"), "--env-file", str(env_file), "config"],
-        capture_output=True,
-        text=True,
-        env=clean_env,
-    )
+    missing = config()
     assert missing.returncode != 0 and "MONGO_ROOT_PASSWORD" in missing.stderr
+    env.pop("UI_API_KEY")  # the page's key missing: refused, saying how to create one
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    missing = config()
+    assert missing.returncode != 0 and "UI_API_KEY" in missing.stderr and "keys create" in missing.stderr
