@@ -102,7 +102,9 @@ class ServiceClient:
 
     def upsert(self, products: Sequence[Product]) -> list[Outcome]:
         """One outcome per product, in order (the service embeds and indexes them before answering)."""
-        rows = [self._row(p) for p in products]
+        return self._send([self._row(p) for p in products])
+
+    def _send(self, rows: list[dict[str, Any]]) -> list[Outcome]:
         answer = self._call("POST", "/v1/products/batch", json={"products": rows})
         return [Outcome(r["id"], r["status"], r.get("error")) for r in answer["results"]]
 
@@ -125,13 +127,12 @@ class ServiceClient:
             for row in good:
                 assert row.product is not None
                 try:
-                    self._row(row.product)
-                except PipelineError as exc:
+                    sendable.append(self._row(row.product))
+                except PipelineError as exc:  # an image file this machine cannot read: that row only
                     report.rejected.append((row.line, str(exc)))
                     continue
-                sendable.append(row.product)
                 lines.append(row.line)
-            for line, outcome in zip(lines, self.upsert(sendable) if sendable else [], strict=True):
+            for line, outcome in zip(lines, self._send(sendable) if sendable else [], strict=True):
                 if outcome.status == "rejected":
                     report.rejected.append((line, outcome.error or "rejected"))
                 else:

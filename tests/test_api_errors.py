@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -18,7 +20,7 @@ async def app_client(model_repository, mongo_uri, tmp_path):
     config = make_settings(model_repository, "edge", tmp_path, mongo_uri)
     app = create_app(config, public_url="http://test")
     async with app.router.lifespan_context(app):
-        token = app.state.service.auth._local
+        token = json.loads(config.service_file().read_text())["token"]
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": token}) as c:
             yield app.state.service, c

@@ -77,6 +77,17 @@ def test_cli_gives_the_same_answers_through_the_service_and_in_process(model_rep
             assert http.post("/v1/search/text", json={"text": "red mug"}).status_code == 200
             _cli(env, "keys", "revoke", "cli")
             assert "revoked" in error_message(http.post("/v1/search/text", json={"text": "red mug"}), 401)
+        # Another machine's CLI (a URL and a write key, no local token): image files travel as data: URIs.
+        remote_catalog = tmp_path / "remote.jsonl"
+        rows = [json.loads(line) for line in catalog.read_text().splitlines()[:3]]
+        remote_catalog.write_text("".join(json.dumps({**r, "id": "r-" + r["id"], "images": [
+            str(catalog.parent / p) for p in r["images"]]}) + "\n" for r in rows))  # fmt: skip
+        writer = _cli(env, "keys", "create", "--name", "remote", "--scope", "write").stdout.strip()
+        remote_env = {**env, "PIPELINE__API__URL": service.url, "PIPELINE__API__KEY": writer}
+        assert json.loads(_cli(remote_env, "ingest", str(remote_catalog), "--json").stdout)["added"] == 3
+        with httpx.Client(base_url=service.url, headers={"X-API-Key": writer}) as http:
+            stored = http.get("/v1/products/r-" + rows[0]["id"]).json()
+        assert stored["indexed"] and "/uploads/" in stored["product"]["images"][0]
         refused = _cli(env, "reindex", check=False)
         assert refused.returncode == 1 and "a service is running" in refused.stderr
     finally:

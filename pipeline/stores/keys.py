@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -100,17 +100,19 @@ class KeyStore:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
         return [_of(d) for d in docs]
 
-    async def revoke(self, name: str) -> str:
-        """Revoke the live key with this name; returns its digest. Raises NotFound."""
+    async def revoke(self, name: str) -> tuple[str, ApiKey]:
+        """Revoke the live key with this name; returns its digest and its record. Raises NotFound."""
         try:
             doc = await self._keys.find_one_and_update(
-                {"name": name, "active": True}, {"$set": {"active": False, "revoked": datetime.now(UTC)}}
+                {"name": name, "active": True},
+                {"$set": {"active": False, "revoked": datetime.now(UTC)}},
+                return_document=ReturnDocument.AFTER,
             )
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
         if doc is None:
             raise NotFound(f"no live key named {name!r}")
-        return str(doc["_id"])
+        return str(doc["_id"]), _of(doc)
 
     async def count(self) -> int:
         try:

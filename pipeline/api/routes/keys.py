@@ -35,7 +35,6 @@ async def create_key(body: KeyIn, svc: ServiceDep, _: AdminKey) -> KeyCreated:
 @router.delete("/{name}", responses=documented(401, 403, 404, 422, 503))
 async def revoke_key(name: str, svc: ServiceDep, _: AdminKey) -> KeyOut:
     """Revoke a key: it fails on its next request to this service."""
-    key_digest = await svc.stack.keys.revoke(name)
+    key_digest, record = await svc.stack.keys.revoke(name)
     svc.auth.forget(key_digest)
-    revoked = [k for k in await svc.stack.keys.list(include_revoked=True) if k.name == name and k.revoked]
-    return _out(revoked[-1])
+    return _out(record)
