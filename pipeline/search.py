@@ -53,7 +53,7 @@ class SearchService:
     ) -> None:
         self.encoder, self.index, self.mongo, self.cache, self.events = encoder, index, mongo, cache, events
         self.settings, self.limits, self.overfetch = settings, limits, overfetch
-        self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}
+        self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}  # query key -> its encoding, shared
 
     async def search_text(
         self, text: str, top_k: int | None = None, filters: SearchFilters | None = None, min_score: float | None = None
@@ -116,11 +116,18 @@ class SearchService:
         vector = self.cache.get(key)
         if vector is not None:
             return {m: vector for m in Modality}, True
-        if key in self._inflight:  # the same query is being encoded right now: share its result
-            vector = await asyncio.shield(self._inflight[key])
-            return {m: vector for m in Modality}, True
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        task = self._inflight.get(key)
+        shared = task is not None  # the same query is being encoded right now: share its result
+        if task is None:
+            # A task of its own, so that the first caller going away (a client that disconnects) cancels only
+            # its wait, never the encoding the others are waiting for.
+            task = asyncio.ensure_future(self._encode_one(modality, payload, key))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an error nobody awaits is not news
+            self._inflight[key] = task
+        vector = await asyncio.shield(task)
+        return {m: vector for m in Modality}, shared
+
+    async def _encode_one(self, modality: Modality, payload: str | bytes, key: str) -> np.ndarray:
         try:
             if modality is Modality.TEXT:
                 assert isinstance(payload, str)
@@ -128,15 +135,10 @@ class SearchService:
             else:
                 assert isinstance(payload, bytes)
                 vector = (await self.encoder.encode_images([payload]))[0]
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
-            raise
+            self.cache.put(key, vector)
+            return vector
         finally:
             del self._inflight[key]
-        self.cache.put(key, vector)
-        future.set_result(vector)
-        return {m: vector for m in Modality}, False
 
     async def _stored(self, product_id: str) -> tuple[dict[Modality, np.ndarray], None]:
         stored = await self.index.product_vectors(product_id)

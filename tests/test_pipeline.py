@@ -370,3 +370,17 @@ async def test_url_that_hangs_is_cut_off(model_repository, tmp_path, mongo_uri):
     finally:
         release.set()
         server.shutdown()
+
+
+async def test_a_caller_going_away_does_not_fail_others_waiting_on_the_same_query(stack, catalog):
+    await stack.ingest.ingest(catalog)
+    first = asyncio.ensure_future(stack.search.search_text("green poster, shared"))
+    await asyncio.sleep(0)  # the first caller has started the encoding
+    second = asyncio.ensure_future(stack.search.search_text("green poster, shared"))
+    await asyncio.sleep(0)
+    first.cancel()  # a client that disconnects
+    answer = await second
+    assert answer.hits and answer.cache_hit is True  # shared the in-flight encoding
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await stack.search.search_text("green poster, shared")).cache_hit is True  # the encoding finished
