@@ -75,9 +75,12 @@ def http(
     systems: str = typer.Option("ours,fp32,int8", help="which to run: ours, fp32 (peer), int8 (peer)"),
 ) -> None:
     """Our HTTP service vs a seed-style FastAPI peer (eager CLIP FP32 / INT8 + FAISS + dict) under load."""
-    from bench.http_load import run
+    from bench.http_load import SYSTEMS, run
 
-    run(seconds, products, tuple(int(c) for c in clients.split(",")), single, tuple(systems.split(",")))
+    chosen = tuple(s.strip() for s in systems.split(","))
+    if not chosen or set(chosen) - set(SYSTEMS):
+        raise typer.BadParameter(f"systems: choose from {', '.join(SYSTEMS)}", param_hint="--systems")
+    run(seconds, products, tuple(int(c) for c in clients.split(",")), single, chosen)
 
 
 @app.command("demo-queries")

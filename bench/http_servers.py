@@ -57,6 +57,22 @@ class Server:
             return None
         return pid if psutil.pid_exists(pid) else None
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) of the server process and its descendants, mongod included."""
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return total
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
+
     def rss_mb(self) -> tuple[float, float | None]:
         """RSS of the server process and its descendants except mongod; and mongod's own RSS (None: no mongod)."""
         mongod = self.mongod_pid()
