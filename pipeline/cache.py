@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cachetools import TTLCache
@@ -67,3 +69,30 @@ class EmbeddingCache:
 
     def stats(self) -> CacheStats:
         return CacheStats(len(self._cache) if self._cache is not None else 0, self._max, self.hits, self.misses)
+
+
+class ProductCache:
+    """Product metadata by id, LRU with a TTL: a query's top hits are read from MongoDB at most once per TTL.
+
+    The store that owns it drops an id on every write through it, so within one process a change is seen at
+    once; another process's writes (a second service replica on the same MongoDB) are seen within the TTL.
+    """
+
+    def __init__(self, max_entries: int, ttl_s: float) -> None:
+        self._cache: TTLCache[str, Any] | None = TTLCache(max_entries, ttl_s) if max_entries and ttl_s else None
+
+    def get_many(self, ids: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+        """(found, missing ids)."""
+        if self._cache is None:
+            return {}, list(ids)
+        found = {i: p for i in ids if (p := self._cache.get(i)) is not None}
+        return found, [i for i in ids if i not in found]
+
+    def put_many(self, items: dict[str, Any]) -> None:
+        if self._cache is not None:
+            self._cache.update(items)
+
+    def drop(self, ids: Sequence[str]) -> None:
+        if self._cache is not None:
+            for i in ids:
+                self._cache.pop(i, None)

@@ -90,12 +90,17 @@ class MongoSettings(BaseModel):
 class CacheSettings(BaseModel):
     max_entries: int = Field(default=10_000, ge=0)  # 0 disables the cache
     ttl_s: float = Field(default=3600.0, gt=0)
+    # Product metadata read for results is kept this long (0: always read MongoDB). Writes through this
+    # process drop their ids at once; another replica's writes show within this many seconds.
+    product_ttl_s: float = Field(default=30.0, ge=0)
 
 
 class EventSettings(BaseModel):
     queue_size: int = Field(default=10_000, ge=1)  # events beyond this are dropped and counted, never awaited
     batch_size: int = Field(default=200, ge=1)
     flush_timeout_s: float = Field(default=10.0, ge=0)  # at shutdown, how long queued events get to reach MongoDB
+    # Events are written at most once per interval (in batches), keeping a write per query off MongoDB.
+    flush_interval_s: float = Field(default=0.1, ge=0, le=10)
 
 
 class SearchSettings(BaseModel):

@@ -21,8 +21,9 @@ Writer = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class EventLog:
-    def __init__(self, write: Writer, queue_size: int, batch_size: int) -> None:
+    def __init__(self, write: Writer, queue_size: int, batch_size: int, interval_s: float = 0.0) -> None:
         self._write = write
+        self._interval = interval_s
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._task: asyncio.Task[None] | None = None
@@ -48,6 +49,8 @@ class EventLog:
     async def _drain(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._interval and self._queue.qsize() < self._batch_size:
+                await asyncio.sleep(self._interval)  # one write per interval, not one per query
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.cache import EmbeddingCache
+from pipeline.cache import EmbeddingCache, ProductCache
 from pipeline.config import Settings
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.factory import create_encoder
@@ -118,7 +118,8 @@ async def open_mongo(
         mongod = ManagedMongod(settings.mongo.data_dir)
         uri = await mongod.start()
         exit_stack.push_async_callback(mongod.stop)
-    mongo = MongoStore(uri, settings.mongo.database, settings.mongo.timeout_ms)
+    cache = ProductCache(settings.cache.max_entries, settings.cache.product_ttl_s)
+    mongo = MongoStore(uri, settings.mongo.database, settings.mongo.timeout_ms, cache)
     exit_stack.push_async_callback(mongo.aclose)
     return mongo, mongod
 
@@ -143,7 +144,8 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         info = encoder.info
         await index.open(ModelStamp(info.fingerprint, info.dim, info.model))
 
-        events = EventLog(mongo.insert_events, settings.events.queue_size, settings.events.batch_size)
+        ev = settings.events
+        events = EventLog(mongo.insert_events, ev.queue_size, ev.batch_size, ev.flush_interval_s)
         events.start()
         exit_stack.push_async_callback(functools.partial(events.aclose, settings.events.flush_timeout_s))
         http = httpx.AsyncClient(timeout=settings.ingest.http_timeout_s, follow_redirects=True)

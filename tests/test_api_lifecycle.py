@@ -157,7 +157,7 @@ def test_mongodb_down_hits_still_returned_and_flagged(model_repository, catalog,
             http.post("/v1/products/batch", json={"products": rows})
             key = http.post("/v1/keys", json={"name": "shop", "scope": "search"}).json()["key"]
         with service.client(key) as http:
-            assert http.post("/v1/search/text", json={"text": "blue mug"}).status_code == 200
+            assert http.get("/v1/products", params={"limit": 1}).status_code == 200  # the key is known now
             mongod.stop_sync()
             body = http.post("/v1/search/text", json={"text": "red mug"}).json()
             assert body["metadata_missing"] is True and body["hits"] and body["hits"][0]["product"] is None

@@ -384,3 +384,16 @@ async def test_a_caller_going_away_does_not_fail_others_waiting_on_the_same_quer
     with pytest.raises(asyncio.CancelledError):
         await first
     assert (await stack.search.search_text("green poster, shared")).cache_hit is True  # the encoding finished
+
+
+async def test_result_metadata_is_cached_and_a_write_is_seen_at_once(stack, catalog, tmp_path):
+    await stack.ingest.ingest(catalog)
+    first = await stack.search.search_product("mug-red-0", top_k=3)
+    top = first.hits[0].product
+    assert top is not None
+    repriced = top.model_copy(update={"price": (top.price or 0) + 100})  # same vectors, new metadata
+    assert (await stack.ingest.upsert([repriced]))[0].status == "updated"
+    again = await stack.search.search_product("mug-red-0", top_k=3)
+    assert again.hits[0].product_id == top.id and again.hits[0].product.price == repriced.price
+    await stack.ingest.delete([top.id])
+    assert top.id not in {h.product_id for h in (await stack.search.search_product("mug-red-0", top_k=3)).hits}

@@ -14,6 +14,7 @@ from typing import Any
 from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.errors import PyMongoError
 
+from pipeline.cache import ProductCache
 from pipeline.errors import StoreUnavailable
 from pipeline.schemas import Product
 
@@ -37,7 +38,8 @@ def _state(doc: dict[str, Any]) -> IngestState:
 
 
 class MongoStore:
-    def __init__(self, uri: str, database: str, timeout_ms: int) -> None:
+    def __init__(self, uri: str, database: str, timeout_ms: int, cache: ProductCache | None = None) -> None:
+        self._products = cache or ProductCache(0, 0)
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri,
             timeoutMS=timeout_ms,
@@ -67,12 +69,17 @@ class MongoStore:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
     async def get_products(self, ids: Sequence[str]) -> dict[str, Product]:
-        """Products by id ($in); ids not found are simply absent from the result."""
-        try:
-            docs = await self.products.find({"_id": {"$in": [str(i) for i in ids]}}).to_list(None)
-        except PyMongoError as exc:
-            raise StoreUnavailable(f"MongoDB: {exc}") from exc
-        return {doc["_id"]: _to_product(doc) for doc in docs}
+        """Products by id ($in; recently read ones from the cache); ids not found are absent from the result."""
+        found, missing = self._products.get_many([str(i) for i in ids])
+        if missing:
+            try:
+                docs = await self.products.find({"_id": {"$in": missing}}).to_list(None)
+            except PyMongoError as exc:
+                raise StoreUnavailable(f"MongoDB: {exc}") from exc
+            read = {doc["_id"]: _to_product(doc) for doc in docs}
+            self._products.put_many(read)
+            found.update(read)
+        return found
 
     async def get_states(self, ids: Sequence[str]) -> dict[str, IngestState]:
         try:
@@ -85,6 +92,7 @@ class MongoStore:
 
     async def upsert_products(self, products: Sequence[tuple[Product, str]]) -> None:
         """Write metadata with its new content hash; ``indexed_hash`` is cleared until vectors are in."""
+        self._products.drop([p.id for p, _ in products])
         ops = []
         for product, content_hash in products:
             doc = product.model_dump(mode="json", exclude={"id"})
@@ -113,6 +121,7 @@ class MongoStore:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
     async def delete_products(self, ids: Sequence[str]) -> int:
+        self._products.drop([str(i) for i in ids])
         try:
             result = await self.products.delete_many({"_id": {"$in": [str(i) for i in ids]}})
         except PyMongoError as exc:
