@@ -1,5 +1,6 @@
-"""Error mapping at the edge, in-process: a component failing mid-request becomes its status and a JSON body
-(the failures are injected into the real stack; the rest of the request path is the service's own)."""
+"""The app in-process (its real lifespan and stack, over ASGI): error mapping when a component fails
+mid-request (failures injected into the real stack; the rest of the request path is the service's own), and
+what needs settings the shared service does not have (photo URLs on a local server, the dev reset)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,46 @@ async def test_an_unforeseen_failure_is_a_500_without_a_traceback(app_client, mo
     message = error_message(r, 500)
     assert "req-42" in message and "secret" not in message
     assert (await client.get("/health")).status_code == 200  # and it keeps answering
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """A local HTTP server with one photo (reachable only because the test allows private URLs)."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.service import jpeg
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "red-mug.jpg").write_bytes(jpeg("red", "mug", 3))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+async def test_photo_urls_when_private_hosts_are_allowed_and_dev_reset(
+    model_repository, mongo_uri, tmp_path, catalog, image_server
+):
+    from pipeline.api.app import create_app
+
+    config = make_settings(model_repository, "edge", tmp_path, mongo_uri, api={"allow_private_urls": True})
+    app = create_app(config, public_url="http://test")
+    async with app.router.lifespan_context(app):
+        token = json.loads(config.service_file().read_text())["token"]
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": token}) as c:
+            await app.state.service.stack.ingest.ingest(catalog)
+            photo = f"{image_server}/red-mug.jpg"
+            hits = (await c.post("/v1/search/image", json={"url": photo, "top_k": 3})).json()["hits"]
+            assert len(hits) == 3
+            ranked = (await c.post("/v1/rank", json={"query_image_url": photo, "candidates": ["a", "b"]})).json()
+            assert len(ranked["ranked"]) == 2
+            put = await c.put("/v1/products/from-url", json={"name": "red mug url", "images": [photo]})
+            assert put.json()["status"] == "added"
+            assert "404" in error_message(await c.post("/v1/search/image", json={"url": f"{image_server}/nope.jpg"}),
+                                          422)  # fmt: skip
+            assert (await c.post("/v1/dev/reset")).json() == {"deleted": 25}
+            assert (await c.get("/v1/stats")).json()["mongo"]["products"] == 0
