@@ -4,6 +4,7 @@ the real stack answers): no 5xx, every status documented, every body matching it
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import schemathesis
@@ -28,6 +29,9 @@ def fuzz_app(model_repository, mongo_uri, tmp_path_factory):
     return create_app(config, public_url="http://localhost"), config.api.service_file
 
 
+# CI runs a fixed set of examples (no flaky red); FUZZ_EXAMPLES=500 FUZZ_SEED=anything for a longer random hunt.
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+FUZZ_SEED = os.environ.get("FUZZ_SEED")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -42,7 +46,8 @@ def test_no_operation_fails_or_breaks_its_schema(fuzz_app):
         operations += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                  derandomize=FUZZ_SEED is None)  # fmt: skip
         def fuzz(case: schemathesis.Case) -> None:
             case.call_and_validate(headers={"X-API-Key": token}, checks=CHECKS)
 

@@ -24,7 +24,7 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
 _DESCRIPTIONS = {
     401: "No API key, or an unknown or revoked one",
     403: "The key's scope does not cover this route",
-    404: "Unknown product or key",
+    404: "Unknown product or key (or an id no route can carry, such as one with a line break)",
     409: "Conflict with what exists",
     413: "Body or upload over its limit",
     415: "Not an image, or not JSON / multipart",

@@ -40,7 +40,7 @@ async def _upsert(svc: Service, products: list[Product], who: Principal) -> list
     return outcomes
 
 
-@router.put("/products/{product_id:path}", responses=documented(401, 403, 413, 422, 503))
+@router.put("/products/{product_id:path}", responses=documented(401, 403, 404, 413, 422, 503))
 async def put_product(product_id: str, body: ProductIn, svc: ServiceDep, who: WriteKey) -> RowResult:
     """Create or replace one product; it is embedded and indexed before the answer. Idempotent: the same
     content again is ``unchanged`` and costs no embedding."""
