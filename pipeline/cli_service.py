@@ -8,13 +8,14 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.markup import escape
 
 from pipeline.cli_common import JsonOption, RepoOption, app, err, guarded, settings_for
 from pipeline.config import Settings
-from pipeline.stores.keys import ApiKey, KeyStore, Scope
+from pipeline.stores.keys import ApiKey, KeyStore, Scope, check_name
 
 T = TypeVar("T")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
@@ -144,7 +145,7 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name")]) -> 
     client = _service(settings)
     if client is not None:
         with client:
-            client.remove(f"/v1/keys/{name}")
+            client.remove(f"/v1/keys/{quote(check_name(name), safe='')}")
     else:
         _on_keys(settings, lambda ks: ks.revoke(name))
     err.print(f"revoked {escape(name)!r}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -53,6 +55,9 @@ def test_every_response_carries_a_request_id(api_service):
     r = httpx.get(f"{api_service.url}/health", headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     assert len(httpx.get(f"{api_service.url}/health").headers["x-request-id"]) == 32
+    deadline = time.monotonic() + 10  # the line is written once the answer has gone out
+    while '"abc-123"' not in api_service.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
     line = next(json.loads(x) for x in reversed(api_service.logs().splitlines()) if '"abc-123"' in x)
     assert line["route"] == "/health" and line["status"] == 200 and "ms" in line
 
@@ -76,10 +81,18 @@ def test_missing_or_unknown_key_is_401_and_wrong_scope_403(api_service, api_keys
 
 
 def test_keys_are_stored_hashed_and_a_revoked_key_fails_next(api_service, api_keys):
+    from pymongo import MongoClient
+
+    from pipeline.stores.keys import digest
+
     with api_service.client(api_keys["admin"]) as admin:
         created = admin.post("/v1/keys", json={"name": "to-revoke", "scope": "search"})
         assert created.status_code == 201
         key = created.json()["key"]
+        env = api_service.env
+        with MongoClient(env["PIPELINE__MONGO__URI"]) as mongo:
+            stored = list(mongo[env["PIPELINE__MONGO__DATABASE"]]["api_keys"].find({"name": "to-revoke"}))
+        assert len(stored) == 1 and stored[0]["_id"] == digest(key) and key not in json.dumps(stored, default=str)
         listed = admin.get("/v1/keys").json()
         assert key not in json.dumps(listed) and {k["name"] for k in listed} >= {"to-revoke", "k-search"}
         assert "exists" in _error(admin.post("/v1/keys", json={"name": "to-revoke", "scope": "search"}), 409)
@@ -172,10 +185,19 @@ def test_list_ids_paginates_and_stats_agree(api_service, api_keys):
         first = http.get("/v1/products", params={"limit": 10}).json()
         second = http.get("/v1/products", params={"limit": 10, "cursor": first["next_cursor"]}).json()
         third = http.get("/v1/products", params={"limit": 10, "cursor": second["next_cursor"]}).json()
+        assert "needs admin" in _error(http.get("/v1/stats"), 403)  # it reads every id
+    with api_service.client(api_keys["admin"]) as http:
         stats = http.get("/v1/stats").json()
     ids = first["ids"] + second["ids"] + third["ids"]
     assert len(ids) == 24 == len(set(ids)) and ids == sorted(ids) and third["next_cursor"] is None
     assert stats["in_agreement"] is True and stats["mongo"]["products"] == 24 and stats["qdrant"]["products"] == 24
+
+
+def test_service_file_is_private_to_its_user(api_service):
+    import stat
+
+    path = Path(api_service.env["PIPELINE__QDRANT__PATH"]).parent / "service.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and json.loads(path.read_text())["url"] == api_service.url
 
 
 def test_dev_reset_exists_outside_production(api_service):

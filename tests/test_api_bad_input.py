@@ -41,6 +41,19 @@ def test_malformed_or_wrong_json_is_422(http, body, fragment):
     assert fragment in error_message(r, 422)
 
 
+def test_a_body_without_a_key_is_refused_before_it_is_read(api_service):
+    big = b"{" * (20 * 1024 * 1024)
+    r = httpx.post(f"{api_service.url}/v1/search/text", content=big, headers={"content-type": "application/json"})
+    assert "API key is required" in error_message(r, 401)
+
+
+def test_unparseable_bodies_are_422(http):
+    r = http.post("/v1/search/text", content=b'{"text": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert error_message(r, 422)
+    r = http.post("/v1/search/text", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert error_message(r, 422)
+
+
 def test_a_10000_character_query_is_refused_not_truncated(http):
     assert "10000 characters is over the limit of 1000" in error_message(
         http.post("/v1/search/text", json={"text": "word " * 2000}), 422
@@ -78,6 +91,12 @@ def test_non_images_are_415_or_422(http):
     assert "top_k" in error_message(r, 422)
     r = http.post("/v1/search/image", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, data={"filters": "{bad"})
     assert "filters" in error_message(r, 422)
+    deep = {"filters": "[" * 5000}  # nesting deeper than any parser should follow
+    assert "filters" in error_message(http.post("/v1/search/image", files={"file": ("a.jpg", jpeg(), "image/jpeg")},
+                                                data=deep), 422)  # fmt: skip
+    for bad in ({"min_score": "nan"}, {"min_score": "5"}, {"top_k": "0"}):
+        r = http.post("/v1/search/image", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, data=bad)
+        assert next(iter(bad)) in error_message(r, 422)
 
 
 @pytest.mark.parametrize(
@@ -90,6 +109,8 @@ def test_non_images_are_415_or_422(http):
         ("http://10.1.2.3/a.jpg", "private, loopback or reserved"),
         ("http://[::1]/a.jpg", "private, loopback or reserved"),
         ("http://169.254.169.254/latest/meta-data", "private, loopback or reserved"),
+        ("http://[::ffff:127.0.0.1]/a.jpg", "private, loopback or reserved"),
+        ("http://[2002:7f00:1::]/a.jpg", "private, loopback or reserved"),
     ],
 )
 def test_urls_are_http_and_public_only(http, url, fragment):
@@ -126,6 +147,8 @@ def test_bad_product_rows_are_422_and_leave_nothing(http):
 
 
 def test_list_and_similar_query_params_are_checked(http):
+    assert "colour" in error_message(http.get("/v1/products/mug-red-0/similar", params={"colour": "red"}), 422)
+    assert "lmit" in error_message(http.get("/v1/products", params={"lmit": 5}), 422)
     assert error_message(http.get("/v1/products", params={"limit": 0}), 422)
     assert error_message(http.get("/v1/products/mug-red-0/similar", params={"top_k": -1}), 422)
     assert error_message(http.get("/v1/products/mug-red-0/similar", params={"min_price": "cheap"}), 422)

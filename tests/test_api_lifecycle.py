@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from tests.catalogs import draw
+from tests.catalogs import draw, write_bad_catalog
 from tests.images import encode
 from tests.service import error_message, service_env, start_service
 
@@ -49,19 +49,24 @@ def test_cli_gives_the_same_answers_through_the_service_and_in_process(model_rep
     queries = [["--text", "red mug", "--top-k", "5", "--category", "mug"], ["--image", str(photo)],
                ["--product-id", "mug-red-0", "--top-k", "4"]]  # fmt: skip
 
+    bad_catalog, expected_bad = write_bad_catalog(tmp_path / "bad")
+
     def run_all() -> tuple[dict, list, dict]:
         ingest = json.loads(_cli(env, "ingest", str(catalog), "--json").stdout)
+        bad = json.loads(_cli(env, "ingest", str(bad_catalog), "--json").stdout)["rejected"]
         answers = [_hits(_cli(env, "search", *q, "--json")) for q in queries]
         status = json.loads(_cli(env, "status", "--json").stdout)
-        return ingest, answers, status
+        return ingest, [bad, *answers], status
 
     first_ingest, in_process, status_alone = run_all()  # no service: the CLI opens the stack itself
     assert first_ingest["added"] == 24 and all(in_process)
+    assert [r["line"] for r in in_process[0]] == sorted(expected_bad)  # each bad row, by its line
 
     service = start_service(env, tmp_path / "service.log")
     try:
         ingest, through, status = run_all()  # the service owns the data now: the CLI must go through it
-        assert (ingest["unchanged"], ingest["rejected"]) == (24, [])
+        # the bad catalog's four good rows are the first four products with other image paths: re-stored
+        assert (ingest["unchanged"], ingest["updated"], ingest["rejected"]) == (20, 4, [])
         assert through == in_process
         assert status["in_agreement"] and status["mongo"]["products"] == status_alone["mongo"]["products"] == 24
         requests = [json.loads(line) for line in service.logs().splitlines() if '"pipeline.access"' in line]
@@ -128,7 +133,8 @@ def test_sigterm_under_load_answers_or_refuses_cleanly_and_keeps_accepted_events
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(caller, k) for k in range(16)]
-        while len(outcomes) < 100:
+        started = time.monotonic()
+        while len(outcomes) < 100 and time.monotonic() - started < 60 and service.proc.poll() is None:
             time.sleep(0.01)
         code = service.stop()
         for f in futures:

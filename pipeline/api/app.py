@@ -71,7 +71,7 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
             announce = ServiceFile.new(public_url) if public_url else None
             urls = url_client(settings.api.allow_private_urls, settings.ingest.http_timeout_s)
             exits.push_async_callback(urls.aclose)
-            uploads = settings.service_file().parent / "uploads"
+            uploads = settings.qdrant.path.parent / "uploads"  # beside the data, wherever the service file is
             auth = Authenticator(stack.keys, announce.token if announce else None, settings.api.key_cache_s)
             metrics.attach(stack)
             app.state.service = Service(settings, stack, auth, metrics, urls, uploads)

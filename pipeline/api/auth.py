@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from pipeline.api.errors import MISSING_KEY
 from pipeline.errors import Forbidden, StoreUnavailable, Unauthorized
 from pipeline.stores.keys import KeyStore, Scope, digest
 
@@ -37,12 +38,13 @@ class Authenticator:
     def __init__(self, keys: KeyStore, local_token: str | None, cache_s: float) -> None:
         self._keys, self._local, self._cache_s = keys, local_token, cache_s
         self._seen: dict[str, tuple[float, Principal]] = {}  # digest -> (checked at, principal)
+        self._revoked: dict[str, float] = {}  # digest -> when: a lookup racing the revocation must not cache it
 
     async def authenticate(self, presented: str | None) -> Principal:
         """The principal of a presented key. Raises Unauthorized; StoreUnavailable for an unseen key while
         MongoDB is down."""
         if not presented:
-            raise Unauthorized("an API key is required: send X-API-Key: <key> or Authorization: Bearer <key>")
+            raise Unauthorized(MISSING_KEY)
         if self._local and hmac.compare_digest(presented.encode(), self._local.encode()):
             return Principal(LOCAL, Scope.ADMIN, local=True)
         key_digest = digest(presented)
@@ -58,6 +60,8 @@ class Authenticator:
         if record is None:
             self._seen.pop(key_digest, None)
             raise Unauthorized("unknown or revoked API key")
+        if key_digest in self._revoked:
+            raise Unauthorized("unknown or revoked API key")
         principal = Principal(record.name, record.scope)
         if len(self._seen) > 10_000:
             self._seen.clear()
@@ -65,7 +69,9 @@ class Authenticator:
         return principal
 
     def forget(self, key_digest: str) -> None:
+        """A key revoked through this service: refused from its next request on."""
         self._seen.pop(key_digest, None)
+        self._revoked[key_digest] = time.monotonic()
 
 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key")

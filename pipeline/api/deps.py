@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from fastapi import Depends, Request
 from pipeline.api.auth import Authenticator
 from pipeline.api.metrics import Metrics
 from pipeline.config import Settings
+from pipeline.errors import InvalidInput
 from pipeline.schemas import SearchResponse
 from pipeline.stack import Stack
 from pipeline.wire import WireSearch
@@ -42,3 +44,16 @@ def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def only_params(*names: str) -> Callable[[Request], None]:
+    """A dependency refusing query parameters the route does not take: ``?colour=red`` must fail, not
+    silently return unfiltered results."""
+    allowed = set(names)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s): {', '.join(unknown)}")
+
+    return check

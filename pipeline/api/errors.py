@@ -33,6 +33,10 @@ _DESCRIPTIONS = {
 }
 
 
+CHALLENGE = 'Bearer, APIKey header="X-API-Key"'
+MISSING_KEY = "an API key is required: send X-API-Key: <key> or Authorization: Bearer <key>"
+
+
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these error statuses, all with the error body."""
     return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
@@ -57,7 +61,7 @@ def install(app: FastAPI) -> None:
         if status >= 500 and code == "internal":
             log.error("request %s failed: %s", getattr(request.state, "request_id", "?"), exc, exc_info=exc)
             return error_response(status, code, "internal error")
-        headers = {"WWW-Authenticate": 'Bearer, APIKey header="X-API-Key"'} if isinstance(exc, Unauthorized) else None
+        headers = {"WWW-Authenticate": CHALLENGE} if isinstance(exc, Unauthorized) else None
         return error_response(status, code, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
@@ -68,6 +72,8 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, PayloadTooLarge):  # FastAPI wraps a failed body read in a 400
             return error_response(413, "payload_too_large", str(exc.__cause__))
+        if exc.status_code == 400:  # a body FastAPI could not parse (bad UTF-8, nesting too deep): bad input
+            return error_response(422, "invalid_input", f"the request body cannot be parsed ({exc.detail})")
         code = _HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

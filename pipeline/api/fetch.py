@@ -29,12 +29,28 @@ async def _public_only(request: httpx.Request) -> None:
     except OSError as exc:
         raise InvalidInput(f"{url}: cannot resolve {host} ({exc.strerror or exc})") from exc
     for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0])
-        if not address.is_global:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+        if not _public(address):
             raise InvalidInput(
                 f"{url}: {host} is a private, loopback or reserved address ({address}); the service fetches "
                 "public URLs only (PIPELINE__API__ALLOW_PRIVATE_URLS=true allows others)"
             )
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global, and so is any IPv4 address it carries (IPv4-mapped or -compatible, 6to4, NAT64, Teredo)."""
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        packed = address.packed
+        embedded = [address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None]
+        if packed[:12] == bytes(12) or address in _NAT64:  # ::a.b.c.d (deprecated form) or 64:ff9b::a.b.c.d
+            embedded.append(ipaddress.IPv4Address(packed[12:]))
+        return all(v4 is None or v4.is_global for v4 in embedded)
+    return True
 
 
 def url_client(allow_private: bool, timeout_s: float) -> httpx.AsyncClient:

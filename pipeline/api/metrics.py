@@ -76,7 +76,7 @@ class Metrics:
     async def render(self, stack: Stack) -> bytes:
         """The exposition text; product counts are read fresh (bounded by a short timeout)."""
         try:
-            async with asyncio.timeout(1.0):
+            async with asyncio.timeout(5.0):
                 counts = await stack.mongo.counts()
                 self.products.labels("mongodb").set(counts["products"])
                 self.products.labels("mongodb_not_indexed").set(counts["not_indexed"])

@@ -16,9 +16,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.api.errors import CHALLENGE, MISSING_KEY, error_response
 from pipeline.errors import PayloadTooLarge
 
 access = logging.getLogger("pipeline.access")
+log = logging.getLogger("pipeline.api")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -39,19 +41,33 @@ class RequestContext:
         status = 500
         limit = self.body_limit(scope["path"])
 
+        status_sent: int | None = None
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = status_sent = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):
-                await _too_large(send_with_id, limit)
+                message = f"request body over the limit of {limit} bytes"
+                await error_response(413, "payload_too_large", message)(scope, receive, send_with_id)
+                return
+            if scope["path"].startswith("/v1/") and not (b"x-api-key" in headers or b"authorization" in headers):
+                # No key at all: refuse before reading (and parsing) a body nobody is entitled to send.
+                await error_response(401, "unauthorized", MISSING_KEY, {"WWW-Authenticate": CHALLENGE})(
+                    scope, receive, send_with_id
+                )
                 return
             await self.app(scope, _limited(receive, limit), send_with_id)
+        except Exception as exc:  # anything unforeseen: a clean 500 with the request id, the traceback logged
+            log.error("request %s failed unexpectedly", rid, exc_info=exc)
+            if status_sent is None:
+                message = f"internal error (request id {rid})"
+                await error_response(500, "internal", message)(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             line: dict[str, Any] = {
@@ -78,13 +94,3 @@ def _limited(receive: Receive, limit: int) -> Receive:
         return message
 
     return counted
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"error": {"code": "payload_too_large", "message": f"request body over the limit of {limit} bytes"}}
-    ).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})  # fmt: skip
-    await send({"type": "http.response.body", "body": body})

@@ -8,13 +8,14 @@ import binascii
 import hashlib
 import io
 import os
+import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from pipeline.catalog import is_url
 from pipeline.config import LimitsSettings
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, StoreUnavailable
 from pipeline.preprocess import decode_image
 
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
@@ -36,11 +37,16 @@ def store_data_uri(uri: str, folder: Path, limits: LimitsSettings, name: str) ->
         fmt = image.format
     digest = hashlib.sha256(data).hexdigest()[:32]
     path = folder / f"{digest}.{_EXT.get(fmt or '', 'img')}"
-    if not path.exists():
+    if path.exists():
+        return str(path)
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(data)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")  # unique: concurrent twins do not collide
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot keep {name} under {folder} ({exc.strerror or exc})") from exc
     return str(path)
 
 

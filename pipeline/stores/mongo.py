@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.errors import PyMongoError
 
@@ -105,6 +106,7 @@ class MongoStore:
                 )
             )
         await self._bulk(ops)
+        self._products.drop([p.id for p, _ in products])  # again: a read that raced the write may have put it back
 
     async def mark_indexed(self, items: Sequence[tuple[str, str]], fingerprint: str) -> None:
         """Record that the vectors of (id, content hash) are in Qdrant, made by ``fingerprint``."""
@@ -126,6 +128,8 @@ class MongoStore:
             result = await self.products.delete_many({"_id": {"$in": [str(i) for i in ids]}})
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
+        finally:
+            self._products.drop([str(i) for i in ids])
         return result.deleted_count
 
     async def iter_products(self, batch_size: int = 500) -> AsyncIterator[Product]:
@@ -178,7 +182,7 @@ class MongoStore:
     async def insert_events(self, events: list[dict[str, Any]]) -> None:
         try:
             await self.events.insert_many(events, ordered=False)
-        except PyMongoError as exc:
+        except (PyMongoError, BSONError) as exc:  # an event MongoDB cannot store is dropped like any other
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
     async def _bulk(self, ops: list[UpdateOne]) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from pipeline.api.auth import AdminKey
-from pipeline.api.deps import ServiceDep
+from pipeline.api.deps import ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.stores.keys import ApiKey, Scope
 from pipeline.wire import KeyCreated, KeyIn, KeyOut
@@ -19,7 +19,7 @@ def _out(key: ApiKey) -> KeyOut:
     return KeyOut(name=key.name, scope=str(key.scope), created=key.created, hint=key.hint, revoked=key.revoked)
 
 
-@router.get("", responses=documented(401, 403, 422, 503))
+@router.get("", responses=documented(401, 403, 422, 503), dependencies=[Depends(only_params("include_revoked"))])
 async def list_keys(svc: ServiceDep, _: AdminKey, include_revoked: Annotated[bool, Query()] = False) -> list[KeyOut]:
     """Keys by name and scope (never the keys themselves)."""
     return [_out(k) for k in await svc.stack.keys.list(include_revoked)]

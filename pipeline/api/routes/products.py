@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
-from pipeline.api.auth import Principal, SearchKey, WriteKey
-from pipeline.api.deps import Service, ServiceDep
+from pipeline.api.auth import AdminKey, Principal, SearchKey, WriteKey
+from pipeline.api.deps import Service, ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.api.uploads import image_ref
 from pipeline.errors import InvalidInput, NotFound
@@ -35,7 +35,12 @@ async def _product(svc: Service, item: ProductIn, pid: str, who: Principal) -> P
 
 async def _upsert(svc: Service, products: list[Product], who: Principal) -> list[Outcome]:
     # The service's own user may name loopback image URLs (its own test servers, a local CDN); others may not.
-    outcomes = await svc.stack.ingest.upsert(products, http=None if who.local else svc.urls)
+    # In chunks of the ingest batch size: a 1,000-row request never holds 1,000 rows of decoded images at once.
+    outcomes: list[Outcome] = []
+    step = svc.settings.ingest.batch_size
+    for start in range(0, len(products), step):
+        chunk = products[start : start + step]
+        outcomes += await svc.stack.ingest.upsert(chunk, http=None if who.local else svc.urls)
     svc.health_cache = None  # counts changed
     return outcomes
 
@@ -100,7 +105,9 @@ async def delete_product(product_id: str, svc: ServiceDep, _: WriteKey) -> Delet
     return Deleted(id=product_id, deleted=True)
 
 
-@router.get("/products", responses=documented(401, 403, 422, 503))
+@router.get(
+    "/products", responses=documented(401, 403, 422, 503), dependencies=[Depends(only_params("cursor", "limit"))]
+)
 async def list_products(
     svc: ServiceDep,
     _: SearchKey,
@@ -113,8 +120,9 @@ async def list_products(
 
 
 @router.get("/stats", responses=documented(401, 403, 503))
-async def stats(svc: ServiceDep, _: SearchKey) -> dict[str, Any]:
-    """Counts in MongoDB and Qdrant and whether they hold the same products; model, cache, event log."""
+async def stats(svc: ServiceDep, _: AdminKey) -> dict[str, Any]:
+    """Counts in MongoDB and Qdrant and whether they hold the same products (reads every id: admin only);
+    model, cache, event log."""
     return await svc.stack.status(deep=True)
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from pipeline.api.auth import SearchKey
-from pipeline.api.deps import ServiceDep
+from pipeline.api.deps import ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.api.fetch import check_url
 from pipeline.errors import InvalidInput, UnsupportedMedia
@@ -89,6 +88,10 @@ async def search_image(request: Request, svc: ServiceDep, _: SearchKey) -> WireS
             raise UnsupportedMedia(f"file: {media} is not an image")
         top_k = _form_value(form.get("top_k"), "top_k", int)
         min_score = _form_value(form.get("min_score"), "min_score", float)
+        if top_k is not None and not 1 <= top_k <= 1000:
+            raise InvalidInput(f"top_k must be between 1 and 1000, got {top_k}")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:  # also refuses nan
+            raise InvalidInput(f"min_score must be between -1 and 1, got {min_score}")
         raw_filters = _form_value(form.get("filters"), "filters", str)
         data = await upload.read()
     finally:
@@ -96,13 +99,20 @@ async def search_image(request: Request, svc: ServiceDep, _: SearchKey) -> WireS
     filters = None
     if raw_filters:
         try:
-            filters = SearchFilters.model_validate(json.loads(raw_filters))
-        except (ValueError, ValidationError) as exc:
+            filters = SearchFilters.model_validate_json(raw_filters)  # pydantic's parser bounds nesting depth
+        except ValidationError as exc:
             raise InvalidInput(f"filters: {_first_errors(exc)}") from None
     return svc.answer(await search.search_image(data, top_k, filters, min_score))
 
 
-@router.get("/products/{product_id:path}/similar", responses=documented(401, 403, 404, 422, 503))
+_SIMILAR_PARAMS = ("top_k", "min_score", "category", "brand", "color", "min_price", "max_price")
+
+
+@router.get(
+    "/products/{product_id:path}/similar",
+    responses=documented(401, 403, 404, 422, 503),
+    dependencies=[Depends(only_params(*_SIMILAR_PARAMS))],
+)
 async def similar(
     product_id: str,
     svc: ServiceDep,
