@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from pydantic import ValidationError
 
 from pipeline.errors import InvalidInput
-from pipeline.schemas import Product
+from pipeline.schemas import Product, describe_errors
 
 _CSV_FIELDS = {"id", "name", "description", "brand", "category", "color", "price", "images", "attributes"}
 
@@ -42,14 +42,6 @@ def resolve_image(ref: str, base: Path) -> str:
         raise InvalidInput(f"image {ref!r}: only file paths and http(s) URLs are supported")
     path = Path(ref).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "row"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _csv_row(raw: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +108,7 @@ def read_catalog(path: Path) -> Iterator[Row]:
                 product = Product.model_validate(raw)
                 product = product.model_copy(update={"images": [resolve_image(i, base) for i in product.images]})
             except ValidationError as exc:
-                yield Row(line_no, None, _validation_message(exc))
+                yield Row(line_no, None, describe_errors(exc.errors(), whole="row", limit=3))
                 continue
             except InvalidInput as exc:
                 yield Row(line_no, None, str(exc))

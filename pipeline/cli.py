@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -12,98 +11,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pipeline.cli_common import JsonOption, RepoOption, app, dispatch, err, guarded, run_with_stack, settings_for
-from pipeline.config import Settings
+from pipeline.cli_common import (
+    JsonOption,
+    RepoOption,
+    app,
+    dispatch,
+    err,
+    guarded,
+    read_image_file,
+    run_with_stack,
+    settings_for,
+)
 from pipeline.errors import InvalidInput
-from pipeline.types import Precision
-
-
-@app.command()
-@guarded
-def export(
-    model: Annotated[str, typer.Option(help="Hugging Face hub id or a save_pretrained folder")],
-    out: Annotated[Path, typer.Option(help="Triton model repository to write")] = Path("model_repository"),
-    precision: Annotated[
-        list[Precision] | None, typer.Option(help="Variants to build (repeatable); default all")
-    ] = None,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="max_batch_size in config.pbtxt")] = 64,
-    calibration: Annotated[
-        Path | None, typer.Option(help="Catalog whose images and titles calibrate the INT8 gate (default: drawn)")
-    ] = None,
-    min_cosine: Annotated[float, typer.Option(help="INT8 gate: least mean cosine to FP32, each tower")] = 0.95,
-    min_overlap: Annotated[float, typer.Option(help="INT8 gate: least text→image top-10 overlap with FP32")] = 0.8,
-) -> None:
-    """Export CLIP's text and vision towers to ONNX (FP32, FP16, INT8) as a Triton model repository.
-
-    Each INT8 variant is measured against FP32 and served only when it passes the accuracy gate."""
-    from pipeline.export.repository import export_repository
-
-    with err.status("exporting") as status:
-
-        def log(msg: str) -> None:
-            status.update(msg)
-            err.print(msg)
-
-        manifest = export_repository(
-            model,
-            out,
-            precision or list(Precision),
-            max_batch_size=max_batch_size,
-            calibration=calibration,
-            min_cosine=min_cosine,
-            min_overlap=min_overlap,
-            log=log,
-        )
-    err.print(f"[green]done[/green]: {out} ({manifest.name}, dim {manifest.dim})")
-
-
-@app.command()
-@guarded
-def embed(
-    model_repository: Annotated[Path | None, typer.Option(help="Exported repository (default from settings)")] = None,
-    precision: Annotated[Precision | None, typer.Option(help="Variant to run (default: best for the device)")] = None,
-    text: Annotated[list[str] | None, typer.Option(help="A text to embed (repeatable)")] = None,
-    image: Annotated[list[Path] | None, typer.Option(help="An image file to embed (repeatable)")] = None,
-) -> None:
-    """Print one JSON object with one vector per input, in input order."""
-    if bool(text) == bool(image):
-        raise InvalidInput("give either --text or --image (one or more), not both and not neither")
-    settings = Settings()
-    if model_repository is not None:
-        settings.encoder.model_repository = model_repository
-    images = [_read_image(p, settings) for p in image or []]
-    vectors = asyncio.run(_embed(settings, precision, text or [], images))
-    sys.stdout.write(json.dumps(vectors) + "\n")
-
-
-async def _embed(settings: Settings, precision: Precision | None, texts: list[str], images: list[bytes]) -> dict:
-    from pipeline.encoders.factory import create_encoder
-
-    encoder = await create_encoder(settings, precision)
-    try:
-        vectors = await (encoder.encode_texts(texts) if texts else encoder.encode_images(images))
-    finally:
-        await encoder.aclose()
-    info = encoder.info
-    return {
-        "model": info.model,
-        "precision": str(info.precision),
-        "dim": info.dim,
-        "vectors": vectors.tolist(),
-    }
-
-
-def _read_image(path: Path, settings: Settings) -> bytes:
-    """The file's bytes, checked up front so that an error names the file rather than its position."""
-    from pipeline.preprocess import decode_image
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    decode_image(data, settings.limits, name=str(path))
-    return data
-
 
 # --- the search pipeline ------------------------------------------------------------------------------------
 
@@ -184,7 +103,7 @@ def search(
         raise InvalidInput("give exactly one of --text, --image or --product-id")
     settings = settings_for(model_repository)
     filters = SearchFilters(category=category, brand=brand, color=color, min_price=min_price, max_price=max_price)
-    data = _read_image(image, settings) if image is not None else None
+    data = read_image_file(image, settings) if image is not None else None
 
     async def work(stack: Any) -> Any:
         if text is not None:
@@ -290,79 +209,8 @@ def status(model_repository: RepoOption = None, as_json: JsonOption = False) -> 
         Console().print_json(json.dumps(result, default=str))
 
 
-@app.command("demo-catalog")
-@guarded
-def demo_catalog(
-    out: Annotated[Path, typer.Argument(help="Folder for catalog.jsonl, heldout.jsonl and the images")],
-    per_combination: Annotated[int, typer.Option(min=1, help="Products per category x colour x pattern")] = 12,
-    heldout: Annotated[int, typer.Option(min=0, help="Held-out drawings per combination")] = 2,
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
-    """Draw the offline demo catalog (6 categories x 8 colours x 4 patterns) and a held-out set."""
-    from pipeline.demo_catalog import build_demo_catalog
-
-    with err.status("drawing the demo catalog"):
-        summary = build_demo_catalog(out, per_combination, heldout, seed)
-    err.print(
-        f"[green]done[/green]: {summary.products} products, {summary.images} images, "
-        f"{summary.heldout} held-out drawings → {summary.catalog}"
-    )
-
-
-@app.command()
-@guarded
-def train(
-    model: Annotated[str, typer.Option(help="'small' (a compact CLIP from a config), a hub id or a folder")],
-    catalog: Annotated[Path, typer.Option(help="Catalog whose image-title pairs to learn")],
-    out: Annotated[Path, typer.Option(help="Output folder (export takes it)")],
-    heldout: Annotated[Path | None, typer.Option(help="Held-out pairs (default: heldout.jsonl beside)")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
-    batch_size: Annotated[int, typer.Option(min=2)] = 64,
-    lr: Annotated[float | None, typer.Option(help="Default 5e-4 for small, 1e-5 to fine-tune")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
-    """Contrastive fine-tuning on the catalog; prints held-out recall@1/5/10 before and after."""
-    from pipeline.export.finetune import train as run_training
-
-    report = run_training(model, catalog, out, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,
-                          seed=seed, log=lambda m: err.print(m, markup=False))  # fmt: skip
-    err.print(f"[green]trained[/green] {report.pairs} pairs in {report.seconds:.0f} s → {out}")
-    if report.after:
-        err.print(f"held-out recall before {report.before} → after {report.after}", markup=False)
-
-
-@app.command("serve-triton")
-@guarded
-def serve_triton(
-    model_repository: Annotated[Path, typer.Option(help="Exported repository")] = Path("model_repository"),
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (PIPELINE__TRITON__URL=127.0.0.1:PORT)")] = 8001,
-    http_port: Annotated[int, typer.Option(help="HTTP port (health, metrics)")] = 8000,
-) -> None:
-    """Run the bundled tritonserver on an exported repository with the cpu_test configs (development)."""
-    import signal as signals
-    import threading
-
-    from pipeline.triton.server import LocalTriton
-
-    server = LocalTriton(
-        model_repository, grpc_port=grpc_port, http_port=http_port, log_file=model_repository.parent / "triton.log"
-    )
-    server.start()
-    err.print(
-        f"[green]Triton ready[/green]: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics "
-        f"{server.metrics_url}; log {server.log_file}. Ctrl-C stops it."
-    )
-    stop = threading.Event()
-    signals.signal(signals.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-
-
 def main() -> None:
-    import pipeline.cli_service  # noqa: F401  (registers serve and keys)
+    import pipeline.cli_models
+    import pipeline.cli_service  # noqa: F401  (they register their commands)
 
     app()

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline.config import Settings
-from pipeline.errors import PipelineError
+from pipeline.errors import InvalidInput, PipelineError
 
 if TYPE_CHECKING:
     from pipeline.client import ServiceClient
@@ -79,3 +79,15 @@ def dispatch(
         return run_with_stack(settings, in_process)
     with client:
         return remote(client)
+
+
+def read_image_file(path: Path, settings: Settings) -> bytes:
+    """The file's bytes, checked up front so that an error names the file rather than its position."""
+    from pipeline.preprocess import decode_image
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    decode_image(data, settings.limits, name=str(path))
+    return data

@@ -21,8 +21,7 @@ import httpx
 from pipeline.catalog import Row, is_url, read_catalog
 from pipeline.config import Settings
 from pipeline.errors import InvalidInput, NotFound, PipelineError, ServiceUnavailable, from_wire
-from pipeline.ingest import IngestReport, Outcome
-from pipeline.schemas import Product, SearchFilters, SearchResponse
+from pipeline.schemas import IngestReport, Outcome, Product, SearchFilters, SearchResponse
 from pipeline.service_file import ServiceFile
 from pipeline.wire import WireSearch
 
@@ -100,11 +99,8 @@ class ServiceClient:
 
     # --- catalog -------------------------------------------------------------------------------------------
 
-    def upsert(self, products: Sequence[Product]) -> list[Outcome]:
-        """One outcome per product, in order (the service embeds and indexes them before answering)."""
-        return self._send([self._row(p) for p in products])
-
     def _send(self, rows: list[dict[str, Any]]) -> list[Outcome]:
+        """One outcome per row, in order (the service embeds and indexes them before answering)."""
         answer = self._call("POST", "/v1/products/batch", json={"products": rows})
         return [Outcome(r["id"], r["status"], r.get("error")) for r in answer["results"]]
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import httpx
 import numpy as np
@@ -23,33 +21,11 @@ from pipeline.catalog import Row, is_url, read_catalog
 from pipeline.config import IngestSettings, LimitsSettings
 from pipeline.encoders.base import Encoder
 from pipeline.errors import InvalidInput
-from pipeline.schemas import Product
+from pipeline.schemas import IngestReport, Outcome, Product
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one product of an upsert."""
-
-    id: str
-    status: Literal["added", "updated", "unchanged", "rejected"]
-    error: str | None = None
-
-
-@dataclass
-class IngestReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
-    seconds: float = 0.0
-
-    @property
-    def processed(self) -> int:
-        return self.added + self.updated + self.unchanged + len(self.rejected)
 
 
 def image_identity(ref: str) -> str:

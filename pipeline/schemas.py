@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -107,6 +109,38 @@ class SearchResponse(BaseModel):
     cache_hit: bool | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     model: str = ""
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]], whole: str = "body", limit: int = 5) -> str:
+    """Pydantic's validation errors as one line, each naming its field: ``filters.colour: Extra inputs are not
+    permitted; top_k: ...``. The leading ``body`` of a request's locations is dropped."""
+    parts = []
+    for err in errors[:limit]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or whole
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or f"invalid {whole}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one product of an upsert."""
+
+    id: str
+    status: Literal["added", "updated", "unchanged", "rejected"]
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.added + self.updated + self.unchanged + len(self.rejected)
 
 
 def jsonable(obj: Any) -> Any:

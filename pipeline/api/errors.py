@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from pipeline.errors import PayloadTooLarge, PipelineError, Unauthorized, wire_code
+from pipeline.schemas import describe_errors
 from pipeline.wire import ErrorBody
 
 log = logging.getLogger("pipeline.api")
@@ -46,14 +47,6 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(PipelineError)
     async def pipeline_error(request: Request, exc: PipelineError) -> JSONResponse:
@@ -66,7 +59,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_input", _validation_message(exc))
+        return error_response(422, "invalid_input", describe_errors(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

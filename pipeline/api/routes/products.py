@@ -13,8 +13,7 @@ from pipeline.api.deps import Service, ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.api.uploads import image_ref
 from pipeline.errors import InvalidInput, NotFound
-from pipeline.ingest import Outcome
-from pipeline.schemas import Product
+from pipeline.schemas import Outcome, Product, describe_errors
 from pipeline.wire import Batch, BatchResult, Deleted, IdPage, ProductIn, ProductOut, RowResult
 
 router = APIRouter(prefix="/v1", tags=["products"])
@@ -29,8 +28,7 @@ async def _product(svc: Service, item: ProductIn, pid: str, who: Principal) -> P
     try:
         return Product.model_validate({**item.model_dump(exclude={"id"}), "id": pid, "images": refs})
     except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidInput(f"product {pid!r}: {detail}") from None
+        raise InvalidInput(f"product {pid!r}: {describe_errors(exc.errors())}") from None
 
 
 async def _upsert(svc: Service, products: list[Product], who: Principal) -> list[Outcome]:

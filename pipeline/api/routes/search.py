@@ -14,7 +14,7 @@ from pipeline.api.deps import ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.api.fetch import check_url
 from pipeline.errors import InvalidInput, UnsupportedMedia
-from pipeline.schemas import SearchFilters
+from pipeline.schemas import SearchFilters, describe_errors
 from pipeline.wire import TextQuery, UrlQuery, WireSearch
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -67,7 +67,7 @@ async def search_image(request: Request, svc: ServiceDep, _: SearchKey) -> WireS
         try:
             query = UrlQuery.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise InvalidInput(_first_errors(exc)) from None
+            raise InvalidInput(describe_errors(exc.errors())) from None
         data = await svc.stack.ingest.load_image(check_url(query.url), svc.urls)
         return svc.answer(await search.search_image(data, query.top_k, query.filters, query.min_score))
     if content_type != "multipart/form-data":
@@ -101,7 +101,7 @@ async def search_image(request: Request, svc: ServiceDep, _: SearchKey) -> WireS
         try:
             filters = SearchFilters.model_validate_json(raw_filters)  # pydantic's parser bounds nesting depth
         except ValidationError as exc:
-            raise InvalidInput(f"filters: {_first_errors(exc)}") from None
+            raise InvalidInput(f"filters: {describe_errors(exc.errors())}") from None
     return svc.answer(await search.search_image(data, top_k, filters, min_score))
 
 
@@ -128,9 +128,3 @@ async def similar(
     """More like this product (its stored vectors; the product itself left out), optionally filtered."""
     filters = SearchFilters(category=category, brand=brand, color=color, min_price=min_price, max_price=max_price)
     return svc.answer(await svc.stack.search.search_product(product_id, top_k, filters, min_score))
-
-
-def _first_errors(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-    return str(exc)
