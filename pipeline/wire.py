@@ -16,24 +16,24 @@ from pipeline.schemas import AttributeValue, Hit, Product, QueryKind, SearchFilt
 from pipeline.types import Modality
 
 _STRICT = ConfigDict(extra="forbid")
-TopK = Field(default=None, ge=1, le=1000, description="How many products (default 10; the service's max applies)")
-MinScore = Field(default=None, ge=-1.0, le=1.0, description="Least cosine similarity of a hit")
 
 
-class TextQuery(BaseModel):
+class _QueryOptions(BaseModel):
+    """What every search takes besides the query itself."""
+
     model_config = _STRICT
+    top_k: int | None = Field(default=None, ge=1, le=1000, description="How many products (default 10; the "
+                              "service's max applies)")  # fmt: skip
+    filters: SearchFilters | None = None
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0, description="Least cosine similarity of a hit")
+
+
+class TextQuery(_QueryOptions):
     text: str = Field(description="A few words, in any case; empty or over the query limit is refused")
-    top_k: int | None = TopK
-    filters: SearchFilters | None = None
-    min_score: float | None = MinScore
 
 
-class UrlQuery(BaseModel):
-    model_config = _STRICT
+class UrlQuery(_QueryOptions):
     url: str = Field(description="An http(s) URL of a photo; private and loopback hosts are refused by default")
-    top_k: int | None = TopK
-    filters: SearchFilters | None = None
-    min_score: float | None = MinScore
 
 
 class WireHit(BaseModel):
