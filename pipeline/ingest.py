@@ -191,7 +191,8 @@ class IngestService:
     async def delete(self, product_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Delete products everywhere; returns (deleted ids, unknown ids)."""
         ids = list(dict.fromkeys(str(i) for i in product_ids))
-        known = [i for i in ids if i in await self.mongo.get_states(ids)]
+        states = await self.mongo.get_states(ids)  # one read, not one per id
+        known = [i for i in ids if i in states]
         if known:
             await self.mongo.mark_unindexed(known)  # a crash from here on is redone, not forgotten
             await self.index.delete_products(known)
