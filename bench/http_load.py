@@ -71,7 +71,9 @@ async def _measure(server: Server, system: str, n: int, clients: list[int], seco
 def _cells(row: Row, ours: Row | None) -> list[str]:
     cached = sum(o.cached for o in row.outcomes) / max(1, len(row.outcomes))
     ratio = ""
-    if ours is not None and row.system != "ours":  # throughput for the mixed rows, p50 for the single-client ones
+    # Throughput for the mixed rows, p50 for the single-client ones; none for the repeated text, where ours
+    # answers from its cache and the peer has none: that would divide unlike work.
+    if ours is not None and row.system != "ours" and row.workload != SINGLE[1]:
         ratio = f"{ours.rps / row.rps:.2f}x req/s" if row.workload == MIXED else f"{row.p(50) / ours.p(50):.2f}x p50"
     return [
         SYSTEMS[row.system],
