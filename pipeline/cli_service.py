@@ -16,6 +16,7 @@ from rich.markup import escape
 from pipeline.cli_common import JsonOption, RepoOption, app, err, guarded, settings_for
 from pipeline.config import Settings
 from pipeline.stores.keys import ApiKey, KeyStore, Scope, check_name
+from pipeline.wire import KeyOut
 
 T = TypeVar("T")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
@@ -84,10 +85,8 @@ def _service(settings: Settings) -> Any:
 
 
 def _row(key: ApiKey | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(key, ApiKey):
-        key = {"name": key.name, "scope": str(key.scope), "created": key.created, "hint": key.hint,
-               "revoked": key.revoked}  # fmt: skip
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in key.items() if k != "key"}
+    """One listing row, the same whether the key came from the service (JSON) or from MongoDB."""
+    return KeyOut.model_validate(key).model_dump(mode="json")
 
 
 @keys_app.command("create")

@@ -53,13 +53,15 @@ class SearchService:
     ) -> None:
         self.encoder, self.index, self.mongo, self.cache, self.events = encoder, index, mongo, cache, events
         self.settings, self.limits, self.overfetch = settings, limits, overfetch
+        # A query (or a rank candidate) is held to the query limit, not the general text limit.
+        self.query_limits = limits.model_copy(update={"max_text_chars": limits.max_query_chars})
         self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}  # query key -> its encoding, shared
 
     async def search_text(
         self, text: str, top_k: int | None = None, filters: SearchFilters | None = None, min_score: float | None = None
     ) -> SearchResponse:
         """Raises InvalidInput for an empty text or one over ``limits.max_query_chars``."""
-        limits = self.limits.model_copy(update={"max_text_chars": self.limits.max_query_chars})
+        limits = self.query_limits
         return await self._run(
             QueryKind.TEXT,
             text[:200],

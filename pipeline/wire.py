@@ -149,6 +149,9 @@ class KeyIn(BaseModel):
 
 
 class KeyOut(BaseModel):
+    """A key's record (never the key): built from the store's ``ApiKey`` or read back from the wire."""
+
+    model_config = ConfigDict(from_attributes=True)
     name: str
     scope: str
     created: datetime

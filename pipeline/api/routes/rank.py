@@ -22,8 +22,8 @@ router = APIRouter(prefix="/v1", tags=["rank"])
 async def rank(body: RankRequest, svc: ServiceDep, _: SearchKey) -> RankResponse:
     """The candidate texts ordered by cosine similarity to the query text or photo, best first."""
     start = time.perf_counter()
-    stack, limits = svc.stack, svc.settings.limits
-    short = limits.model_copy(update={"max_text_chars": limits.max_query_chars})
+    stack = svc.stack
+    short = stack.search.query_limits
     candidates = [check_text(c, short, name=f"candidates[{i}]") for i, c in enumerate(body.candidates)]
     if body.query is not None:
         query = (await stack.encoder.encode_texts([check_text(body.query, short, name="query")]))[0]
