@@ -26,9 +26,10 @@ class EncoderSettings(BaseModel):
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     # How long the micro-batcher waits for more concurrent requests before running a batch.
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
-    # Merge concurrent callers' requests into one model call. None: yes for FP32/FP16, no for INT8, whose
-    # dynamic quantisation scales activations per batch (a query's vector would depend on its batch-mates).
-    cross_request_batching: bool | None = None
+    # Merge concurrent callers' requests into one model call. INT8 variants (dynamic quantisation, which scales
+    # activations over the whole batch) always run one input per model call, so a vector never depends on its
+    # batch-mates; merging only queues them together there.
+    cross_request_batching: bool = True
     # Serve a precision even when the export's accuracy gate refused it.
     force_precision: bool = False
     # onnxruntime execution providers in order of preference; unavailable ones are skipped.
@@ -106,6 +107,10 @@ class EventSettings(BaseModel):
 class SearchSettings(BaseModel):
     default_top_k: int = Field(default=10, ge=1)
     max_top_k: int = Field(default=100, ge=1)
+    # How the photo and title rankings of a query become one order (pipeline/fusion.py): "weighted" (mean of
+    # the cosines), "dbsf" (Qdrant's distribution-based score fusion) or "rrf" (reciprocal ranks, ``rrf_k``).
+    # A hit's score is the fused score the order follows. Measured by ``python -m bench demo-queries``.
+    fusion: Literal["weighted", "dbsf", "rrf"] = "weighted"
     rrf_k: int = Field(default=60, ge=1)
 
 

@@ -5,8 +5,8 @@ Callers ``await submit(items)``; a single worker task waits up to ``wait_s`` for
 already be valid: a failure of the model call fails every request in that batch.
 
 With ``merge=False`` each request runs as its own model call (still one at a time, still split at
-``max_batch``): needed where a model's output for one input depends on its batch-mates, as with dynamic
-INT8 quantisation, whose activation scales are computed over the whole batch.
+``max_batch``). A model whose output for one input depends on its batch-mates (dynamic INT8) needs more than
+that, since one request may hold many inputs: its ``run`` takes the rows one at a time.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pipeline.config import EncoderSettings, LimitsSettings
 from pipeline.encoders.base import EncoderInfo
 from pipeline.encoders.batching import MicroBatcher
 from pipeline.errors import ModelMismatch
-from pipeline.manifest import Manifest, load_manifest
+from pipeline.manifest import Manifest, load_manifest, verify_model_file
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 from pipeline.types import Modality, Precision
 
@@ -81,8 +81,8 @@ class OnnxEncoder:
         self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         wait = settings.batch_wait_ms / 1000
         merge = settings.cross_request_batching
-        if merge is None:
-            merge = precision is not Precision.INT8
+        # Dynamic INT8 computes activation scales per model call: one input per call keeps vectors batch-independent.
+        self._per_row = precision is Precision.INT8
         self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait, merge)
         self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait, merge)
 
@@ -109,7 +109,7 @@ class OnnxEncoder:
         manifest.check_servable(precision, settings.force_precision)
         sessions = {}
         for modality in Modality:
-            path = repository / manifest.variant(modality, precision).file
+            path = verify_model_file(repository, manifest.variant(modality, precision))
             sessions[modality] = _session(path, settings, providers)
             _check_contract(sessions[modality], manifest, modality, path)
         return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings())
@@ -139,11 +139,15 @@ class OnnxEncoder:
         return [load_image_tensor(data, spec, self._limits, name=f"image {i}") for i, data in enumerate(images)]
 
     def _run_text(self, ids: list[list[int]]) -> np.ndarray:
+        if self._per_row and len(ids) > 1:
+            return np.concatenate([self._run_text([row]) for row in ids])
         batch = self._tokenizer.pad(ids)
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         return self._sessions[Modality.TEXT].run(None, feeds)[0]
 
     def _run_image(self, tensors: list[np.ndarray]) -> np.ndarray:
+        if self._per_row and len(tensors) > 1:
+            return np.concatenate([self._run_image([tensor]) for tensor in tensors])
         return self._sessions[Modality.IMAGE].run(None, {"pixel_values": np.stack(tensors)})[0]
 
     async def aclose(self) -> None:
