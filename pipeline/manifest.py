@@ -142,6 +142,31 @@ def load_manifest(repository: Path) -> Manifest:
     return manifest
 
 
+def verify_model_file(repository: Path, variant: VariantSpec) -> Path:
+    """The path of ``variant``'s file under ``repository``, after checking its size and sha256 against the manifest.
+
+    Raises ModelError naming the file when it is missing, truncated or altered (a copy cut short, a disk fault,
+    a file from another export), so a loader never hands onnxruntime a file the manifest does not describe.
+    """
+    path = Path(repository) / variant.file
+    again = "re-export the model (`python -m pipeline export`)"
+    try:
+        size = path.stat().st_size
+        digest = sha256_file(path) if size == variant.size_bytes else ""
+    except OSError as exc:
+        raise ModelError(f"{path}: the {variant.precision} model file cannot be read ({exc}); {again}") from exc
+    if size != variant.size_bytes:
+        raise ModelError(
+            f"{path}: {size} bytes where the manifest recorded {variant.size_bytes} (truncated or replaced); {again}"
+        )
+    if digest != variant.sha256:
+        raise ModelError(
+            f"{path}: sha256 {digest[:12]}… differs from the manifest's {variant.sha256[:12]}… (corrupt or "
+            f"replaced); {again}"
+        )
+    return path
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
