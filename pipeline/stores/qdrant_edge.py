@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -155,10 +156,15 @@ class EdgeIndex:
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:
-        """Shard folders the pointer does not name: leftovers of an interrupted re-index."""
-        live = self._live.path.name if self._live else None
-        for path in self.root.glob(f"{self.name}-*"):
-            if path.is_dir() and path.name != live:
+        """This collection's shard folders (``<name>-<12 hex>``) its pointer does not name: leftovers of an
+        interrupted re-index. Another collection's shards (``products-eu-<hex>``, or one a pointer names) stay."""
+        own = re.compile(re.escape(self.name) + r"-[0-9a-f]{12}")
+        named = {self._live.path.name} if self._live else set()
+        for pointer in self.root.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                named.add(json.loads(pointer.read_text())["shard"])
+        for path in self.root.iterdir():
+            if path.is_dir() and own.fullmatch(path.name) and path.name not in named:
                 shutil.rmtree(path, ignore_errors=True)
 
     async def open(self, stamp: ModelStamp) -> None:

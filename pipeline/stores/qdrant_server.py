@@ -3,19 +3,25 @@
 The live collection is reached through an alias (``products`` → ``products_<id>``); a re-index fills a new
 collection and moves the alias in one atomic call, then drops the old one. The model stamp lives in the
 collection's metadata. Local mode is brute force in Python: it is for tests, not for users.
+
+Another process may re-index at any time, so calls never go through the alias blindly: each goes to the
+concrete collection whose stamp was checked. Reads reuse that name for up to ``ALIAS_TTL_S`` (the old
+collection still answers consistently, with its own model's vectors, until it is dropped; a dropped one sends
+the call back to the alias); writes read the alias every time, so none lands in a retired collection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
 import numpy as np
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ApiException
+from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from pipeline.errors import StoreUnavailable
 from pipeline.fusion import PointHit
@@ -34,11 +40,19 @@ from pipeline.stores.vectors import (
 from pipeline.types import Modality
 
 _ERRORS = (ApiException, httpx.HTTPError, OSError, ValueError)
+ALIAS_TTL_S = 1.0
 _SCHEMAS = {
     "keyword": models.PayloadSchemaType.KEYWORD,
     "float": models.PayloadSchemaType.FLOAT,
     "integer": models.PayloadSchemaType.INTEGER,
 }
+
+
+def _missing(exc: BaseException | None) -> bool:
+    """The collection called is gone (a server's 404, local mode's ValueError)."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404
+    return isinstance(exc, ValueError) and "not found" in str(exc)
 
 
 def build_filter(
@@ -70,9 +84,19 @@ def build_filter(
 class ServerIndex:
     backend = "qdrant-server"
 
-    def __init__(self, url: str, alias: str, api_key: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        alias: str,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        client: AsyncQdrantClient | None = None,  # share another handle's connections
+    ) -> None:
         if url == ":memory:":
             self.backend = "qdrant-local"
+        if client is not None:
+            self._client = client
+        elif url == ":memory:":
             self._client = AsyncQdrantClient(location=":memory:")
         else:
             self._client = AsyncQdrantClient(
@@ -80,9 +104,11 @@ class ServerIndex:
             )
         self.url = url
         self.alias = alias
-        self._stamp: ModelStamp | None = None
+        self._stamp: ModelStamp | None = None  # of the collection named by _live
         self._expected: ModelStamp | None = None
-        self._target: str = alias  # writes of a staged (re-index) collection go to its own name
+        self._live: str | None = None  # the collection the alias named when last read
+        self._read_at = 0.0
+        self._staged: str | None = None  # a re-index view writes to its own collection, never through the alias
 
     @contextlib.asynccontextmanager
     async def _call(self, what: str) -> AsyncIterator[None]:
@@ -119,18 +145,44 @@ class ServerIndex:
                         )
                     ]
                 )
-            info = await self._client.get_collection(self.alias)
-        meta = info.config.metadata or {}
-        self._stamp = ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"]) if meta else None
+            await self._resolve()
 
-    def _check(self) -> None:
-        if self._expected is not None:
-            check_stamp(self._stamp, self._expected, f"Qdrant collection {self.alias!r}")
+    async def _resolve(self) -> str:
+        """Read which collection the alias names now, and that collection's model stamp."""
+        target = await self._alias_target()
+        if target is None:
+            raise StoreUnavailable(f"Qdrant at {self.url}: alias {self.alias!r} names no collection")
+        meta = (await self._client.get_collection(target)).config.metadata or {}
+        self._stamp = ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"]) if meta else None
+        self._live, self._read_at = target, time.monotonic()
+        return target
+
+    async def _on(
+        self, what: str, call: Callable[[str], Awaitable[Any]], *, write: bool = False, check: bool = True
+    ) -> Any:
+        """Run ``call(collection)`` on the collection the alias names, after checking that collection's stamp."""
+        if self._staged is not None:
+            async with self._call(what):
+                return await call(self._staged)
+        for attempt in range(2):
+            async with self._call(what):
+                fresh = self._live is not None and time.monotonic() - self._read_at < ALIAS_TTL_S
+                name = self._live if fresh and not write and attempt == 0 else await self._resolve()
+                assert name is not None
+            if check and self._expected is not None:
+                check_stamp(self._stamp, self._expected, f"Qdrant collection {self.alias!r} ({name})")
+            try:
+                async with self._call(what):
+                    return await call(name)
+            except StoreUnavailable as exc:
+                if attempt or not _missing(exc.__cause__):
+                    raise
+                # Dropped by another process's re-index since we read the alias: read it again.
+        raise AssertionError("unreachable")
 
     async def upsert(self, points: Sequence[VectorPoint]) -> None:
         if not points:
             return
-        self._check()
         batch = [
             models.PointStruct(
                 id=p.id,
@@ -139,16 +191,20 @@ class ServerIndex:
             )
             for p in points
         ]
-        async with self._call("upsert"):
-            await self._client.upsert(self._target, batch, wait=True)
+        await self._on("upsert", lambda name: self._client.upsert(name, batch, wait=True), write=True)
 
     async def delete_products(self, product_ids: Sequence[str], from_image: int = 0) -> None:
         if not product_ids:
             return
         flt = build_filter(SearchFilters(), products=product_ids, from_image=from_image)
         assert flt is not None  # a product condition is always there
-        async with self._call("delete"):
-            await self._client.delete(self._target, points_selector=models.FilterSelector(filter=flt), wait=True)
+        selector = models.FilterSelector(filter=flt)
+        await self._on(
+            "delete",
+            lambda name: self._client.delete(name, points_selector=selector, wait=True),
+            write=True,
+            check=False,
+        )
 
     async def search(
         self,
@@ -158,7 +214,6 @@ class ServerIndex:
         min_similarity: float | None = None,
         exclude_product: str | None = None,
     ) -> list[list[PointHit]]:
-        self._check()
         flt = build_filter(filters, exclude_product=exclude_product)
         requests = [
             models.QueryRequest(
@@ -171,44 +226,42 @@ class ServerIndex:
             )
             for sq in queries
         ]
-        async with self._call("search"):
-            results = await self._client.query_batch_points(self._target, requests)
+        results = await self._on("search", lambda name: self._client.query_batch_points(name, requests))
         return [
             [hit_of(p.payload, p.score, sq.using) for p in r.points] for sq, r in zip(queries, results, strict=True)
         ]
 
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
-        self._check()
         flt = build_filter(SearchFilters(), products=[product_id])
-        async with self._call("scroll"):
-            records, _ = await self._client.scroll(
-                self._target, scroll_filter=flt, limit=256, with_payload=True, with_vectors=True
-            )
+        records, _ = await self._on(
+            "scroll",
+            lambda name: self._client.scroll(name, scroll_filter=flt, limit=256, with_payload=True, with_vectors=True),
+        )
         return vectors_by_modality(records)
 
     async def product_ids(self) -> set[str]:
-        ids: set[str] = set()
-        offset = None
-        async with self._call("scroll"):
+        async def scroll_all(name: str) -> set[str]:
+            ids: set[str] = set()
+            offset = None
             while True:
                 records, offset = await self._client.scroll(
-                    self._target, limit=2048, offset=offset, with_payload=["product_id"], with_vectors=False
+                    name, limit=2048, offset=offset, with_payload=["product_id"], with_vectors=False
                 )
                 ids.update(str((r.payload or {}).get("product_id")) for r in records)
                 if offset is None:
                     return ids
 
+        return await self._on("scroll", scroll_all, check=False)
+
     async def info(self) -> IndexInfo:
-        async with self._call("count"):
-            points = (await self._client.count(self._target, exact=True)).count
-            target = await self._alias_target()
-        return IndexInfo(self.backend, f"{self.alias} → {target}", int(points), self._stamp)
+        points = await self._on("count", lambda name: self._client.count(name, exact=True), write=True, check=False)
+        target = self._staged or self._live
+        return IndexInfo(self.backend, f"{self.alias} → {target}", int(points.count), self._stamp)
 
     def _sharing_client(self, target: str, stamp: ModelStamp) -> ServerIndex:
         """A view on this client that writes to collection ``target`` (the staged re-index)."""
-        staged = ServerIndex.__new__(ServerIndex)
-        staged._client, staged.url, staged.alias, staged.backend = self._client, self.url, self.alias, self.backend
-        staged._target, staged._stamp, staged._expected = target, stamp, stamp
+        staged = ServerIndex(self.url, self.alias, client=self._client)
+        staged._staged, staged._stamp, staged._expected = target, stamp, stamp
         return staged
 
     @contextlib.asynccontextmanager
@@ -232,7 +285,8 @@ class ServerIndex:
             ops.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
         async with self._call("swap alias"):
             await self._client.update_collection_aliases(change_aliases_operations=ops)
-            self._stamp = self._expected = stamp
+            self._expected = stamp
+            await self._resolve()
             if old is not None:
                 await self._client.delete_collection(old)
 
