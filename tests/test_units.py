@@ -120,18 +120,3 @@ def test_triton_python_model_pads_requests_to_longest():
     assert ids.tolist() == [[0, 5, 1, 1, 1], [0, 5, 6, 7, 1], [0, 1, 1, 1, 1]]
     pixels = _concat([np.zeros((1, 3, 2, 2)), np.ones((2, 3, 2, 2))], pad_value=0)
     assert pixels.shape == (3, 3, 2, 2)
-
-
-def test_second_process_finds_running_mongod(tmp_path):
-    from pipeline.stores.mongod import ManagedMongod
-
-    first = ManagedMongod(tmp_path)
-    uri = first.start_sync()
-    try:
-        second = ManagedMongod(tmp_path)
-        assert second.start_sync() == uri and not second.owned
-        second.stop_sync()  # not its server: stays up
-        assert ManagedMongod(tmp_path).start_sync() == uri
-    finally:
-        first.stop_sync()
-    assert not (tmp_path / "mongod.port.json").exists()

