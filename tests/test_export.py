@@ -178,3 +178,150 @@ def test_missing_folder_and_missing_config(tmp_path):
     proc = run_cli("export", "--model", str(empty), "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode == 1 and "no config.json" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# --- calibration from a catalog: unreadable images -----------------------------------------------------------
+
+
+def _calibration_catalog(folder, readable: int, corrupt: int):
+    """A catalog of ``readable`` products with sound JPEGs and ``corrupt`` whose image is cut short or missing."""
+    from tests.images import encode, noise_image
+
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(readable + corrupt):
+        image = folder / "img" / f"p{i}.jpg"
+        data = encode(noise_image(64, 48, seed=i), "JPEG")
+        if i >= readable:
+            data = data[:200] if i % 2 else b""  # truncated, or an empty file
+        image.write_bytes(data)
+        rows.append({"id": f"p{i}", "name": f"product {i}", "images": [str(image)]})
+    path = folder / "catalog.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_calibration_skips_unreadable_images_and_says_how_many(tiny_checkpoint, tmp_path):
+    catalog = _calibration_catalog(tmp_path / "cat", readable=12, corrupt=3)
+    out = tmp_path / "repo"
+    proc = run_cli("export", "--model", str(tiny_checkpoint), "--out", str(out), "--precision", "fp32",
+                   "--precision", "int8", "--calibration", str(catalog), check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "12 pairs" in proc.stderr and "3 unreadable images skipped" in proc.stderr
+    quality = load_manifest(out).models[Modality.IMAGE].variants[Precision.INT8].quality
+    assert quality is not None and "3 unreadable images skipped" in quality.calibration
+
+
+def test_calibration_with_too_few_readable_images_is_one_clean_error(tiny_checkpoint, tmp_path):
+    catalog = _calibration_catalog(tmp_path / "cat", readable=6, corrupt=2)
+    out = tmp_path / "repo"
+    proc = run_cli("export", "--model", str(tiny_checkpoint), "--out", str(out), "--precision", "int8",
+                   "--calibration", str(catalog), check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "6 readable images" in error[0] and "2 unreadable" in error[0], proc.stderr
+    assert "at least 10" in error[0] and str(catalog) in proc.stderr.replace("\n", "")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cat"]  # no staging left behind
+
+
+# --- publishing: a reader sees the old repository or the new one, never a mix --------------------------------
+
+
+def _snapshot(repo):
+    """(fingerprint, model files on disk) when ``repo`` is one whole repository; raises when it is a mix (a file
+    the manifest does not describe, or a file it lists that is absent or different)."""
+    from pipeline.manifest import verify_model_file
+
+    manifest = load_manifest(repo)
+    listed = set()
+    for spec in manifest.models.values():
+        for variant in spec.variants.values():
+            verify_model_file(repo, variant)
+            listed.add(variant.file)
+    on_disk = {str(p.relative_to(repo)) for p in repo.rglob("model.onnx")}
+    assert on_disk == listed, f"model files {sorted(on_disk ^ listed)} differ from the manifest"
+    return manifest.fingerprint, frozenset(on_disk)
+
+
+def test_publish_is_one_swap_and_keeps_unrelated_files(model_repository, other_repository, tmp_path, monkeypatch):
+    """Re-export another model into a repository while looking at it after every file operation the export
+    makes: each look finds the old repository or the new one, whole. Unrelated files survive, the variants and
+    ensembles no longer exported go."""
+    import os
+
+    from pipeline.errors import ModelError
+    from pipeline.export.repository import export_repository
+    from pipeline.export.triton_extras import image_ensemble
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    (repo / "NOTES.txt").write_text("ours\n")
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "config.pbtxt").write_text('name: "other_model"\n')
+    before = _snapshot(repo)
+    mode = repo.stat().st_mode
+
+    looks, mixes = [], []
+
+    def look(label):
+        try:
+            looks.append(_snapshot(repo))
+        except (ModelError, AssertionError, OSError) as exc:  # not readable as one whole repository
+            mixes.append(f"after {label}: {exc}")
+
+    for name in ("replace", "rename", "link", "unlink", "rmdir"):
+        original = getattr(os, name)
+
+        def watched(*args, _original=original, _name=name, **kwargs):
+            result = _original(*args, **kwargs)
+            look(f"os.{_name}{args[:2]}")
+            return result
+
+        monkeypatch.setattr(os, name, watched)
+    other_source = load_manifest(other_repository).source
+    manifest = export_repository(other_source, repo, [Precision.FP32, Precision.INT8])
+    monkeypatch.undo()
+
+    after = _snapshot(repo)
+    assert not mixes, mixes[:3]
+    assert looks and set(looks) <= {before, after} and before != after
+    assert after[0] == manifest.fingerprint == load_manifest(other_repository).fingerprint
+    assert (repo / "NOTES.txt").read_text() == "ours\n" and (repo / "other_model" / "1").is_dir()
+    assert (repo / "other_model" / "config.pbtxt").read_text() == 'name: "other_model"\n'
+    assert not (repo / "clip_text" / "2").exists() and not (repo / image_ensemble(Precision.FP16)).exists()
+    assert (repo / image_ensemble(Precision.INT8) / "config.pbtxt").is_file()
+    assert repo.stat().st_mode == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # the old repository and staging are gone
+
+
+# --- loaders check the manifest's sha256 ---------------------------------------------------------------------
+
+
+def test_damaged_model_file_is_refused_by_name_and_rebuilt_by_export(tiny_checkpoint, model_repository, tmp_path):
+    from pipeline.encoders.onnx import OnnxEncoder
+    from pipeline.errors import ModelError
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    truncated = repo / "clip_visual" / "1" / "model.onnx"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    with pytest.raises(ModelError, match=r"clip_visual/1/model\.onnx: \d+ bytes where the manifest recorded"):
+        OnnxEncoder.load(repo, precision=Precision.FP32)
+    proc = run_cli("embed", "--model-repository", str(repo), "--precision", "fp32", "--text", "x", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "clip_visual/1/model.onnx" in proc.stderr and "re-export" in proc.stderr
+
+    # Same size, one byte changed: only the sha256 can tell.
+    altered = repo / "clip_text" / "3" / "model.onnx"
+    data = bytearray(altered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    altered.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"clip_text/3/model\.onnx: sha256 .* differs from the manifest"):
+        OnnxEncoder.load(repo, precision=Precision.INT8)
+
+    # A re-export does not keep either damaged file as "up to date": both are rebuilt, the rest kept.
+    proc = run_cli("export", "--model", str(tiny_checkpoint), "--out", str(repo))
+    assert "already exported from this source" not in proc.stderr and "text int8: building" in proc.stderr
+    assert "image fp32: building" in proc.stderr and "text fp32: up to date, kept" in proc.stderr
+    for precision in (Precision.FP32, Precision.INT8):
+        OnnxEncoder.load(repo, precision=precision)

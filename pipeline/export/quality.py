@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import LimitsSettings
+from pipeline.errors import InvalidInput
 from pipeline.manifest import ImageSpec, TextSpec, VariantQuality
 from pipeline.preprocess import TextTokenizer, image_to_tensor, load_image_tensor
+
+MIN_CALIBRATION = 10  # fewer pairs than this make the gate's figures noise
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,20 @@ class CalibrationSet:
     pixels: np.ndarray  # float32 [N, 3, S, S]
     texts: list[str]
     source: str
+    skipped: int = 0  # images that could not be read and were left out
+
+    def halves(self) -> tuple[CalibrationSet, CalibrationSet]:
+        """Two disjoint sets, alternate rows: one to calibrate on, one to evaluate on (so an evaluation never
+        scores inputs a static quantiser saw)."""
+        return (
+            CalibrationSet(self.pixels[0::2], self.texts[0::2], f"{self.source}, even rows", self.skipped),
+            CalibrationSet(self.pixels[1::2], self.texts[1::2], f"{self.source}, odd rows", self.skipped),
+        )
 
 
 def generated_calibration(spec: ImageSpec, n: int = 96, seed: int = 7) -> CalibrationSet:
-    """Drawn products (the demo catalog's generator): varied shapes, colours and patterns with their titles."""
+    """Drawn products (the demo catalog's generator): varied shapes, colours and patterns with their titles,
+    each combination at most once (so at most 192)."""
     from pipeline.demo_catalog import COLORS, PATTERNS, SHAPES, draw_product, title
 
     rng = np.random.default_rng(seed)
@@ -41,21 +54,36 @@ def generated_calibration(spec: ImageSpec, n: int = 96, seed: int = 7) -> Calibr
 
 def catalog_calibration(catalog: Path, spec: ImageSpec, n: int = 128) -> CalibrationSet:
     """``n`` products spread evenly over the catalog (catalogs are often sorted by category), first image each,
-    with their titles; unreadable images are skipped."""
+    with their titles. Unreadable images (missing, corrupt, not an image) are skipped and counted in ``skipped``.
+
+    Raises InvalidInput when the catalog cannot be read or fewer than 10 of the picked images are readable.
+    """
     from pipeline.catalog import read_catalog
 
     products = [row.product for row in read_catalog(catalog) if row.product is not None]
     picks = sorted(set(np.linspace(0, len(products) - 1, num=min(n, len(products)), dtype=int).tolist()))
-    limits, pixels, texts = LimitsSettings(), [], []
+    limits, pixels, texts, unreadable = LimitsSettings(), [], [], []
     for product in (products[i] for i in picks):
+        image = product.images[0]
         try:
-            pixels.append(load_image_tensor(Path(product.images[0]).read_bytes(), spec, limits))
-        except (OSError, ValueError):
+            pixels.append(load_image_tensor(Path(image).read_bytes(), spec, limits, name=str(image)))
+        except OSError as exc:
+            unreadable.append(f"{image}: cannot read ({exc.strerror or exc})")
+            continue
+        except InvalidInput as exc:
+            unreadable.append(str(exc))
             continue
         texts.append(product.embedding_text())
-    if len(pixels) < 10:
-        raise ValueError(f"{catalog}: fewer than 10 readable images for calibration")
-    return CalibrationSet(np.stack(pixels), texts, f"catalog {catalog} ({len(pixels)} pairs, spread evenly)")
+    if len(pixels) < MIN_CALIBRATION:
+        example = f"; first unreadable: {unreadable[0]}" if unreadable else ""
+        raise InvalidInput(
+            f"{catalog}: {len(pixels)} readable images among {len(picks)} products picked for calibration "
+            f"({len(unreadable)} unreadable{example}); the INT8 gate needs at least {MIN_CALIBRATION}"
+        )
+    skipped = f"; {len(unreadable)} unreadable images skipped" if unreadable else ""
+    return CalibrationSet(
+        np.stack(pixels), texts, f"catalog {catalog} ({len(pixels)} pairs, spread evenly{skipped})", len(unreadable)
+    )
 
 
 def _session(path: Path) -> Any:
