@@ -51,6 +51,10 @@ class Forbidden(PipelineError):
     """A valid key whose scope does not cover the route."""
 
 
+class Busy(PipelineError):
+    """Other work holds what the request needs (a re-index running on the collection): retry later."""
+
+
 class ServiceUnavailable(PipelineError):
     """The HTTP service cannot be reached or did not answer."""
 
@@ -69,6 +73,7 @@ WIRE: tuple[tuple[type[PipelineError], str, int], ...] = (
     (ModelError, "model_error", 503),
     (EncoderUnavailable, "encoder_unavailable", 503),
     (StoreUnavailable, "store_unavailable", 503),
+    (Busy, "busy", 503),
     (ServiceUnavailable, "service_unavailable", 503),
     (PipelineError, "internal", 500),
 )

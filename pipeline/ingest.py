@@ -24,6 +24,7 @@ from pipeline.errors import InvalidInput
 from pipeline.schemas import IngestReport, Outcome, Product
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
+from pipeline.stores.write_lock import WriteLock
 
 Progress = Callable[[int], None]
 
@@ -56,11 +57,12 @@ class IngestService:
         index: VectorIndex,
         mongo: MongoStore,
         http: httpx.AsyncClient,
+        lock: WriteLock,
         settings: IngestSettings,
         limits: LimitsSettings,
     ) -> None:
         self.encoder, self.index, self.mongo, self.http = encoder, index, mongo, http
-        self.settings, self.limits = settings, limits
+        self.lock, self.settings, self.limits = lock, settings, limits
 
     @property
     def stamp(self) -> ModelStamp:
@@ -160,7 +162,11 @@ class IngestService:
     async def upsert(self, products: Sequence[Product], http: httpx.AsyncClient | None = None) -> list[Outcome]:
         """Store and index products (distinct ids); one outcome per product, in order. A product whose
         content and model are unchanged costs one state read; one whose images fail is rejected alone.
-        ``http`` fetches image URLs (default: the service's own client)."""
+        ``http`` fetches image URLs (default: the service's own client). Waits for a running re-index."""
+        async with self.lock.shared(self.settings.write_wait_s):
+            return await self._upsert(products, http)
+
+    async def _upsert(self, products: Sequence[Product], http: httpx.AsyncClient | None) -> list[Outcome]:
         stamp = self.stamp
         hashes = {p.id: p.content_hash(",".join(map(image_identity, p.images))) for p in products}
         states = await self.mongo.get_states(list(hashes))
@@ -189,22 +195,28 @@ class IngestService:
     # --- delete and reindex ------------------------------------------------------------------------------------
 
     async def delete(self, product_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Delete products everywhere; returns (deleted ids, unknown ids)."""
+        """Delete products everywhere; returns (deleted ids, unknown ids). Waits for a running re-index."""
         ids = list(dict.fromkeys(str(i) for i in product_ids))
-        states = await self.mongo.get_states(ids)  # one read, not one per id
-        known = [i for i in ids if i in states]
-        if known:
-            await self.mongo.mark_unindexed(known)  # a crash from here on is redone, not forgotten
-            await self.index.delete_products(known)
-            await self.mongo.delete_products(known)
+        async with self.lock.shared(self.settings.write_wait_s):
+            states = await self.mongo.get_states(ids)  # one read, not one per id
+            known = [i for i in ids if i in states]
+            if known:
+                await self.mongo.mark_unindexed(known)  # a crash from here on is redone, not forgotten
+                await self.index.delete_products(known)
+                await self.mongo.delete_products(known)
         return known, [i for i in ids if i not in known]
 
     async def reindex(self, progress: Progress | None = None) -> IngestReport:
         """Re-embed every product in MongoDB into a new collection and swap it in atomically.
 
         The live collection keeps answering until the swap. Products whose images can no longer be read
-        are reported and left out of the new collection (their metadata stays).
+        are reported and left out of the new collection (their metadata stays). Product writes wait until
+        it is done (raises Busy when another re-index runs).
         """
+        async with self.lock.exclusive():
+            return await self._reindex(progress)
+
+    async def _reindex(self, progress: Progress | None) -> IngestReport:
         report = IngestReport()
         start = time.perf_counter()
         stamp = self.stamp

@@ -27,6 +27,7 @@ from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.mongod import ManagedMongod
 from pipeline.stores.vectors import ModelStamp, VectorIndex
+from pipeline.stores.write_lock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -155,5 +156,6 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         search = SearchService(
             encoder, index, mongo, cache, events, settings.search, settings.limits, settings.qdrant.overfetch
         )
-        ingest = IngestService(encoder, index, mongo, http, settings.ingest, settings.limits)
+        lock = WriteLock(mongo.write_locks, settings.qdrant.collection)
+        ingest = IngestService(encoder, index, mongo, http, lock, settings.ingest, settings.limits)
         yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod)

@@ -4,6 +4,7 @@ what needs settings the shared service does not have (photo URLs on a local serv
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
@@ -106,3 +107,18 @@ async def test_photo_urls_when_private_hosts_are_allowed_and_dev_reset(
                                           422)  # fmt: skip
             assert (await c.post("/v1/dev/reset")).json() == {"deleted": 25}
             assert (await c.get("/v1/stats")).json()["mongo"]["products"] == 0
+
+
+async def test_a_write_during_a_reindex_waits_then_gets_503_busy(app_client, monkeypatch, catalog):
+    """A product write waits for a running re-index (up to write_wait_s), then is refused with Retry-After."""
+    service, client = app_client
+    monkeypatch.setattr(service.stack.ingest.settings, "write_wait_s", 0.3)
+    async with service.stack.ingest.lock.exclusive():
+        row = json.loads(catalog.read_text().splitlines()[0])
+        photo = (catalog.parent / row["images"][0]).read_bytes()
+        row["images"] = ["data:image/png;base64," + base64.b64encode(photo).decode()]
+        r = await client.put(f"/v1/products/{row['id']}", json=row)
+        assert "re-index of 'products' is running" in error_message(r, 503)
+        assert r.json()["error"]["code"] == "busy" and r.headers["Retry-After"] == "5"
+        r = await client.delete(f"/v1/products/{row['id']}")
+        assert r.json()["error"]["code"] == "busy"

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pipeline.errors import PayloadTooLarge, PipelineError, Unauthorized, wire_code
+from pipeline.errors import Busy, PayloadTooLarge, PipelineError, Unauthorized, wire_code
 from pipeline.schemas import describe_errors
 from pipeline.wire import ErrorBody
 
@@ -30,7 +30,7 @@ _DESCRIPTIONS = {
     413: "Body or upload over its limit",
     415: "Not an image, or not JSON / multipart",
     422: "Invalid input: a field, a value, a text or an image the service cannot use",
-    503: "A component (encoder, Qdrant, MongoDB) is unavailable",
+    503: "A component (encoder, Qdrant, MongoDB) is unavailable, or a re-index holds the collection (Retry-After)",
 }
 
 
@@ -54,7 +54,11 @@ def install(app: FastAPI) -> None:
         if status >= 500 and code == "internal":
             log.error("request %s failed: %s", getattr(request.state, "request_id", "?"), exc, exc_info=exc)
             return error_response(status, code, "internal error")
-        headers = {"WWW-Authenticate": CHALLENGE} if isinstance(exc, Unauthorized) else None
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": CHALLENGE}
+        elif isinstance(exc, Busy):
+            headers = {"Retry-After": "5"}
         return error_response(status, code, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)

@@ -52,6 +52,7 @@ class MongoStore:
         self.products = db["products"]
         self.events = db["events"]
         self.api_keys = db["api_keys"]
+        self.write_locks = db["write_locks"]
 
     async def ensure_indexes(self) -> None:
         try:

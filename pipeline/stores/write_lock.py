@@ -1,0 +1,117 @@
+"""One kind of writer at a time per vector collection, across processes: product writes share, a re-index excludes.
+
+Without it an ingest during a re-index lands in the collection about to be retired (and is marked indexed, so
+it is later skipped as unchanged), and a delete during a re-index comes back with the new collection. The
+lock is a lease document per collection in MongoDB, the store every writer already needs:
+
+    {_id: <collection>, writers: [{token, expires}], reindex: {token, expires} | null}
+
+A writer joins ``writers`` only while no live re-index holds the document; a re-index takes ``reindex`` (new
+writers then wait) and waits for the writers already in to finish. Holders renew their lease while they work,
+so a process that dies holding it blocks the others for one lease at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from pipeline.errors import Busy, StoreUnavailable
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WriteLock:
+    def __init__(self, locks: AsyncCollection[dict[str, Any]], name: str, lease_s: float = 30.0) -> None:
+        self._locks = locks
+        self.name = name
+        self._lease = timedelta(seconds=lease_s)
+        self._poll_s = 0.05
+
+    def _free(self, now: datetime) -> dict[str, Any]:
+        """The document, when no live re-index holds it."""
+        return {"_id": self.name, "$or": [{"reindex": None}, {"reindex.expires": {"$lt": now}}]}
+
+    async def _take(self, update: dict[str, Any]) -> bool:
+        try:
+            await self._locks.update_one(self._free(_now()), update, upsert=True)
+        except DuplicateKeyError:  # the document exists and a live re-index holds it
+            return False
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: write lock on {self.name!r}: {exc}") from exc
+        return True
+
+    @contextlib.asynccontextmanager
+    async def shared(self, wait_s: float) -> AsyncIterator[None]:
+        """Held by product writes (ingest, upsert, delete); waits up to ``wait_s`` for a running re-index,
+        then raises Busy."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        while not await self._take({"$push": {"writers": {"token": token, "expires": _now() + self._lease}}}):
+            if time.monotonic() >= deadline:
+                raise Busy(
+                    f"a re-index of {self.name!r} is running; writes wait for it up to {wait_s:.0f} s "
+                    "(PIPELINE__INGEST__WRITE_WAIT_S): retry when it is done"
+                )
+            await asyncio.sleep(self._poll_s)
+        try:
+            async with self._renewing({"writers.token": token}, "writers.$.expires"):
+                yield
+        finally:
+            await self._release({"$pull": {"writers": {"token": token}}})
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Held by a re-index: new writers wait from now on; returns once the writers already in are done."""
+        token = uuid.uuid4().hex
+        if not await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}):
+            raise Busy(f"a re-index of {self.name!r} is already running")
+        try:
+            async with self._renewing({"reindex.token": token}, "reindex.expires"):
+                await self._drain()
+                yield
+        finally:
+            await self._release({"$set": {"reindex": None}}, {"reindex.token": token})
+
+    async def _drain(self) -> None:
+        while True:
+            try:
+                now = _now()
+                await self._locks.update_one({"_id": self.name}, {"$pull": {"writers": {"expires": {"$lt": now}}}})
+                doc = await self._locks.find_one({"_id": self.name}, {"writers": 1})
+            except PyMongoError as exc:
+                raise StoreUnavailable(f"MongoDB: write lock on {self.name!r}: {exc}") from exc
+            if not (doc or {}).get("writers"):
+                return
+            await asyncio.sleep(self._poll_s)
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, holder: dict[str, Any], field: str) -> AsyncIterator[None]:
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._lease.total_seconds() / 3)
+                with contextlib.suppress(PyMongoError):  # a missed renewal is retried; the lease outlives two
+                    await self._locks.update_one({"_id": self.name, **holder}, {"$set": {field: _now() + self._lease}})
+
+        task = asyncio.create_task(renew(), name=f"lease {self.name}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _release(self, update: dict[str, Any], holder: dict[str, Any] | None = None) -> None:
+        # Best effort: a release that cannot reach MongoDB leaves a lease that expires by itself.
+        with contextlib.suppress(PyMongoError):
+            await self._locks.update_one({"_id": self.name, **(holder or {})}, update)
