@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 MODEL ?=
 export MODEL CATALOG PORT
 
-.PHONY: install system-deps lint format typecheck test bench export triton demo clean
+.PHONY: install system-deps lint format typecheck test bench export triton demo notebook clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml scripts/fetch-libssl11.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,6 +47,11 @@ export: $(STAMP)
 
 demo: $(STAMP)
 	scripts/demo.sh
+
+# JupyterLab on the quantization notebook, with the project's own kernel (.venv). Runs on the tiny model as
+# saved; set MODEL / CALIBRATION in its first cell for a real CLIP.
+notebook: $(STAMP)
+	$(BIN)/jupyter lab notebooks/model_quantization.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

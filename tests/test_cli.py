@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 
 from pipeline.encoders.onnx import OnnxEncoder
+from pipeline.manifest import sha256_file
 from pipeline.types import Precision
 from tests.conftest import run_cli
 from tests.images import encode, noise_image
 
 
-async def test_embed_texts_json(model_repository):
+async def test_embed_texts_json(model_repository, tiny_checkpoint):
     proc = run_cli(
         "embed",
         "--model-repository",
@@ -26,7 +28,11 @@ async def test_embed_texts_json(model_repository):
         "blue striped t-shirt",
     )
     doc = json.loads(proc.stdout)
-    assert doc["precision"] == "fp32" and doc["dim"] == 32 and doc["model"].endswith(doc["model"][-12:])
+    assert doc["precision"] == "fp32" and doc["dim"] == 32
+    # Named by its source folder and the start of its fingerprint: the hash of the two FP32 graphs on disk.
+    fp32 = [sha256_file(model_repository / m / "1" / "model.onnx") for m in ("clip_text", "clip_visual")]
+    fingerprint = hashlib.sha256("".join(fp32).encode()).hexdigest()
+    assert doc["model"] == f"{tiny_checkpoint.name}@{fingerprint[:12]}"
     vectors = np.asarray(doc["vectors"], np.float32)
     encoder = OnnxEncoder.load(model_repository, precision=Precision.FP32)
     try:
