@@ -192,6 +192,125 @@ async def test_server_killed_mid_run(model_repository, tmp_path, reference, fall
         assert all(isinstance(r, EncoderUnavailable) for r in results), results
 
 
+WORDS = ["red", "mug", "striped", "cotton", "blue", "poster", "vase", "green", "dotted", "summer", "linen"]
+
+
+@needs_triton
+@pytest.mark.parametrize("send", ["tensors", "bytes"])
+async def test_int8_vectors_do_not_depend_on_batch_mates(triton, model_repository, send):
+    """Dynamic INT8 scales activations per model call: an item embedded alone and inside a batch of 32 (texts of
+    many lengths, so padding too) must give the same vector, and the same as in-process INT8."""
+    texts = [" ".join(WORDS[: 1 + i % len(WORDS)]) + f" {i}" for i in range(32)]
+    images = [encode(noise_image(64 + 8 * i, 64, seed=i), "PNG") for i in range(32)]
+    encoder = await _triton_encoder(model_repository, triton.grpc_url, Precision.INT8, send=send)
+    local = OnnxEncoder.load(model_repository, precision=Precision.INT8)
+    try:
+        alone_texts = np.concatenate([await encoder.encode_texts([t]) for t in texts])
+        alone_images = np.concatenate([await encoder.encode_images([i]) for i in images])
+        batch_texts, batch_images = await encoder.encode_texts(texts), await encoder.encode_images(images)
+        # and while other callers' requests share the server's batches
+        crowd = await asyncio.gather(encoder.encode_texts(texts[::-1]), encoder.encode_texts(texts))
+        local_texts = np.concatenate([await local.encode_texts([t]) for t in texts])
+    finally:
+        await encoder.aclose()
+        await local.aclose()
+    np.testing.assert_allclose(batch_texts, alone_texts, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(batch_images, alone_images, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(crowd[0][::-1], alone_texts, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(crowd[1], alone_texts, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(alone_texts, local_texts, atol=1e-5, rtol=0)
+
+
+@needs_triton
+async def test_bad_item_named_by_its_place_in_the_callers_list(triton, model_repository):
+    # INT8 sends one item per request: the server's "image 0" must come back as the caller's index.
+    encoder = await _triton_encoder(model_repository, triton.grpc_url, Precision.INT8, send="bytes")
+    try:
+        with pytest.raises(InvalidInput, match="image 2: not a readable image"):
+            await encoder.encode_images([IMAGES[0], IMAGES[1], b"\x89PNG\r\n\x1a\n corrupt", IMAGES[2]])
+        assert not encoder.using_fallback
+    finally:
+        await encoder.aclose()
+
+
+@needs_triton
+async def test_server_side_preprocessing_honours_pipeline_limits(model_repository, tmp_path):
+    """The python-backend preprocessing reads PIPELINE__LIMITS__* from the server's environment: a client with
+    the default limits (which would pass all of these) is refused by the server, naming the input."""
+    env = {
+        "PIPELINE__LIMITS__IMAGE_FORMATS": '["PNG"]',
+        "PIPELINE__LIMITS__MAX_IMAGE_PIXELS": "100000",
+        "PIPELINE__LIMITS__MAX_ASPECT_RATIO": "2",
+        "PIPELINE__LIMITS__MAX_TEXT_CHARS": "20",
+    }
+    with LocalTriton(model_repository, log_file=tmp_path / "t.log", env=env) as server:
+        encoder = await _triton_encoder(model_repository, server.grpc_url, send="bytes")
+        try:
+            with pytest.raises(InvalidInput, match=r"image 0: not an image in an accepted format \(PNG\)"):
+                await encoder.encode_images([encode(noise_image(64, 64, seed=1), "JPEG")])
+            with pytest.raises(InvalidInput, match="image 0: 640x480 pixels is over the limit of 100000"):
+                await encoder.encode_images([encode(noise_image(640, 480, seed=1), "PNG")])
+            with pytest.raises(InvalidInput, match="image 0: aspect ratio 300x100 is over 2"):
+                await encoder.encode_images([encode(noise_image(300, 100, seed=1), "PNG")])
+            with pytest.raises(InvalidInput, match="text 0: 30 characters is over the limit of 20"):
+                await encoder.encode_texts(["x" * 30])
+            assert (await encoder.encode_images([encode(noise_image(200, 200, seed=1), "PNG")])).shape == (1, 32)
+            assert (await encoder.encode_texts(["short text"])).shape == (1, 32)
+            assert not encoder.using_fallback
+        finally:
+            await encoder.aclose()
+
+
+@needs_triton
+@pytest.mark.parametrize("send", ["tensors", "bytes"])
+async def test_server_with_another_model_refused_at_start_up(triton, model_repository, tmp_path, send):
+    # Same tensors, other weights: only the fingerprint tells them apart.
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    manifest = json.loads((repo / "manifest.json").read_text())
+    manifest["fingerprint"] = "0" * 64
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatch, match=r"serves another model.*fingerprint"):
+        await _triton_encoder(repo, triton.grpc_url, send=send)
+
+
+async def _until_triton_answers(encoder, texts, timeout_s=90.0):
+    """Encode until an answer comes from Triton, not the fallback (the gRPC channel reconnects after its own
+    backoff once the server is up; until then requests are answered in-process)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        sent = encoder.bytes_sent
+        result = await encoder.encode_texts(texts)
+        if encoder.bytes_sent > sent:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, "Triton never answered"
+        await asyncio.sleep(0.5)
+
+
+@needs_triton
+async def test_model_checked_before_triton_is_used_after_a_start_up_fallback(
+    model_repository, other_repository, reference, tmp_path
+):
+    from pipeline.stores.mongod import free_port
+
+    port = free_port()
+    encoder = await _triton_encoder(
+        model_repository, f"127.0.0.1:{port}", timeout_s=3, retries=0, fallback=True, fallback_cooldown_s=0
+    )
+    try:
+        assert encoder.using_fallback is False and encoder.bytes_sent == 0  # cooldown 0: Triton is tried next
+        # The server that comes up on that address serves another model (same tensors, another fingerprint).
+        with LocalTriton(other_repository, log_file=tmp_path / "other.log", grpc_port=port):
+            with pytest.raises(ModelMismatch, match="serves another model"):
+                await _until_triton_answers(encoder, TEXTS)
+            assert encoder.bytes_sent == 0  # nothing was sent to the wrong model
+        # The right one: checked, then used.
+        with LocalTriton(model_repository, log_file=tmp_path / "right.log", grpc_port=port):
+            np.testing.assert_allclose(await _until_triton_answers(encoder, TEXTS), reference[0], atol=1e-5)
+    finally:
+        await encoder.aclose()
+
+
 def _compose_cli() -> list[str] | None:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:

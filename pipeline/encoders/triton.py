@@ -1,15 +1,25 @@
 """Encoder on NVIDIA Triton over gRPC (``tritonclient.grpc.aio``).
 
-At start-up it reads each model's metadata from the server and refuses to run, naming the model and the
-difference, when tensor names, shapes or dtypes differ from the manifest. Many callers share one channel; the
-server's dynamic batcher merges their requests. UNAVAILABLE is retried with backoff, then EncoderUnavailable;
-with ``fallback`` set, requests are answered in-process meanwhile (logged once per switch).
+Before Triton is first used, and again before it is used after any failure (a fallback, a restart), the client
+reads each model's metadata from the server and refuses to run, naming the model and the difference, when tensor
+names, shapes or dtypes differ from the manifest, or when the repository the server loaded records another model
+fingerprint. Many callers share one channel; the server's dynamic batcher merges their requests.
+
+gRPC statuses: INVALID_ARGUMENT and OUT_OF_RANGE (the request's own data: a bad image, a wrong shape) are
+InvalidInput; every other status is a server-side fault (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN,
+RESOURCE_EXHAUSTED, NOT_FOUND for a model not loaded, ...) and EncoderUnavailable, after which, with
+``fallback`` set, requests are answered in-process meanwhile (logged once per switch). UNAVAILABLE is retried
+with backoff first.
+
+INT8 items go one per request (concurrently): dynamic quantisation scales activations over a whole model call,
+so a vector must not share a call with other items.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +28,13 @@ import numpy as np
 
 from pipeline.config import Settings
 from pipeline.encoders.base import Encoder, EncoderInfo
-from pipeline.errors import EncoderUnavailable, InvalidInput, ModelMismatch
-from pipeline.export.triton_extras import image_ensemble, text_ensemble
+from pipeline.errors import EncoderUnavailable, InvalidInput, ModelMismatch, PipelineError
+from pipeline.export.triton_extras import (
+    IMAGE_PREPROCESS,
+    fingerprint_of,
+    image_ensemble,
+    text_ensemble,
+)
 from pipeline.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT, Manifest, load_manifest
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 from pipeline.types import Modality, Precision
@@ -27,6 +42,14 @@ from pipeline.types import Modality, Precision
 log = logging.getLogger(__name__)
 _DTYPES = {"int64": "INT64", "float32": "FP32"}
 _RETRYABLE = {"StatusCode.UNAVAILABLE"}
+# The request's own data is at fault; any other status is the server's (or the network's) and may be retried,
+# or answered in-process.
+_BAD_INPUT = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE"}
+# A model (or version) the server does not know: at start-up a deployment mistake, not an outage.
+_NO_MODEL = {"StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT"}
+_ITEM = re.compile(r"\b(image|text) (\d+):")
+# INT8 requests in flight at once for one call (each carries one item).
+_INT8_CONCURRENCY = 64
 
 
 def _grpc() -> Any:
@@ -41,6 +64,28 @@ def _expected(manifest: Manifest, modality: Modality) -> dict[str, list[tuple[st
         "inputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.inputs],
         "outputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.outputs],
     }
+
+
+def request_error(exc: Any, url: str | None, model: str) -> PipelineError:
+    """The project's error for a failed Triton call (an ``InferenceServerException``).
+
+    InvalidInput for INVALID_ARGUMENT / OUT_OF_RANGE and for a message over gRPC's size limit (the input's
+    size); EncoderUnavailable, naming the server and the status, for everything else.
+    """
+    status = exc.status() or ""
+    message = exc.message() or str(exc)
+    if status in _BAD_INPUT or (status == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in message):
+        return InvalidInput(f"Triton refused the request to {model}: {message}")
+    code = status.removeprefix("StatusCode.") or "client error"
+    return EncoderUnavailable(f"Triton at {url}: {model}: {code}: {message}")
+
+
+def _shift_items(exc: InvalidInput, offset: int) -> InvalidInput:
+    """The server names items by their index in one request: renumber them by their index in the caller's list."""
+    if not offset:
+        return exc
+    renamed = _ITEM.sub(lambda m: f"{m[1]} {int(m[2]) + offset}:", str(exc))
+    return type(exc)(renamed)
 
 
 def _actual(meta: dict[str, Any]) -> dict[str, list[tuple[str, str, list[int]]]]:
@@ -66,14 +111,19 @@ class TritonEncoder:
         self._fallback: Encoder | None = None
         self._fallback_until = 0.0
         self._fallback_lock = asyncio.Lock()
+        # True once the server's models were checked against the manifest; cleared by any failure, since what
+        # answers next (a restarted server, another replica) may serve another model.
+        self._verified = False
+        self._check_lock = asyncio.Lock()
         self.bytes_sent = 0
 
     @classmethod
     async def connect(cls, settings: Settings, precision: Precision | None = None) -> TritonEncoder:
         """Connect and check the server's models against the manifest.
 
-        Raises EncoderUnavailable when the server cannot be reached (unless fallback is on), ModelMismatch when
-        a model's tensors differ, ModelError when the manifest or the precision is missing.
+        Raises EncoderUnavailable when the server cannot be reached (unless fallback is on: then the check runs
+        before Triton is first used), ModelMismatch when a model's tensors or the repository's fingerprint
+        differ, ModelError when the manifest or the precision is missing.
         """
         manifest = load_manifest(settings.encoder.model_repository)
         have = manifest.precisions()
@@ -88,7 +138,7 @@ class TritonEncoder:
         client = _grpc().InferenceServerClient(url=settings.triton.url)
         encoder = cls(client, manifest, precision, settings, {})
         try:
-            await encoder._check_server()
+            await encoder._ensure_checked()
         except EncoderUnavailable:
             if not settings.triton.fallback:
                 await client.close()
@@ -99,13 +149,24 @@ class TritonEncoder:
             raise
         return encoder
 
-    # --- start-up checks -------------------------------------------------------------------------------------
+    # --- model checks ----------------------------------------------------------------------------------------
+
+    async def _ensure_checked(self) -> None:
+        """Check the server's models unless they were checked since the last failure (one check at a time: a
+        caller that waited for a check that passed does not repeat it). Raises EncoderUnavailable or ModelMismatch."""
+        if self._verified:
+            return
+        async with self._check_lock:
+            if not self._verified:
+                await self._check_server()
+                self._verified = True
 
     async def _check_server(self) -> None:
         from tritonclient.utils import InferenceServerException
 
         timeout = self._cfg.timeout_s
         version = str(self.precision.triton_version)
+        max_batch: dict[str, int] = {}
         try:
             if not await self._client.is_server_ready(client_timeout=timeout):
                 raise EncoderUnavailable(f"Triton at {self._cfg.url} is not ready")
@@ -114,7 +175,7 @@ class TritonEncoder:
                 try:
                     meta = await self._client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
                 except InferenceServerException as exc:
-                    if exc.status() in _RETRYABLE:
+                    if exc.status() not in _NO_MODEL:
                         raise
                     raise ModelMismatch(
                         f"Triton at {self._cfg.url} does not serve model {name!r} version {version} "
@@ -127,7 +188,7 @@ class TritonEncoder:
                         f"the exported model has {want}; re-export or point the client at the right repository"
                     )
                 config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
-                self._max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+                max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
             if self._cfg.send == "bytes":
                 for name in (image_ensemble(self.precision), text_ensemble(self.precision)):
                     if not await self._client.is_model_ready(name, client_timeout=timeout):
@@ -136,9 +197,25 @@ class TritonEncoder:
                             "re-export the repository or set PIPELINE__TRITON__SEND=tensors"
                         )
                     config = await self._client.get_model_config(name, as_json=True, client_timeout=timeout)
-                    self._max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+                    max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+                    self._check_fingerprint(name, config["config"])
+            elif await self._client.is_model_ready(IMAGE_PREPROCESS, client_timeout=timeout):
+                # The towers' own configs carry no fingerprint; the preprocessing model that the same export
+                # wrote into the same repository does. (A hand-made repository without it gets the tensor check.)
+                config = await self._client.get_model_config(IMAGE_PREPROCESS, as_json=True, client_timeout=timeout)
+                self._check_fingerprint(IMAGE_PREPROCESS, config["config"])
         except InferenceServerException as exc:
             raise EncoderUnavailable(f"Triton at {self._cfg.url}: {exc.message()}") from exc
+        self._max_batch.update(max_batch)
+
+    def _check_fingerprint(self, name: str, config: dict[str, Any]) -> None:
+        served = fingerprint_of(config)
+        if served != self.manifest.fingerprint:
+            raise ModelMismatch(
+                f"Triton at {self._cfg.url} serves another model: {name!r} records fingerprint "
+                f"{served[:12] if served else '(none: exported by an older version; re-run export)'}, the manifest "
+                f"{self.manifest.fingerprint[:12]}; point the client at the server's model repository"
+            )
 
     # --- fallback --------------------------------------------------------------------------------------------
 
@@ -200,21 +277,35 @@ class TritonEncoder:
                 )
                 return result.as_numpy(output)
             except InferenceServerException as exc:
-                status = exc.status() or ""
-                if status in _RETRYABLE and attempt < self._cfg.retries:
+                if exc.status() in _RETRYABLE and attempt < self._cfg.retries:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
-                if status in _RETRYABLE or status == "StatusCode.DEADLINE_EXCEEDED":
-                    raise EncoderUnavailable(f"Triton at {self._cfg.url}: {model}: {exc.message()}") from exc
-                raise InvalidInput(f"Triton refused the request to {model}: {exc.message()}") from exc
+                raise request_error(exc, self._cfg.url, model) from exc
         raise AssertionError("unreachable")
 
     async def _chunked(self, model: str, version: str, items: list[Any], build: Any, output: str) -> np.ndarray:
-        size = self._max_batch.get(model, 1)
-        parts = await asyncio.gather(
-            *(self._infer(model, version, build(items[s : s + size]), output) for s in range(0, len(items), size))
-        )
+        """Send ``items`` in requests of the model's max batch (INT8: one item each), concurrently; the first
+        failure in input order is raised, with item numbers counted over ``items``."""
+        per_item = self.precision is Precision.INT8
+        size = 1 if per_item else self._max_batch.get(model, 1)
+        in_flight = asyncio.Semaphore(_INT8_CONCURRENCY if per_item else max(1, len(items)))
+
+        async def part(start: int) -> np.ndarray:
+            async with in_flight:
+                try:
+                    return await self._infer(model, version, build(items[start : start + size]), output)
+                except InvalidInput as exc:
+                    if not start:
+                        raise
+                    raise _shift_items(exc, start) from exc
+
+        results = await asyncio.gather(*(part(s) for s in range(0, len(items), size)), return_exceptions=True)
+        parts = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            parts.append(result)
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
     async def _with_fallback(self, modality: Modality, items: Sequence[Any]) -> np.ndarray:
@@ -224,8 +315,10 @@ class TritonEncoder:
                 self._fallback.encode_texts(items) if modality is Modality.TEXT else self._fallback.encode_images(items)
             )
         try:
+            await self._ensure_checked()
             return await (self._texts(list(items)) if modality is Modality.TEXT else self._images(list(items)))
         except EncoderUnavailable:
+            self._verified = False
             if not self._cfg.fallback:
                 raise
             fallback = await self._switch_to_fallback("during a request")

@@ -3,6 +3,11 @@
 ``preprocess_image`` and ``tokenize_text`` (python backend, CPU) feed the exported models through ensembles:
 ``clip_visual_bytes_<precision>`` takes encoded image files, ``clip_text_strings_<precision>`` takes UTF-8 text.
 A client then ships a JPEG's own bytes (tens of KB) instead of a 600 KB FP32 tensor.
+
+Each of these configs records the manifest's fingerprint as the parameter ``fingerprint``: the Triton client
+compares it with its own manifest before use, so a server whose repository holds another model (same tensors,
+other weights) is refused instead of silently answering with other vectors. The python models read their input
+limits from the server's ``PIPELINE__LIMITS__*`` environment at load (see ``pipeline.triton.preprocess_models``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pipeline.types import Modality, Precision
 
 IMAGE_PREPROCESS = "preprocess_image"
 TEXT_PREPROCESS = "tokenize_text"
+FINGERPRINT_PARAMETER = "fingerprint"
 
 
 def image_ensemble(precision: Precision) -> str:
@@ -24,7 +30,21 @@ def text_ensemble(precision: Precision) -> str:
     return f"{TEXT_MODEL}_strings_{precision}"
 
 
-def _python_model(name: str, inputs: str, outputs: str, max_batch_size: int, class_name: str) -> tuple[str, str]:
+def _fingerprint(manifest: Manifest) -> str:
+    return f'parameters {{ key: "{FINGERPRINT_PARAMETER}" value: {{ string_value: "{manifest.fingerprint}" }} }}'
+
+
+def fingerprint_of(config: dict[str, object]) -> str | None:
+    """The fingerprint recorded in a model config as the server returns it (JSON), or None when absent."""
+    parameters = config.get("parameters")
+    entry = parameters.get(FINGERPRINT_PARAMETER) if isinstance(parameters, dict) else None
+    value = entry.get("string_value") if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _python_model(
+    name: str, inputs: str, outputs: str, max_batch_size: int, class_name: str, manifest: Manifest
+) -> tuple[str, str]:
     config = (
         "\n".join(
             [
@@ -36,6 +56,7 @@ def _python_model(name: str, inputs: str, outputs: str, max_batch_size: int, cla
                 outputs,
                 "instance_group [ { kind: KIND_CPU count: 2 } ]",
                 "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+                _fingerprint(manifest),
             ]
         )
         + "\n"
@@ -45,6 +66,7 @@ def _python_model(name: str, inputs: str, outputs: str, max_batch_size: int, cla
 
 
 def _ensemble(
+    manifest: Manifest,
     name: str,
     in_name: str,
     in_type: str,
@@ -70,6 +92,7 @@ def _ensemble(
                 "ensemble_scheduling { step [",
                 ",\n".join(rendered),
                 "] }",
+                _fingerprint(manifest),
             ]
         )
         + "\n"
@@ -85,6 +108,7 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
         f'output [ {{ name: "pixel_values" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]',
         max_batch_size,
         "PreprocessImage",
+        manifest,
     )
     text_cfg, text_shim = _python_model(
         TEXT_PREPROCESS,
@@ -93,6 +117,7 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
         ' { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]',
         max_batch_size,
         "TokenizeText",
+        manifest,
     )
     for name, config, shim in ((IMAGE_PREPROCESS, image_cfg, image_shim), (TEXT_PREPROCESS, text_cfg, text_shim)):
         (staging / name / "1").mkdir(parents=True, exist_ok=True)
@@ -104,6 +129,7 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
             (
                 image_ensemble(precision),
                 _ensemble(
+                    manifest,
                     image_ensemble(precision),
                     "image_bytes",
                     "TYPE_STRING",
@@ -124,6 +150,7 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
             (
                 text_ensemble(precision),
                 _ensemble(
+                    manifest,
                     text_ensemble(precision),
                     "text",
                     "TYPE_STRING",

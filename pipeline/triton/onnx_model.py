@@ -3,6 +3,10 @@
 Triton loads ``<model>/<version>/model.py``; export writes there a one-line shim importing this class, so the
 server runs the project's own code from the venv. All requests of a dynamic batch run as one onnxruntime call:
 texts of different lengths are right-padded to the longest (CLIP's causal mask makes padding invisible).
+
+The INT8 version is the exception: dynamic quantisation scales activations over the whole input of a call
+(padding included), so a vector would depend on its batch-mates. There each item runs alone, unpadded, as the
+in-process encoder runs it; the scheduler still queues concurrent requests together.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.types import Precision
 
 
 class TritonPythonModel:
@@ -28,6 +34,7 @@ class TritonPythonModel:
         manifest = json.loads((model_dir.parent / "manifest.json").read_text())
         # Padding values per input: pad id for token ids, 0 for masks; images never need padding.
         self.pad = {"input_ids": int(manifest["text"]["pad_token_id"]), "attention_mask": 0}
+        self.per_item = int(args["model_version"]) == Precision.INT8.triton_version
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
@@ -37,13 +44,24 @@ class TritonPythonModel:
         }
         sizes = [len(a) for a in per_input[self.inputs[0]]]
         feeds = {name: _concat(arrays, self.pad.get(name, 0)) for name, arrays in per_input.items()}
-        outputs = self.session.run(self.outputs, feeds)
+        outputs = self._run_per_item(feeds) if self.per_item else self.session.run(self.outputs, feeds)
         responses, start = [], 0
         for size in sizes:
             tensors = [pb_utils.Tensor(n, o[start : start + size]) for n, o in zip(self.outputs, outputs, strict=True)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
         return responses
+
+    def _run_per_item(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One session call per item, each cut to its own length (the attention mask's count; right padding)."""
+        rows = []
+        for i in range(len(next(iter(feeds.values())))):
+            item = {name: value[i : i + 1] for name, value in feeds.items()}
+            if "attention_mask" in item:
+                length = int(item["attention_mask"].sum())
+                item = {name: value[:, :length] for name, value in item.items()}
+            rows.append(self.session.run(self.outputs, item))
+        return [np.concatenate([row[k] for row in rows]) for k in range(len(self.outputs))]
 
 
 def _concat(arrays: list[np.ndarray], pad_value: int) -> np.ndarray:

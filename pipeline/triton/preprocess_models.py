@@ -2,7 +2,10 @@
 
 ``preprocess_image``: encoded image bytes (TYPE_STRING) → ``pixel_values``; ``tokenize_text``: UTF-8 strings →
 ``input_ids`` / ``attention_mask``. Both import ``pipeline.preprocess``, so there is one preprocessing path. A
-bad input fails only its own request (a TritonError in that response); the server stays up.
+bad input fails only its own request (an INVALID_ARG TritonError in that response, which the client reports as
+InvalidInput); the server stays up. The input limits come from ``PIPELINE__LIMITS__*`` in the server's
+environment (or a ``.env`` in its working directory), read the way the service reads them, so the same variables
+set on both give the same guards on both sides.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import LimitsSettings
 from pipeline.errors import InvalidInput
@@ -23,6 +27,21 @@ from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 def _manifest(args: dict[str, Any]) -> tuple[Manifest, Path]:
     repository = Path(args["model_repository"]).parent
     return Manifest.model_validate(json.loads((repository / "manifest.json").read_text())), repository
+
+
+class _LimitsFromEnv(BaseSettings):
+    """Only the ``limits`` section of the service's settings: the server needs no other setting (and must not
+    fail on one, e.g. production checks of secrets it does not hold)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE__", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+    limits: LimitsSettings = LimitsSettings()
+
+
+def server_limits() -> LimitsSettings:
+    """The input limits from ``PIPELINE__LIMITS__*`` (environment, then ``.env``), defaults for the rest."""
+    return _LimitsFromEnv().limits
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -40,7 +59,10 @@ def _respond(requests: list[Any], input_name: str, convert: Callable[[np.ndarray
         try:
             outputs = convert(items)
         except (InvalidInput, UnicodeDecodeError) as exc:
-            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+            # INVALID_ARG (INVALID_ARGUMENT on the wire): the client's error for the caller's input. The default
+            # code, INTERNAL, reads as a server fault and would send a bad image to the fallback.
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
             continue
         tensors = [pb_utils.Tensor(name, value) for name, value in outputs.items()]
         responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
@@ -50,7 +72,7 @@ def _respond(requests: list[Any], input_name: str, convert: Callable[[np.ndarray
 class PreprocessImage:
     def initialize(self, args: dict[str, Any]) -> None:
         self.manifest, _ = _manifest(args)
-        self.limits = LimitsSettings()
+        self.limits = server_limits()
 
     def _pixels(self, items: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.manifest.image
@@ -65,7 +87,7 @@ class TokenizeText:
     def initialize(self, args: dict[str, Any]) -> None:
         self.manifest, repository = _manifest(args)
         self.tokenizer = TextTokenizer(repository / self.manifest.text.tokenizer_file, self.manifest.text)
-        self.limits = LimitsSettings()
+        self.limits = server_limits()
 
     def _tokens(self, items: np.ndarray) -> dict[str, np.ndarray]:
         texts = [check_text(_as_bytes(v).decode("utf-8"), self.limits, name=f"text {i}") for i, v in enumerate(items)]

@@ -21,6 +21,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,11 @@ def unsupported_reason() -> str | None:
 
 
 class LocalTriton:
-    """A tritonserver process on loopback with free ports; ``grpc_url`` / ``http_url`` after :meth:`start`."""
+    """A tritonserver process on loopback with free ports; ``grpc_url`` / ``http_url`` after :meth:`start`.
+
+    The server inherits this process's environment plus ``env``: the preprocessing models read their input
+    limits from ``PIPELINE__LIMITS__*`` there, as the service does.
+    """
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class LocalTriton:
         log_file: Path | None = None,
         grpc_port: int | None = None,
         http_port: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.config_name = config_name
@@ -73,6 +79,7 @@ class LocalTriton:
         self.http_port = http_port or _free_port()
         self.metrics_port = _free_port()
         self.log_file = log_file
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._backends: tempfile.TemporaryDirectory[str] | None = None
@@ -106,7 +113,7 @@ class LocalTriton:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = ":".join([*(p for p in libs if p), env.get("LD_LIBRARY_PATH", "")])
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-        return env
+        return env | self.env
 
     def start(self, timeout_s: float = 120.0) -> LocalTriton:
         reason = unsupported_reason()
