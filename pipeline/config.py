@@ -145,6 +145,9 @@ class ApiSettings(BaseModel):
     allow_private_urls: bool = False
     # Largest request body; image uploads are held to the image limit instead. Checked before reading.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Seconds a request may run in the service before it is stopped with a 503 (below the clients' wait, so a
+    # client hears why instead of timing out while the work goes on).
+    request_timeout_s: float = Field(default=60.0, gt=0)
     # Seconds a client waits for an answer.
     client_timeout_s: float = Field(default=120.0, gt=0)
 

@@ -60,6 +60,9 @@ class EventLog:
                 if self.dropped == 0:
                     log.warning("event log: MongoDB unavailable, dropping events (%s)", exc)
                 self.dropped += len(batch)
+            except Exception:  # whatever else a write raises costs this batch, never the log itself
+                log.exception("event log: writing %d events failed; dropped", len(batch))
+                self.dropped += len(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -10,6 +10,7 @@ never duplicates.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,10 @@ def _read_file(path: Path, limit: int) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"image {path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _content_hashes(products: Sequence[Product]) -> dict[str, str]:
+    return {p.id: p.content_hash(",".join(map(image_identity, p.images))) for p in products}
 
 
 class IngestService:
@@ -129,23 +134,18 @@ class IngestService:
         """Ingest a JSONL/CSV catalog; returns counts and the rejected rows with line numbers."""
         report = IngestReport()
         start = time.perf_counter()
-        batch: list[Row] = []
-        for row in read_catalog(catalog):
-            if row.product is None:
-                report.rejected.append((row.line, row.error or "invalid row"))
-                if progress:
-                    progress(1)
-                continue
-            batch.append(row)
-            if len(batch) >= self.settings.batch_size:
+        rows = read_catalog(catalog)
+        size = self.settings.batch_size
+        # Reading and parsing the file runs in a thread, a batch at a time: the event loop keeps serving.
+        while chunk := await asyncio.to_thread(list, itertools.islice(rows, size)):
+            for row in chunk:
+                if row.product is None:
+                    report.rejected.append((row.line, row.error or "invalid row"))
+            batch = [row for row in chunk if row.product is not None]
+            if batch:
                 await self._ingest_batch(batch, report)
-                if progress:
-                    progress(len(batch))
-                batch = []
-        if batch:
-            await self._ingest_batch(batch, report)
             if progress:
-                progress(len(batch))
+                progress(len(chunk))
         report.rejected.sort()
         report.seconds = time.perf_counter() - start
         return report
@@ -168,7 +168,7 @@ class IngestService:
 
     async def _upsert(self, products: Sequence[Product], http: httpx.AsyncClient | None) -> list[Outcome]:
         stamp = self.stamp
-        hashes = {p.id: p.content_hash(",".join(map(image_identity, p.images))) for p in products}
+        hashes = await asyncio.to_thread(_content_hashes, products)  # a stat per image file: off the loop
         states = await self.mongo.get_states(list(hashes))
         outcomes: dict[str, Outcome] = {}
         todo: list[Product] = []

@@ -122,3 +122,38 @@ async def test_a_write_during_a_reindex_waits_then_gets_503_busy(app_client, mon
         assert r.json()["error"]["code"] == "busy" and r.headers["Retry-After"] == "5"
         r = await client.delete(f"/v1/products/{row['id']}")
         assert r.json()["error"]["code"] == "busy"
+
+
+async def test_a_request_past_the_deadline_is_stopped_with_503(
+    model_repository, mongo_uri, tmp_path, monkeypatch, catalog
+):
+    """No call outlives its client by much: at PIPELINE__API__REQUEST_TIMEOUT_S the work is cancelled."""
+    import asyncio
+
+    from pipeline.api.app import create_app
+
+    config = make_settings(model_repository, "edge", tmp_path, mongo_uri, api={"request_timeout_s": 0.5})
+    app = create_app(config, public_url="http://test")
+    cancelled = asyncio.Event()
+
+    async with app.router.lifespan_context(app):
+        stack = app.state.service.stack
+
+        async def stuck(*args, **kwargs):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        monkeypatch.setattr(stack.encoder, "encode_images", stuck)
+        token = json.loads(config.service_file().read_text())["token"]
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        row = json.loads(catalog.read_text().splitlines()[0])
+        photo = (catalog.parent / row["images"][0]).read_bytes()
+        row["images"] = ["data:image/png;base64," + base64.b64encode(photo).decode()]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": token}) as c:
+            r = await c.put(f"/v1/products/{row['id']}", json=row)
+            assert "was stopped (PIPELINE__API__REQUEST_TIMEOUT_S)" in error_message(r, 503)
+            assert cancelled.is_set()  # the work itself stopped, not just the answer
+            assert (await c.get("/health/ready")).status_code == 200  # and the service goes on

@@ -228,3 +228,26 @@ def test_page_says_when_the_service_is_unreachable(monkeypatch):
     st.cache_data.clear()
     assert not at.exception
     assert "search service is not reachable" in at.error[0].value and "python -m pipeline serve" in at.error[0].value
+
+
+def test_page_says_when_the_service_times_out(monkeypatch):
+    """A service that accepts the connection but never answers: a message after the client's timeout."""
+    import socket
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)  # accepted by the kernel, never answered
+        monkeypatch.setenv("PIPELINE__API__URL", f"http://127.0.0.1:{hung.getsockname()[1]}")
+        monkeypatch.setenv("PIPELINE__API__KEY", "psk_none")
+        monkeypatch.setenv("PIPELINE__API__CLIENT_TIMEOUT_S", "1")
+        st.cache_resource.clear()
+        st.cache_data.clear()
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+        st.cache_resource.clear()
+        st.cache_data.clear()
+    assert not at.exception
+    assert "ReadTimeout" in at.error[0].value and "not reachable" in at.error[0].value

@@ -106,7 +106,7 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
     def body_limit(path: str) -> int:
         return image_limit if path == "/v1/search/image" else settings.api.max_body_bytes
 
-    app.add_middleware(RequestContext, body_limit=body_limit)
+    app.add_middleware(RequestContext, body_limit=body_limit, deadline_s=settings.api.request_timeout_s)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

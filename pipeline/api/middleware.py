@@ -1,11 +1,15 @@
-"""Pure ASGI middleware: a request id, one JSON log line per request, and body limits checked before reading.
+"""Pure ASGI middleware: a request id, one JSON log line per request, body limits checked before reading, and
+a deadline.
 
 The body limit is enforced twice: from ``Content-Length`` before a byte is read (413 at once), and while
-the body streams in, for chunked uploads that announce no length.
+the body streams in, for chunked uploads that announce no length. A request still running at the deadline is
+cancelled (writes are safe to cancel: rows not yet marked indexed are redone by the next write) and answered
+503, so no call outlives the client waiting for it by much.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -25,8 +29,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, body_limit: Callable[[str], int]) -> None:
-        self.app, self.body_limit = app, body_limit
+    def __init__(self, app: ASGIApp, body_limit: Callable[[str], int], deadline_s: float) -> None:
+        self.app, self.body_limit, self.deadline_s = app, body_limit, deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,6 +46,7 @@ class RequestContext:
         limit = self.body_limit(scope["path"])
 
         status_sent: int | None = None
+        deadline = asyncio.timeout(self.deadline_s)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, status_sent
@@ -62,12 +67,21 @@ class RequestContext:
                     scope, receive, send_with_id
                 )
                 return
-            await self.app(scope, _limited(receive, limit), send_with_id)
-        except Exception as exc:  # anything unforeseen: a clean 500 with the request id, the traceback logged
-            log.error("request %s failed unexpectedly", rid, exc_info=exc)
+            async with deadline:
+                await self.app(scope, _limited(receive, limit), send_with_id)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                log.warning("request %s stopped at the %.0f s deadline", rid, self.deadline_s)
+                failed, code = 503, "service_unavailable"
+                message = (
+                    f"the request took longer than {self.deadline_s:.0f} s and was stopped "
+                    "(PIPELINE__API__REQUEST_TIMEOUT_S); try fewer items per request"
+                )
+            else:  # anything unforeseen: a clean 500 with the request id, the traceback logged
+                log.error("request %s failed unexpectedly", rid, exc_info=exc)
+                failed, code, message = 500, "internal", f"internal error (request id {rid})"
             if status_sent is None:
-                message = f"internal error (request id {rid})"
-                await error_response(500, "internal", message)(scope, receive, send_with_id)
+                await error_response(failed, code, message)(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             line: dict[str, Any] = {

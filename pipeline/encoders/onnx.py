@@ -154,7 +154,7 @@ class OnnxEncoder:
         await self._texts.aclose()
         await self._images.aclose()
         self._prep.shutdown(wait=False, cancel_futures=True)
-        self._infer.shutdown(wait=True)
+        await asyncio.to_thread(self._infer.shutdown, wait=True)  # waits out a model call in flight
 
     async def __aenter__(self) -> OnnxEncoder:
         return self
