@@ -83,6 +83,11 @@ class MongoSettings(BaseModel):
     # Unset: a mongod the stack starts itself on loopback with data under ``data_dir``.
     uri: SecretStr | None = None
     database: str = "product_search"
+    # Credentials apart from the URI, so they need no escaping there (a password with '@' or '/' just works).
+    # The user is looked up in ``auth_source``, by default the application's own database.
+    username: str | None = None
+    password: SecretStr | None = None
+    auth_source: str | None = None
     data_dir: Path = Path("data/mongo")
     # Client-side timeout for every operation: a dead server costs a query this much, not more.
     timeout_ms: int = Field(default=2000, ge=50)
@@ -102,6 +107,8 @@ class EventSettings(BaseModel):
     flush_timeout_s: float = Field(default=10.0, ge=0)  # at shutdown, how long queued events get to reach MongoDB
     # Events are written at most once per interval (in batches), keeping a write per query off MongoDB.
     flush_interval_s: float = Field(default=0.1, ge=0, le=10)
+    # Events older than this are removed by MongoDB (a TTL index on ``ts``); 0 keeps them forever.
+    retention_days: float = Field(default=30.0, ge=0)
 
 
 class SearchSettings(BaseModel):

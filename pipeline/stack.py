@@ -120,7 +120,12 @@ async def open_mongo(
         uri = await mongod.start()
         exit_stack.push_async_callback(mongod.stop)
     cache = ProductCache(settings.cache.max_entries, settings.cache.product_ttl_s)
-    mongo = MongoStore(uri, settings.mongo.database, settings.mongo.timeout_ms, cache)
+    m = settings.mongo
+    credentials = None
+    if m.username:
+        password = m.password.get_secret_value() if m.password else ""
+        credentials = (m.username, password, m.auth_source or m.database)
+    mongo = MongoStore(uri, m.database, m.timeout_ms, cache, credentials)
     exit_stack.push_async_callback(mongo.aclose)
     return mongo, mongod
 
@@ -135,7 +140,7 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         mongo, mongod = await open_mongo(settings, exit_stack)
         keys = KeyStore(mongo.api_keys)
         try:
-            await mongo.ensure_indexes()
+            await mongo.ensure_indexes(settings.events.retention_days * 86400)
             await keys.ensure_indexes()
         except StoreUnavailable as exc:  # searches still answer without metadata; say so once
             log.warning("MongoDB is not reachable at start-up: %s", exc)

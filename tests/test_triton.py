@@ -412,6 +412,22 @@ def test_compose_file_is_valid(tmp_path):
     assert ui_env["PIPELINE__API__URL"] == "http://api:8000" and ui_env["PIPELINE__API__KEY"] == env["UI_API_KEY"]
     assert not any(k.startswith(("PIPELINE__QDRANT", "PIPELINE__MONGO", "PIPELINE__TRITON")) for k in ui_env), ui_env
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == env["GRAFANA_ADMIN_PASSWORD"]
+    # The api connects as the least-privilege application user, credentials apart from the URI; never as root.
+    assert api_env["PIPELINE__MONGO__USERNAME"] == env["MONGO_APP_USER"] != env["MONGO_ROOT_USER"]
+    assert api_env["PIPELINE__MONGO__PASSWORD"] == env["MONGO_APP_PASSWORD"]
+    assert env["MONGO_ROOT_PASSWORD"] not in json.dumps(api_env) and "@" not in api_env["PIPELINE__MONGO__URI"]
+    mongo_env = services["mongo"]["environment"]
+    assert mongo_env["MONGO_APP_PASSWORD"] == env["MONGO_APP_PASSWORD"]
+    assert mongo_env["MONGO_APP_DATABASE"] == api_env["PIPELINE__MONGO__DATABASE"]
+    mounts = [
+        v if isinstance(v, dict) else dict(zip(("source", "target"), v.split(":")))
+        for v in services["mongo"]["volumes"]
+    ]  # fmt: skip  (compose v2 gives objects, v1 "source:target:mode")
+    init = [m["source"] for m in mounts if m["target"] == "/docker-entrypoint-initdb.d"]
+    assert init and (Path(init[0]) / "app-user.js").is_file()
+    # Triton's preprocessing and the api read the same input limits.
+    raw = yaml.safe_load((deploy / "docker-compose.yml").read_text())["services"]
+    assert raw["triton"]["env_file"] == raw["api"]["env_file"] == ["limits.env"]
     env_file.write_text("QDRANT_API_KEY=k\n")  # a required secret missing: refused, naming it
     missing = config()
     assert missing.returncode != 0 and "MONGO_ROOT_PASSWORD" in missing.stderr

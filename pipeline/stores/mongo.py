@@ -39,14 +39,25 @@ def _state(doc: dict[str, Any]) -> IngestState:
 
 
 class MongoStore:
-    def __init__(self, uri: str, database: str, timeout_ms: int, cache: ProductCache | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        database: str,
+        timeout_ms: int,
+        cache: ProductCache | None = None,
+        credentials: tuple[str, str, str] | None = None,  # user, password, auth source
+    ) -> None:
         self._products = cache or ProductCache(0, 0)
+        auth: dict[str, Any] = {}
+        if credentials:
+            auth = dict(zip(("username", "password", "authSource"), credentials, strict=True))
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri,
             timeoutMS=timeout_ms,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             tz_aware=True,
+            **auth,
         )
         db = self._client[database]
         self.products = db["products"]
@@ -54,15 +65,27 @@ class MongoStore:
         self.api_keys = db["api_keys"]
         self.write_locks = db["write_locks"]
 
-    async def ensure_indexes(self) -> None:
+    async def ensure_indexes(self, events_retention_s: float = 0) -> None:
+        """Indexes for the reads the stack makes; events expire after ``events_retention_s`` (0: never)."""
         try:
             for field in (*FACETS, "price"):
                 await self.products.create_index([(field, ASCENDING)])
             await self.products.create_index([("indexed_hash", ASCENDING)])
-            await self.events.create_index([("ts", ASCENDING)])
+            await self._events_ts_index(int(events_retention_s))
             await self.events.create_index([("kind", ASCENDING), ("ts", ASCENDING)])
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def _events_ts_index(self, ttl_s: int) -> None:
+        """The ``ts`` index, a TTL index when events expire. A changed retention replaces it (drop and create
+        need only readWrite; changing it in place would need collMod, a dbAdmin right)."""
+        current = (await self.events.index_information()).get("ts_1")
+        if current is not None and current.get("expireAfterSeconds") != (ttl_s or None):
+            await self.events.drop_index("ts_1")
+        if ttl_s:
+            await self.events.create_index([("ts", ASCENDING)], name="ts_1", expireAfterSeconds=ttl_s)
+        else:
+            await self.events.create_index([("ts", ASCENDING)], name="ts_1")
 
     async def ping(self) -> None:
         try:
