@@ -419,10 +419,9 @@ def test_compose_file_is_valid(tmp_path):
     mongo_env = services["mongo"]["environment"]
     assert mongo_env["MONGO_APP_PASSWORD"] == env["MONGO_APP_PASSWORD"]
     assert mongo_env["MONGO_APP_DATABASE"] == api_env["PIPELINE__MONGO__DATABASE"]
-    mounts = [
-        v if isinstance(v, dict) else dict(zip(("source", "target"), v.split(":")))
-        for v in services["mongo"]["volumes"]
-    ]  # fmt: skip  (compose v2 gives objects, v1 "source:target:mode")
+    # compose v2 gives mounts as objects, v1 as "source:target:mode"
+    mounts = [v if isinstance(v, dict) else dict(source=v.split(":")[0], target=v.split(":")[1])
+              for v in services["mongo"]["volumes"]]  # fmt: skip
     init = [m["source"] for m in mounts if m["target"] == "/docker-entrypoint-initdb.d"]
     assert init and (Path(init[0]) / "app-user.js").is_file()
     # Triton's preprocessing and the api read the same input limits.
