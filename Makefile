@@ -51,7 +51,7 @@ demo: $(STAMP)
 # JupyterLab on the quantization notebook, with the project's own kernel (.venv). Runs on the tiny model as
 # saved; set MODEL / CALIBRATION in its first cell for a real CLIP.
 notebook: $(STAMP)
-	$(BIN)/jupyter lab notebooks/model_quantization.ipynb
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/model_quantization.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
