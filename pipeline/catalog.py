@@ -1,14 +1,18 @@
-"""Reading catalogs: JSONL or CSV rows → validated Products, each bad row reported with its line number.
+"""Reading catalogs: JSONL, CSV or JSON-array rows → validated Products, each bad row reported with its line
+(or, in a JSON array, its position).
 
-Image references are resolved here: a relative path against the catalog's folder, an absolute path as is,
-an http(s) URL kept as a URL. Any other scheme is refused.
+Rows are taken as catalogs write them: other names for our fields (``image_path``, ``image_url`` and ``image``
+for ``images``, ``title`` for ``name``), one image or several, and fields the schema does not know (``SKU``,
+``text``) kept as attributes, unless the caller asks for strictness. Image references are resolved here: a
+relative path against the catalog's folder, an absolute path as is, an http(s) URL kept as a URL. Any other
+scheme is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,9 @@ from pydantic import ValidationError
 from pipeline.errors import InvalidInput
 from pipeline.schemas import Product, describe_errors
 
-_CSV_FIELDS = {"id", "name", "description", "brand", "category", "color", "price", "images", "attributes"}
+PRODUCT_FIELDS = frozenset(Product.model_fields)
+# Other names catalogs give our fields; the field itself wins when a row has both.
+ALIASES = {"image_path": "images", "image_url": "images", "image": "images", "image_urls": "images", "title": "name"}
 
 
 @dataclass(frozen=True)
@@ -44,22 +50,79 @@ def resolve_image(ref: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-def _csv_row(raw: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {k: v for k, v in raw.items() if k in _CSV_FIELDS and v not in (None, "")}
-    if "images" in row:
-        row["images"] = [p for p in (s.strip() for s in row["images"].split("|")) if p]
-    attributes = json.loads(row.pop("attributes")) if "attributes" in row else {}
+def _image_list(value: Any) -> list[Any]:
+    """One reference, several (a list, a JSON array in a string, or ``a.jpg|b.jpg``), or none."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            value = json.loads(text)
+        else:
+            return [p for p in (s.strip() for s in text.split("|")) if p]
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _attribute(value: Any) -> Any:
+    """Scalars as they are; anything nested as its JSON text (kept, not refused)."""
+    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value, default=str)
+
+
+def normalize(raw: Mapping[str, Any], strict: bool = False) -> dict[str, Any]:
+    """A source's row → Product fields: aliases mapped, images as a list, unknown fields kept as attributes
+    (with ``strict``, refused: raises ValueError naming them)."""
+    attributes = raw.get("attributes") or {}
+    if isinstance(attributes, str):
+        attributes = json.loads(attributes)
     if not isinstance(attributes, dict):
         raise ValueError("attributes must be a JSON object")
-    attributes.update({k: v for k, v in raw.items() if k and k not in _CSV_FIELDS and v not in (None, "")})
+    row: dict[str, Any] = {k: v for k, v in raw.items() if k in PRODUCT_FIELDS and k != "attributes"}
+    unknown = []
+    for key, value in raw.items():
+        if key in PRODUCT_FIELDS or not key:
+            continue
+        field = ALIASES.get(key)
+        if field is not None and (field == "images" or field not in row):
+            row[field] = _image_list(row.get(field)) + _image_list(value) if field == "images" else value
+        elif strict:
+            unknown.append(key)
+        elif value not in (None, ""):
+            attributes = {**attributes, key: _attribute(value)}
+    if unknown:
+        raise ValueError(f"unknown fields {', '.join(map(repr, unknown))} (the catalog is read strictly)")
+    if "images" in row:
+        row["images"] = _image_list(row["images"])
     if attributes:
         row["attributes"] = attributes
     return row
 
 
+def _json_array(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            items = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from exc
+    if not isinstance(items, list):
+        raise InvalidInput(f"{path}: a JSON catalog is an array of product objects (or one object per line)")
+    for position, value in enumerate(items, start=1):
+        yield (position, value, None) if isinstance(value, dict) else (position, None, "a row must be a JSON object")
+
+
+def is_json_array(path: Path) -> bool:
+    """Whether a .json catalog is one array (else it is read as one object per line)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                return line.lstrip().startswith("[")
+    return False
+
+
 def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix == ".json" and is_json_array(path):
+        yield from _json_array(path)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
         with open(path, encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
@@ -83,17 +146,14 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | No
                 if None in raw:
                     yield line_no, None, "more fields than the header has"
                     continue
-                try:
-                    yield line_no, _csv_row(raw), None
-                except (ValueError, json.JSONDecodeError) as exc:
-                    yield line_no, None, str(exc)
+                yield line_no, {k: v for k, v in raw.items() if v not in (None, "")}, None
     else:
-        raise InvalidInput(f"{path}: unknown catalog format {suffix or '(none)'}; use .jsonl or .csv")
+        raise InvalidInput(f"{path}: unknown catalog format {suffix or '(none)'}; use .jsonl, .json or .csv")
 
 
-def read_catalog(path: Path) -> Iterator[Row]:
+def read_catalog(path: Path, strict: bool = False) -> Iterator[Row]:
     """Rows of a catalog file in order; invalid rows carry an error and no product. Raises InvalidInput
-    when the file itself cannot be read."""
+    when the file itself cannot be read. ``strict`` refuses rows with fields the schema does not know."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"{path}: no such catalog file")
@@ -105,12 +165,12 @@ def read_catalog(path: Path) -> Iterator[Row]:
                 yield Row(line_no, None, error)
                 continue
             try:
-                product = Product.model_validate(raw)
+                product = Product.model_validate(normalize(raw, strict))
                 product = product.model_copy(update={"images": [resolve_image(i, base) for i in product.images]})
             except ValidationError as exc:
                 yield Row(line_no, None, describe_errors(exc.errors(), whole="row", limit=3))
                 continue
-            except InvalidInput as exc:
+            except (InvalidInput, ValueError) as exc:  # ValueError: normalize's (JSON in a field, strictness)
                 yield Row(line_no, None, str(exc))
                 continue
             if product.id in seen:

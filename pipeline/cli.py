@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pipeline.catalog import is_json_array
 from pipeline.cli_common import (
     JsonOption,
     RepoOption,
@@ -33,6 +34,8 @@ def _count_rows(path: Path) -> int | None:
             lines = sum(1 for line in fh if line.strip())
     except OSError:
         return None
+    if path.suffix.lower() == ".json" and is_json_array(path):
+        return None  # a JSON array: its lines are not its rows
     return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
 
 
@@ -57,7 +60,11 @@ def ingest(
         async def work(stack: Any) -> Any:
             return await stack.ingest.ingest(catalog, progress=advance)
 
-        report = dispatch(settings, work, lambda c: c.ingest(catalog, settings.ingest.batch_size, advance))
+        report = dispatch(
+            settings,
+            work,
+            lambda c: c.ingest(catalog, settings.ingest.batch_size, advance, settings.ingest.strict_fields),
+        )
     summary = {
         "added": report.added,
         "updated": report.updated,

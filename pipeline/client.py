@@ -111,12 +111,16 @@ class ServiceClient:
         return row
 
     def ingest(
-        self, catalog: Path, batch_size: int = 64, progress: Callable[[int], None] | None = None
+        self,
+        catalog: Path,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+        strict: bool = False,
     ) -> IngestReport:
         """The CLI's ingest through the service: rows are read and validated here (bad rows keep their line
         numbers), sent in batches, and the answers tallied into the same report as an in-process ingest."""
         report, start = IngestReport(), time.perf_counter()
-        for batch in _batches(read_catalog(catalog), batch_size):
+        for batch in _batches(read_catalog(catalog, strict), batch_size):
             good = [r for r in batch if r.product is not None]
             report.rejected += [(r.line, r.error or "invalid row") for r in batch if r.product is None]
             sendable, lines = [], []

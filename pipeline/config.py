@@ -124,6 +124,8 @@ class SearchSettings(BaseModel):
 class IngestSettings(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     http_timeout_s: float = Field(default=10.0, gt=0)
+    # Refuse catalog rows with fields the schema does not know (by default they are kept as attributes).
+    strict_fields: bool = False
     # How long a product write waits for a re-index of its collection to finish before it is refused (Busy).
     write_wait_s: float = Field(default=30.0, ge=0)
 

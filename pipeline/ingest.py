@@ -134,7 +134,7 @@ class IngestService:
         """Ingest a JSONL/CSV catalog; returns counts and the rejected rows with line numbers."""
         report = IngestReport()
         start = time.perf_counter()
-        rows = read_catalog(catalog)
+        rows = read_catalog(catalog, self.settings.strict_fields)
         size = self.settings.batch_size
         # Reading and parsing the file runs in a thread, a batch at a time: the event loop keeps serving.
         while chunk := await asyncio.to_thread(list, itertools.islice(rows, size)):

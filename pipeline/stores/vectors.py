@@ -8,6 +8,7 @@ using it with another model is refused with a message that says to re-index.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -37,13 +38,24 @@ def point_id(product_id: str, image_index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{product_id}\0{image_index}"))
 
 
+def category_levels(category: str) -> list[str]:
+    """A category path (``Electronics / Audio / Headphones``, or with ``>``) kept whole and filterable by any
+    level: the path itself, then each level and each leading sub-path."""
+    parts = [p.strip() for p in re.split(r"\s*[/>]\s*", category) if p.strip()]
+    prefixes = [" / ".join(parts[: i + 1]) for i in range(1, len(parts) - 1)]
+    return list(dict.fromkeys([category, *parts, *prefixes])) if len(parts) > 1 else [category]
+
+
 def payload_of(product: Product, image_index: int) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "product_id": product.id,
         "image_index": image_index,
         **{f: getattr(product, f) for f in FILTER_FIELDS if getattr(product, f) is not None},
         **({"price": float(product.price)} if product.price is not None else {}),
     }
+    if product.category:  # a keyword array matches a filter on any of its values
+        payload["category"] = category_levels(product.category)
+    return payload
 
 
 @dataclass(frozen=True)
