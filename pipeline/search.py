@@ -1,8 +1,8 @@
 """The search service: a text, an image or a product id in; ranked products with metadata out.
 
 Flow: embed the query (through the LRU cache) → search the stored vector spaces the query kind uses
-(``WEIGHTS``), in one batch → best point per product → reciprocal-rank fusion → metadata from MongoDB → an
-event to the log.
+(``WEIGHTS``), in one batch → best point per product → fusion (``settings.fusion``; a hit's ``score`` is the
+fused score the order follows) → metadata from MongoDB → an event to the log.
 A MongoDB failure degrades the answer (ids and scores, ``metadata_missing``); a Qdrant failure is an error.
 """
 
@@ -21,14 +21,14 @@ from pipeline.config import LimitsSettings, SearchSettings
 from pipeline.encoders.base import Encoder
 from pipeline.errors import InvalidInput, NotFound, PipelineError, StoreUnavailable
 from pipeline.events import EventLog
-from pipeline.fusion import best_per_product, rrf_fuse
+from pipeline.fusion import Fusion, best_per_product, fuse
 from pipeline.preprocess import check_text
 from pipeline.schemas import Hit, QueryKind, SearchFilters, SearchResponse
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import SpaceQuery, VectorIndex
 from pipeline.types import Modality
 
-# Which stored spaces a query searches, and their weight in the reciprocal-rank fusion. Text queries weigh
+# Which stored spaces a query searches, and their weight in the fusion. Text queries weigh
 # CLIP's cross-modal match (query text vs product photos) and title similarity alike. Photo queries search
 # the photos only: fusing in the weak photo-vs-title space let neighbours outrank an exact match of the
 # shopper's photo. "More like this" adds the product's title at half weight (the product itself is excluded).
@@ -190,8 +190,12 @@ class SearchService:
             spaces = [SpaceQuery(vectors[m], m) for m in weights]
             ranked_lists = await self.index.search(spaces, filters, k * self.overfetch, min_score, exclude)
             lap("search")
-            ranked = rrf_fuse(
-                [best_per_product(r) for r in ranked_lists], list(weights.values()), self.settings.rrf_k, k
+            ranked = fuse(
+                [best_per_product(r) for r in ranked_lists],
+                list(weights.values()),
+                k,
+                Fusion(self.settings.fusion),
+                self.settings.rrf_k,
             )
             lap("fusion")
             products, metadata_missing = {}, False

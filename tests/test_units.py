@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -11,7 +12,16 @@ from pipeline.cache import EmbeddingCache, cache_key
 from pipeline.catalog import read_catalog
 from pipeline.errors import InvalidInput, StoreUnavailable
 from pipeline.events import EventLog
-from pipeline.fusion import PointHit, best_per_product, rrf_fuse
+from pipeline.fusion import (
+    Fusion,
+    PointHit,
+    best_per_product,
+    dbsf_scores,
+    fuse,
+    rrf_scores,
+    tied_ranks,
+    weighted_scores,
+)
 from pipeline.triton.onnx_model import _concat
 from pipeline.types import Modality, Precision
 
@@ -23,15 +33,87 @@ def test_best_per_product_keeps_best_point():
     assert [(h.product_id, h.image_index) for h in best_per_product(hits)] == [("b", 0), ("a", 1)]
 
 
-def test_rrf_fuse_ranks_by_reciprocal_rank_and_reports_best_space():
+def test_rrf_ranks_by_reciprocal_rank_and_reports_best_space():
     image = [PointHit("a", 2, 0.31, IMG), PointHit("b", 0, 0.30, IMG), PointHit("c", 0, 0.2, IMG)]
     text = [PointHit("b", 0, 0.9, TXT), PointHit("c", 0, 0.8, TXT)]
-    fused = rrf_fuse([image, text], [1.0, 1.0], k=60, limit=10)
+    fused = fuse([image, text], [1.0, 1.0], limit=10, method=Fusion.RRF, rrf_k=60)
     assert [f.product_id for f in fused] == ["b", "c", "a"]  # b: 1/62 + 1/61 beats a: 1/61
     assert fused[0].score == pytest.approx(1 / 62 + 1 / 61)
     assert fused[0].matched is TXT and fused[0].image_index is None  # b ranked best in the text list
     assert fused[2].matched is IMG and fused[2].image_index == 2
-    assert len(rrf_fuse([image, text], [1.0, 0.0], k=60, limit=2)) == 2
+    assert len(fuse([image, text], [1.0, 0.0], limit=2, method=Fusion.RRF)) == 2
+
+
+def test_tied_cosines_share_a_rank():
+    hits = [PointHit(p, 0, s, TXT) for p, s in [("a", 0.9), ("b", 0.9), ("c", 0.9 - 1e-9), ("d", 0.5), ("e", 0.4)]]
+    assert tied_ranks(hits) == [1, 1, 1, 4, 5]
+    assert tied_ranks([]) == []
+
+
+def _tie_case():
+    """Twelve products share the exact title (tied in the title list, in the engine's arbitrary order: here the
+    reverse of their photos'); the photo list tells them apart. A near-miss ("vase") has the best photo and a
+    weaker title."""
+    text = [PointHit(f"mug{i:02d}", 0, 1.0, TXT) for i in reversed(range(12))] + [PointHit("vase", 0, 0.8, TXT)]
+    image = [PointHit("vase", 0, 0.62, IMG)] + [PointHit(f"mug{i:02d}", 0, 0.6 - i / 100, IMG) for i in range(12)]
+    return [image, text]
+
+
+@pytest.mark.parametrize("method", list(Fusion))
+def test_tied_title_products_are_ordered_by_their_photos(method):
+    fused = fuse(_tie_case(), [1.0, 1.0], limit=20, method=method)
+    mugs = [f.product_id for f in fused if f.product_id != "vase"]
+    assert mugs == [f"mug{i:02d}" for i in range(12)]  # the tie never decides: the photo list does
+    if method is not Fusion.RRF:  # RRF gives the vase 1/61 + 1/73, as much as mug11: ranks hide the gap
+        assert fused[-1].product_id == "vase"
+
+
+@pytest.mark.parametrize("method", list(Fusion))
+def test_order_follows_the_shown_score(method):
+    rng = np.random.default_rng(0)
+    lists = []
+    for using in (IMG, TXT):
+        sims = np.round(rng.uniform(-0.2, 0.9, 40), 2)  # rounded: ties within and across lists
+        ids = rng.choice(60, 40, replace=False)
+        hits = [PointHit(f"p{int(i)}", 0, float(s), using) for i, s in zip(ids, sims, strict=True)]
+        lists.append(best_per_product(hits))
+    fused = fuse(lists, [1.0, 0.5], limit=100, method=method)
+    assert len(fused) == len({h.product_id for lst in lists for h in lst})
+    scores = [f.score for f in fused]
+    assert scores == sorted(scores, reverse=True)
+    for a, b in itertools.pairwise(fused):  # equal scores: higher similarity, then id; never arbitrary
+        if a.score == b.score:
+            assert (-a.similarity, a.product_id) < (-b.similarity, b.product_id)
+    assert fuse(lists, [1.0, 0.5], limit=100, method=method) == fused
+
+
+def test_weighted_is_the_weighted_mean_of_cosines():
+    image = [PointHit("a", 1, 0.5, IMG), PointHit("b", 0, 0.3, IMG)]
+    text = [PointHit("b", 0, 0.9, TXT)]
+    fused = {f.product_id: f for f in fuse([image, text], [1.0, 3.0], limit=5, method=Fusion.WEIGHTED)}
+    assert fused["b"].score == pytest.approx((0.3 + 3 * 0.9) / 4)
+    # a is beyond the text list's top: it counts that list's lowest cosine (0.9), an upper bound
+    assert fused["a"].score == pytest.approx((0.5 + 3 * 0.9) / 4)
+    assert fused["a"].matched is IMG and fused["a"].image_index == 1
+    assert weighted_scores([image, []], [1.0, 1.0]) == pytest.approx({"a": 0.5, "b": 0.3})  # empty list left out
+    assert weighted_scores([[], []], [1.0, 1.0]) == {}
+
+
+def test_dbsf_matches_qdrants_normalisation():
+    sims = [0.9, 0.7, 0.5]
+    image = [PointHit(p, 0, s, IMG) for p, s in zip("abc", sims, strict=True)]
+    text = [PointHit("c", 0, 0.4, TXT)]  # one hit: 0.5, as Qdrant gives it
+    mean, std = 0.7, float(np.std(sims, ddof=1))
+    got = dbsf_scores([image, text], [1.0, 2.0])
+    assert got["a"] == pytest.approx((0.9 - (mean - 3 * std)) / (6 * std))
+    assert got["c"] == pytest.approx((0.5 - (mean - 3 * std)) / (6 * std) + 2 * 0.5)
+    assert dbsf_scores([[PointHit("x", 0, 0.3, IMG), PointHit("y", 0, 0.3, IMG)]], [1.0]) == {"x": 0.5, "y": 0.5}
+
+
+def test_rrf_ties_get_equal_scores():
+    scores = rrf_scores(_tie_case(), [1.0, 1.0], k=60)
+    assert scores["mug00"] == pytest.approx(1 / 62 + 1 / 61)  # photo rank 2, title rank 1 (tied with eleven)
+    assert scores["mug11"] == pytest.approx(1 / 73 + 1 / 61)
 
 
 def test_cache_lru_ttl_and_keys():

@@ -138,10 +138,10 @@ def show_results(response: SearchResponse) -> None:
                 show_image(product.images[(hit.image_index or 0) % len(product.images)])
                 st.markdown(f"**{product.name}**")
                 price = f"{product.price:.2f}" if product.price is not None else "—"
-                st.caption(f"{product.brand or ''} · {price} · score {hit.similarity:.2f}")
+                st.caption(f"{product.brand or ''} · {price} · score {hit.score:.3f}")
             else:
                 st.markdown(f"**{hit.product_id}**")
-                st.caption(f"score {hit.similarity:.2f}")
+                st.caption(f"score {hit.score:.3f}")
             name = product.name if product is not None else hit.product_id
             st.button("More like this", key=f"more-{hit.product_id}", on_click=more_like, args=(hit.product_id, name))
 
