@@ -2,22 +2,31 @@
 
 It lives at ``<model_repository>/manifest.json``. The fingerprint (a hash of the FP32 ONNX files, which every
 other precision is derived from) names the model: vectors made with one fingerprint never mix with another's.
+
+Format 2 records, per variant, the Triton model that serves it (``triton_model``, ``triton_version``): FP32 and
+FP16 are versions of the tower's batched model (``clip_text`` / ``clip_visual``), INT8 has a model of its own
+(``clip_text_int8`` / ``clip_visual_int8``) without dynamic batching (see ``PER_ITEM``). Format 1 (every
+precision a version of the tower's model) is still read: its variants are placed where format 1 put them, and
+``Manifest.triton_model`` refuses to serve a per-item precision from there, asking for a re-export.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from pipeline.errors import ModelError
 from pipeline.types import Modality, Precision
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 TEXT_MODEL = "clip_text"
 IMAGE_MODEL = "clip_visual"
@@ -26,6 +35,10 @@ TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUT = "text_embeds"
 IMAGE_INPUT = "pixel_values"
 IMAGE_OUTPUT = "image_embeds"
+# Precisions whose vectors depend on what else shares a model call: dynamic INT8 computes activation scales over
+# the whole input of a call. Each item of these runs alone (in-process, and on Triton in a model of their own
+# with no dynamic batching), so the same input always gives the same vector whatever its batch-mates.
+PER_ITEM: frozenset[Precision] = frozenset({Precision.INT8})
 
 
 class TensorSpec(BaseModel):
@@ -50,7 +63,8 @@ class VariantSpec(BaseModel):
     file: str  # relative to the repository root
     sha256: str
     size_bytes: int
-    triton_version: int
+    triton_model: str  # the Triton model serving this variant (format 1: the tower's model, filled on read)
+    triton_version: int  # its version folder in that model
     quality: VariantQuality | None = None  # measured for INT8 by the export gate; None: not gated
 
 
@@ -86,6 +100,21 @@ class Manifest(BaseModel):
     text: TextSpec
     models: dict[Modality, ModelSpec]
     exporter: dict[str, str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _place_format_1(cls, data: Any) -> Any:
+        """Format 1 had every variant as a version of the tower's model: say so in each variant."""
+        if not isinstance(data, dict) or data.get("format_version") != 1:
+            return data
+        data = copy.deepcopy(data)  # the caller's dict stays as given
+        models = data.get("models")
+        for spec in models.values() if isinstance(models, dict) else ():
+            variants = spec.get("variants") if isinstance(spec, dict) else None
+            for variant in variants.values() if isinstance(variants, dict) else ():
+                if isinstance(variant, dict):
+                    variant.setdefault("triton_model", spec.get("name"))
+        return data
 
     @property
     def name(self) -> str:
@@ -124,6 +153,24 @@ class Manifest(BaseModel):
             )
         return variants[precision]
 
+    def triton_model(self, modality: Modality, precision: Precision) -> tuple[str, int]:
+        """The Triton model name and version serving ``precision`` of ``modality``.
+
+        Raises ModelError when it is not exported, or when a per-item precision (INT8) is a version of the
+        tower's batched model (a format-1 export): the server's dynamic batcher would put other callers' items
+        into its calls, and the vector would depend on them.
+        """
+        variant = self.variant(modality, precision)
+        shared = self.models[modality].name
+        if precision in PER_ITEM and variant.triton_model == shared:
+            raise ModelError(
+                f"the model repository (manifest format {self.format_version}) serves {precision} as version "
+                f"{variant.triton_version} of the batched Triton model {shared!r}, where the server batches "
+                f"callers' items together and a {precision} vector depends on its batch-mates; re-export it "
+                f"(`python -m pipeline export`), which gives {precision} a Triton model of its own"
+            )
+        return variant.triton_model, variant.triton_version
+
     def save(self, repository: Path) -> None:
         (repository / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
 
@@ -134,12 +181,18 @@ def load_manifest(repository: Path) -> Manifest:
     if not path.is_file():
         raise ModelError(f"{path} not found: export a model first (`python -m pipeline export --model SRC`)")
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        # The format first: another format's fields need not validate here, and "re-export" is the useful answer.
+        found = data.get("format_version") if isinstance(data, dict) else None
+        if found not in READABLE_FORMATS:
+            raise ModelError(
+                f"{path} has manifest format {found}; this code reads formats "
+                f"{', '.join(map(str, READABLE_FORMATS))}: re-export the model with this version "
+                "(`python -m pipeline export`) or run the version of the code that wrote it"
+            )
+        return Manifest.model_validate(data)
     except (json.JSONDecodeError, ValidationError) as exc:
         raise ModelError(f"{path} is not a valid manifest: {exc}") from exc
-    if manifest.format_version != FORMAT_VERSION:
-        raise ModelError(f"{path} has format {manifest.format_version}; this code reads {FORMAT_VERSION}")
-    return manifest
 
 
 def verify_model_file(repository: Path, variant: VariantSpec) -> Path:

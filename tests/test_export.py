@@ -107,19 +107,30 @@ def test_manifest_and_layout(model_repository, tiny_checkpoint):
     assert [t.name for t in manifest.models[Modality.TEXT].inputs] == ["input_ids", "attention_mask"]
     assert [t.name for t in manifest.models[Modality.IMAGE].outputs] == ["image_embeds"]
     assert manifest.text.max_length == 77 and manifest.image.size == 224
-    for model in ("clip_text", "clip_visual"):
+    # FP32 and FP16 are versions 1 and 2 of the tower's batched model; INT8 is version 1 of a model of its own.
+    layout = {"clip_text": (1, 2), "clip_visual": (1, 2), "clip_text_int8": (1,), "clip_visual_int8": (1,)}
+    for model, versions in layout.items():
         prod = (model_repository / model / "config.pbtxt").read_text()
         cpu = (model_repository / model / "configs" / "cpu_test.pbtxt").read_text()
-        assert 'backend: "onnxruntime"' in prod and "KIND_GPU" in prod and "dynamic_batching" in prod
+        assert 'backend: "onnxruntime"' in prod and "KIND_GPU" in prod
         assert 'backend: "python"' in cpu and "KIND_CPU" in cpu
+        assert f"versions: [ {', '.join(map(str, versions))} ]" in prod
         # Same tensors in both: everything after the backend/instance lines must agree.
         tensors = [
             [line for line in text.splitlines() if "name:" in line and "data_type" in line] for text in (prod, cpu)
         ]
         assert tensors[0] == tensors[1] and len(tensors[0]) >= 2
-        for version in (1, 2, 3):
+        for version in versions:
             assert (model_repository / model / str(version) / "model.onnx").is_file()
             assert "TritonPythonModel" in (model_repository / model / str(version) / "model.py").read_text()
+        assert sorted(p.name for p in (model_repository / model).iterdir() if p.name.isdigit()) == list(
+            map(str, versions)
+        )
+    for modality, model in ((Modality.TEXT, "clip_text"), (Modality.IMAGE, "clip_visual")):
+        assert manifest.triton_model(modality, Precision.FP32) == (model, 1)
+        assert manifest.triton_model(modality, Precision.FP16) == (model, 2)
+        assert manifest.triton_model(modality, Precision.INT8) == (f"{model}_int8", 1)
+        assert manifest.variant(modality, Precision.INT8).file == f"{model}_int8/1/model.onnx"
     assert (model_repository / "tokenizer.json").is_file()
     # Sizes: FP16 about half of FP32, INT8 smaller still.
     sizes = {p: manifest.variant(Modality.IMAGE, p).size_bytes for p in Precision}
@@ -140,8 +151,8 @@ def test_rerun_is_up_to_date_and_precision_subset(tiny_checkpoint, model_reposit
     assert manifest.precisions() == {Precision.INT8}
     # Same model, same fingerprint, whatever precisions were asked for.
     assert manifest.fingerprint == load_manifest(model_repository).fingerprint
-    assert not (only / "clip_text" / "1").exists()
-    assert "versions: [ 3 ]" in (only / "clip_text" / "config.pbtxt").read_text()
+    assert not (only / "clip_text").exists() and not (only / "clip_visual").exists()
+    assert "versions: [ 1 ]" in (only / "clip_text_int8" / "config.pbtxt").read_text()
 
 
 def test_not_clip_folder_is_refused_and_leaves_nothing(tmp_path):
@@ -312,11 +323,11 @@ def test_damaged_model_file_is_refused_by_name_and_rebuilt_by_export(tiny_checkp
     assert "clip_visual/1/model.onnx" in proc.stderr and "re-export" in proc.stderr
 
     # Same size, one byte changed: only the sha256 can tell.
-    altered = repo / "clip_text" / "3" / "model.onnx"
+    altered = repo / "clip_text_int8" / "1" / "model.onnx"
     data = bytearray(altered.read_bytes())
     data[len(data) // 2] ^= 0xFF
     altered.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match=r"clip_text/3/model\.onnx: sha256 .* differs from the manifest"):
+    with pytest.raises(ModelError, match=r"clip_text_int8/1/model\.onnx: sha256 .* differs from the manifest"):
         OnnxEncoder.load(repo, precision=Precision.INT8)
 
     # A re-export does not keep either damaged file as "up to date": both are rebuilt, the rest kept.
@@ -325,3 +336,123 @@ def test_damaged_model_file_is_refused_by_name_and_rebuilt_by_export(tiny_checkp
     assert "image fp32: building" in proc.stderr and "text fp32: up to date, kept" in proc.stderr
     for precision in (Precision.FP32, Precision.INT8):
         OnnxEncoder.load(repo, precision=precision)
+
+
+# --- INT8 is a Triton model of its own, never batched across callers -----------------------------------------
+
+
+@pytest.mark.parametrize("production", [True, False])
+def test_int8_config_has_no_dynamic_batching_and_fp_configs_keep_it(model_repository, production):
+    from pipeline.export.triton_config import render_config
+
+    manifest = load_manifest(model_repository)
+    for modality, spec in manifest.models.items():
+        batched = render_config(
+            spec.name,
+            spec,
+            [spec.variants[Precision.FP32], spec.variants[Precision.FP16]],
+            production=production,
+            max_batch_size=64,
+        )
+        int8_name = manifest.triton_model(modality, Precision.INT8)[0]
+        alone = render_config(
+            int8_name, spec, [spec.variants[Precision.INT8]], production=production, max_batch_size=64
+        )
+        assert "dynamic_batching {" in batched and "max_batch_size: 64" in batched
+        assert "versions: [ 1, 2 ]" in batched
+        assert "dynamic_batching" not in alone and "max_batch_size: 1\n" in alone
+        assert f'name: "{int8_name}"' in alone and "versions: [ 1 ]" in alone
+        # The files export wrote say the same.
+        for model, text in ((spec.name, batched), (int8_name, alone)):
+            path = model_repository / model / ("config.pbtxt" if production else "configs/cpu_test.pbtxt")
+            assert path.read_text() == text
+    # The INT8 ensembles call the INT8 models, at their batch size; the others the batched models.
+    strings = (model_repository / "clip_text_strings_int8" / "config.pbtxt").read_text()
+    assert 'model_name: "clip_text_int8" model_version: 1' in strings and "max_batch_size: 1\n" in strings
+    image = (model_repository / "clip_visual_bytes_int8" / "config.pbtxt").read_text()
+    assert 'model_name: "clip_visual_int8" model_version: 1' in image
+    fp16 = (model_repository / "clip_text_strings_fp16" / "config.pbtxt").read_text()
+    assert 'model_name: "clip_text" model_version: 2' in fp16 and "max_batch_size: 64\n" in fp16
+
+
+def _as_format_1(repo):
+    """Rewrite an exported repository the way format 1 laid it out: INT8 as version 3 of the tower's model."""
+    manifest = json.loads((repo / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    manifest["exporter"]["format"] = "1"
+    for spec in manifest["models"].values():
+        for variant in spec["variants"].values():
+            variant.pop("triton_model")
+        int8 = spec["variants"]["int8"]
+        old = repo / spec["name"] / "3"
+        old.mkdir()
+        shutil.move(repo / int8["file"], old / "model.onnx")
+        shutil.rmtree(repo / f"{spec['name']}_int8")
+        int8.update(file=f"{spec['name']}/3/model.onnx", triton_version=3)
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+
+
+async def test_format_1_manifest_is_read_and_int8_on_triton_asks_for_a_re_export(
+    tiny_checkpoint, model_repository, tmp_path
+):
+    from pipeline.config import Settings
+    from pipeline.encoders.onnx import OnnxEncoder
+    from pipeline.encoders.triton import TritonEncoder
+    from pipeline.errors import ModelError
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    _as_format_1(repo)
+    manifest = load_manifest(repo)
+    assert manifest.format_version == 1
+    # In-process needs only the files, wherever the manifest says they are.
+    encoder = OnnxEncoder.load(repo, precision=Precision.INT8)
+    assert (await encoder.encode_texts(["red mug"])).shape == (1, 32)
+    await encoder.aclose()
+    # FP32/FP16 on Triton are where format 1 put them; INT8 there would be batched with other callers: refused.
+    assert manifest.triton_model(Modality.TEXT, Precision.FP32) == ("clip_text", 1)
+    with pytest.raises(ModelError, match=r"version 3 of the batched Triton model 'clip_text'.*re-export"):
+        manifest.triton_model(Modality.TEXT, Precision.INT8)
+    settings = Settings(encoder={"model_repository": repo}, triton={"url": "127.0.0.1:1"})
+    with pytest.raises(ModelError, match="re-export"):
+        await TritonEncoder.connect(settings, Precision.INT8)
+
+    # A re-export moves INT8 to its own models and leaves nothing of the old version 3 behind.
+    proc = run_cli("export", "--model", str(tiny_checkpoint), "--out", str(repo))
+    assert "text int8: building" in proc.stderr
+    manifest = load_manifest(repo)
+    assert manifest.format_version == 2
+    assert manifest.triton_model(Modality.IMAGE, Precision.INT8) == ("clip_visual_int8", 1)
+    for tower in ("clip_text", "clip_visual"):
+        assert not (repo / tower / "3").exists() and "versions: [ 1, 2 ]" in (repo / tower / "config.pbtxt").read_text()
+        assert (repo / f"{tower}_int8" / "1" / "model.onnx").is_file()
+    assert _snapshot(repo)[0] == manifest.fingerprint
+
+
+def test_manifest_of_an_unknown_format_is_refused_with_re_export(model_repository, tmp_path):
+    from pipeline.errors import ModelError
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    manifest = json.loads((model_repository / "manifest.json").read_text())
+    manifest["format_version"] = 3
+    manifest["models"] = "changed beyond recognition"
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"manifest format 3; this code reads formats 1, 2: re-export"):
+        load_manifest(repo)
+
+
+def test_dropping_int8_drops_its_models(tiny_checkpoint, model_repository, tmp_path):
+    """An export that no longer has INT8 (another source, FP32 only) removes the INT8 models whole: a model
+    folder left without its version would fail the server's start-up."""
+    from pipeline.export.repository import export_repository
+    from pipeline.export.tiny import build_tiny_clip
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    other = build_tiny_clip(tmp_path / "other-clip", seed=2)
+    export_repository(str(other), repo, [Precision.FP32])
+    assert load_manifest(repo).precisions() == {Precision.FP32}
+    for gone in ("clip_text_int8", "clip_visual_int8", "clip_text_strings_int8", "clip_visual_bytes_int8"):
+        assert not (repo / gone).exists(), gone
+    assert (repo / "clip_text" / "1" / "model.onnx").is_file() and not (repo / "clip_text" / "2").exists()

@@ -17,6 +17,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.encoders.onnx import OnnxEncoder
 from pipeline.errors import EncoderUnavailable, InvalidInput, ModelMismatch
+from pipeline.manifest import load_manifest
 from pipeline.triton.server import LocalTriton, unsupported_reason
 from pipeline.types import Precision
 from tests.catalogs import draw
@@ -94,6 +95,10 @@ def _metric(text: str, name: str, model: str) -> float:
     return float(sum(float(m) for m in re.findall(pattern, text, flags=re.M)))
 
 
+def _delta(before: str, after: str, name: str, model: str) -> float:
+    return _metric(after, name, model) - _metric(before, name, model)
+
+
 @needs_triton
 async def test_64_concurrent_requests_are_batched_and_correct(triton, model_repository):
     before = await asyncio.to_thread(_get, triton.metrics_url)
@@ -144,7 +149,7 @@ async def test_wrong_model_or_dims_refused_at_start_up(triton, model_repository,
     with pytest.raises(ModelMismatch, match=r"'clip_visual'.*differs from the manifest"):
         await _triton_encoder(repo, triton.grpc_url)
     manifest["models"]["image"]["outputs"][0]["shape"] = [-1, 32]
-    manifest["models"]["image"]["name"] = "clip_vision_wrong"
+    manifest["models"]["image"]["variants"]["fp32"]["triton_model"] = "clip_vision_wrong"
     (repo / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelMismatch, match="does not serve model 'clip_vision_wrong'"):
         await _triton_encoder(repo, triton.grpc_url)
@@ -198,27 +203,66 @@ WORDS = ["red", "mug", "striped", "cotton", "blue", "poster", "vase", "green", "
 @needs_triton
 @pytest.mark.parametrize("send", ["tensors", "bytes"])
 async def test_int8_vectors_do_not_depend_on_batch_mates(triton, model_repository, send):
-    """Dynamic INT8 scales activations per model call: an item embedded alone and inside a batch of 32 (texts of
-    many lengths, so padding too) must give the same vector, and the same as in-process INT8."""
+    """Dynamic INT8 scales activations per model call: an item embedded alone, inside a batch of 32 (texts of
+    many lengths, so padding too), and among 32 concurrent callers must give the same vector, and the same as
+    in-process INT8. The INT8 models (their own, not versions of the batched ones) run every item alone: as many
+    executions as items, where the server would otherwise merge concurrent requests."""
     texts = [" ".join(WORDS[: 1 + i % len(WORDS)]) + f" {i}" for i in range(32)]
     images = [encode(noise_image(64 + 8 * i, 64, seed=i), "PNG") for i in range(32)]
+    before = await asyncio.to_thread(_get, triton.metrics_url)
     encoder = await _triton_encoder(model_repository, triton.grpc_url, Precision.INT8, send=send)
     local = OnnxEncoder.load(model_repository, precision=Precision.INT8)
     try:
         alone_texts = np.concatenate([await encoder.encode_texts([t]) for t in texts])
         alone_images = np.concatenate([await encoder.encode_images([i]) for i in images])
         batch_texts, batch_images = await encoder.encode_texts(texts), await encoder.encode_images(images)
-        # and while other callers' requests share the server's batches
+        # and while other callers' requests reach the server at the same time: 32 callers of one item each
+        callers_texts = await asyncio.gather(*(encoder.encode_texts([t]) for t in texts))
+        callers_images = await asyncio.gather(*(encoder.encode_images([i]) for i in images))
         crowd = await asyncio.gather(encoder.encode_texts(texts[::-1]), encoder.encode_texts(texts))
         local_texts = np.concatenate([await local.encode_texts([t]) for t in texts])
     finally:
         await encoder.aclose()
         await local.aclose()
+    after = await asyncio.to_thread(_get, triton.metrics_url)
     np.testing.assert_allclose(batch_texts, alone_texts, atol=1e-6, rtol=0)
     np.testing.assert_allclose(batch_images, alone_images, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.concatenate(callers_texts), alone_texts, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.concatenate(callers_images), alone_images, atol=1e-6, rtol=0)
     np.testing.assert_allclose(crowd[0][::-1], alone_texts, atol=1e-6, rtol=0)
     np.testing.assert_allclose(crowd[1], alone_texts, atol=1e-6, rtol=0)
     np.testing.assert_allclose(alone_texts, local_texts, atol=1e-5, rtol=0)
+    for model, items in (("clip_text_int8", 5 * 32), ("clip_visual_int8", 3 * 32)):
+        count, execs = (_delta(before, after, m, model) for m in ("nv_inference_count", "nv_inference_exec_count"))
+        assert count == items and execs == count, (model, count, execs)
+    for model in ("clip_text", "clip_visual"):  # the batched models were not used for INT8
+        assert _delta(before, after, "nv_inference_count", model) == 0, model
+
+
+@needs_triton
+async def test_int8_models_refuse_a_multi_item_request(triton, model_repository):
+    """The server itself holds INT8 to one item per call (max_batch_size 1), whatever a client sends."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url=triton.grpc_url)
+    try:
+        config = (await client.get_model_config("clip_text_int8", "1", as_json=True))["config"]
+        assert int(config["max_batch_size"]) == 1 and "dynamic_batching" not in config
+        assert "dynamic_batching" in (await client.get_model_config("clip_text", "1", as_json=True))["config"]
+        spec = load_manifest(model_repository).text
+        ids = np.array([[spec.bos_token_id, t, spec.eos_token_id] for t in (5, 6)], dtype=np.int64)
+        tensors = []
+        for name in ("input_ids", "attention_mask"):
+            tensor = grpcclient.InferInput(name, list(ids.shape), "INT64")
+            tensor.set_data_from_numpy(ids if name == "input_ids" else np.ones_like(ids))
+            tensors.append(tensor)
+        with pytest.raises(InferenceServerException, match="batch"):
+            await client.infer("clip_text_int8", tensors, model_version="1")
+        result = await client.infer("clip_text", tensors, model_version="1")
+        assert result.as_numpy("text_embeds").shape == (2, 32)
+    finally:
+        await client.close()
 
 
 @needs_triton

@@ -28,6 +28,7 @@ class FakeTriton:
         self.manifest, self.errors = manifest, list(errors)
         self.fingerprint = fingerprint or manifest.fingerprint
         self.infers = self.checks = 0
+        self.calls: list[tuple[str, str, int]] = []  # (model, version, rows) per infer
 
     async def is_server_ready(self, client_timeout: float) -> bool:
         self.checks += 1
@@ -37,7 +38,9 @@ class FakeTriton:
         return True
 
     async def get_model_metadata(self, name: str, version: str, as_json: bool, client_timeout: float) -> dict:
-        spec = next(s for s in self.manifest.models.values() if s.name == name)
+        spec = next(
+            s for s in self.manifest.models.values() if any(v.triton_model == name for v in s.variants.values())
+        )
 
         def tensors(ts: Any) -> list[dict]:
             return [{"name": t.name, "datatype": _TYPES[t.dtype], "shape": [str(d) for d in t.shape]} for t in ts]
@@ -47,12 +50,13 @@ class FakeTriton:
     async def get_model_config(self, name: str, version: str = "", **_: Any) -> dict:
         return {"config": {"max_batch_size": 8, "parameters": {"fingerprint": {"string_value": self.fingerprint}}}}
 
-    async def infer(self, model: str, inputs: list[Any], **_: Any) -> Any:
+    async def infer(self, model: str, inputs: list[Any], model_version: str = "", **_: Any) -> Any:
         self.infers += 1
         if self.errors:
             status, message = self.errors.pop(0)
             raise InferenceServerException(message, status=status)
         rows, dim = inputs[0].shape()[0], self.manifest.dim
+        self.calls.append((model, model_version, rows))
 
         class Result:
             def as_numpy(self, output: str) -> np.ndarray:
@@ -64,13 +68,24 @@ class FakeTriton:
         pass
 
 
-def _encoder(model_repository: Any, fake_errors: list, fallback: bool = False, **fake: Any) -> TritonEncoder:
-    settings = Settings(
+def _settings(model_repository: Any, fallback: bool = False, send: str = "tensors") -> Settings:
+    return Settings(
         encoder={"model_repository": model_repository},
-        triton={"url": "fake:8001", "send": "tensors", "fallback": fallback, "fallback_cooldown_s": 0, "backoff_s": 0},
+        triton={"url": "fake:8001", "send": send, "fallback": fallback, "fallback_cooldown_s": 0, "backoff_s": 0},
     )
+
+
+def _encoder(
+    model_repository: Any,
+    fake_errors: list,
+    fallback: bool = False,
+    precision: Precision = Precision.FP32,
+    send: str = "tensors",
+    **fake: Any,
+) -> TritonEncoder:
+    settings = _settings(model_repository, fallback, send)
     manifest = load_manifest(model_repository)
-    return TritonEncoder(FakeTriton(manifest, fake_errors, **fake), manifest, Precision.FP32, settings, {})
+    return TritonEncoder(FakeTriton(manifest, fake_errors, **fake), manifest, precision, settings, {})
 
 
 @pytest.mark.parametrize(
@@ -168,3 +183,55 @@ def test_error_classes_travel_as_503_and_422():
     internal = request_error(InferenceServerException("boom", status="StatusCode.INTERNAL"), "t:8001", "m")
     invalid = request_error(InferenceServerException("bad", status="StatusCode.INVALID_ARGUMENT"), "t:8001", "m")
     assert wire_code(internal) == ("encoder_unavailable", 503) and wire_code(invalid) == ("invalid_input", 422)
+
+
+async def test_channel_reconnects_within_seconds_and_keeps_tritonclients_defaults(model_repository, monkeypatch):
+    """gRPC's default reconnect backoff grows to 120 s: after Triton comes back, requests would stay on the
+    fallback that long. The client caps it; passing channel_args replaces tritonclient's own defaults, so those
+    (message size, keepalive) are passed too."""
+    import types
+
+    import tritonclient.grpc.aio as real
+
+    from pipeline.encoders import triton as module
+
+    made: list[dict[str, Any]] = []
+
+    def client(**kwargs: Any) -> FakeTriton:
+        made.append(kwargs)
+        return FakeTriton(load_manifest(model_repository), [])
+
+    fake_module = types.SimpleNamespace(
+        InferenceServerClient=client,
+        KeepAliveOptions=real.KeepAliveOptions,
+        MAX_GRPC_MESSAGE_SIZE=real.MAX_GRPC_MESSAGE_SIZE,
+    )
+    monkeypatch.setattr(module, "_grpc", lambda: fake_module)
+    encoder = await TritonEncoder.connect(_settings(model_repository), Precision.FP32)
+    await encoder.aclose()
+    assert len(made) == 1 and made[0]["url"] == "fake:8001"
+    options = dict(made[0]["channel_args"])
+    assert options["grpc.max_reconnect_backoff_ms"] == 5000
+    assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 2**31 - 1
+    assert options["grpc.keepalive_timeout_ms"] == real.KeepAliveOptions().keepalive_timeout_ms
+    # The real client accepts them.
+    channel = real.InferenceServerClient(url="127.0.0.1:1", channel_args=module.channel_args(real))
+    await channel.close()
+
+
+@pytest.mark.parametrize("send", ["tensors", "bytes"])
+async def test_int8_goes_to_its_own_model_one_item_per_request(model_repository, send):
+    calls = {}
+    for precision in (Precision.INT8, Precision.FP32):
+        encoder = _encoder(model_repository, [], precision=precision, send=send)
+        try:
+            await encoder.encode_texts(["a", "b", "c"])
+            calls[precision] = encoder._client.calls
+        finally:
+            await encoder.aclose()
+    if send == "tensors":
+        assert calls[Precision.INT8] == [("clip_text_int8", "1", 1)] * 3
+        assert calls[Precision.FP32] == [("clip_text", "1", 3)]  # FP32 stays batched
+    else:  # the ensembles, which call the INT8 models (see test_export)
+        assert calls[Precision.INT8] == [("clip_text_strings_int8", "", 1)] * 3
+        assert calls[Precision.FP32] == [("clip_text_strings_fp32", "", 3)]

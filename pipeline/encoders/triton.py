@@ -11,8 +11,14 @@ RESOURCE_EXHAUSTED, NOT_FOUND for a model not loaded, ...) and EncoderUnavailabl
 ``fallback`` set, requests are answered in-process meanwhile (logged once per switch). UNAVAILABLE is retried
 with backoff first.
 
-INT8 items go one per request (concurrently): dynamic quantisation scales activations over a whole model call,
-so a vector must not share a call with other items.
+Each precision is served by the Triton model and version the manifest records (``Manifest.triton_model``).
+INT8 has a model of its own with no dynamic batching (batching is configured per model, so as a version of the
+batched model the server would merge concurrent callers' items into one call), and its items go one per request
+(concurrently): dynamic quantisation scales activations over a whole model call, so a vector must not share a
+call with other items. A format-1 repository (INT8 a version of the batched model) is refused for INT8.
+
+The gRPC channel retries a lost connection with at most ``_MAX_RECONNECT_BACKOFF_MS`` between attempts (gRPC's
+default grows to 120 s), so a restarted server is used again within seconds of coming back, not minutes.
 """
 
 from __future__ import annotations
@@ -35,7 +41,15 @@ from pipeline.export.triton_extras import (
     image_ensemble,
     text_ensemble,
 )
-from pipeline.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT, Manifest, load_manifest
+from pipeline.manifest import (
+    IMAGE_INPUT,
+    IMAGE_OUTPUT,
+    PER_ITEM,
+    TEXT_INPUTS,
+    TEXT_OUTPUT,
+    Manifest,
+    load_manifest,
+)
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 from pipeline.types import Modality, Precision
 
@@ -50,12 +64,30 @@ _NO_MODEL = {"StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT"}
 _ITEM = re.compile(r"\b(image|text) (\d+):")
 # INT8 requests in flight at once for one call (each carries one item).
 _INT8_CONCURRENCY = 64
+# The longest wait between the channel's reconnection attempts (gRPC's default backoff grows to 120 s, which
+# would keep requests on the fallback that long after the server is back).
+_MAX_RECONNECT_BACKOFF_MS = 5000
 
 
 def _grpc() -> Any:
     import tritonclient.grpc.aio as grpcclient
 
     return grpcclient
+
+
+def channel_args(grpcclient: Any) -> list[tuple[str, Any]]:
+    """The gRPC channel options: tritonclient's own defaults (message size, keepalive), which passing any
+    ``channel_args`` replaces, plus a short reconnect backoff."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+    ]
 
 
 def _expected(manifest: Manifest, modality: Modality) -> dict[str, list[tuple[str, str, list[int]]]]:
@@ -106,6 +138,12 @@ class TritonEncoder:
         self._cfg = settings.triton
         self._limits = settings.limits
         self._max_batch = max_batch
+        # The Triton model and version serving each tower at this precision (ModelError for INT8 from a format-1
+        # repository, where INT8 is a version of the batched model).
+        self._models: dict[Modality, tuple[str, str]] = {}
+        for modality in Modality:
+            name, version = manifest.triton_model(modality, precision)
+            self._models[modality] = (name, str(version))
         self._tokenizer = TextTokenizer(settings.encoder.model_repository / manifest.text.tokenizer_file, manifest.text)
         self._info = EncoderInfo.of(manifest, precision, "triton")
         self._fallback: Encoder | None = None
@@ -123,7 +161,8 @@ class TritonEncoder:
 
         Raises EncoderUnavailable when the server cannot be reached (unless fallback is on: then the check runs
         before Triton is first used), ModelMismatch when a model's tensors or the repository's fingerprint
-        differ, ModelError when the manifest or the precision is missing.
+        differ, ModelError when the manifest or the precision is missing, or when the repository serves INT8 as a
+        version of the batched model (exported in format 1: re-export).
         """
         manifest = load_manifest(settings.encoder.model_repository)
         have = manifest.precisions()
@@ -133,9 +172,10 @@ class TritonEncoder:
             or (Precision.FP16 if Precision.FP16 in have else next(iter(sorted(have))))
         )
         for modality in Modality:
-            manifest.variant(modality, precision)  # raises ModelError when not exported
+            manifest.triton_model(modality, precision)  # raises ModelError when not exported or not servable here
         manifest.check_servable(precision, settings.encoder.force_precision)
-        client = _grpc().InferenceServerClient(url=settings.triton.url)
+        grpcclient = _grpc()
+        client = grpcclient.InferenceServerClient(url=settings.triton.url, channel_args=channel_args(grpcclient))
         encoder = cls(client, manifest, precision, settings, {})
         try:
             await encoder._ensure_checked()
@@ -165,13 +205,12 @@ class TritonEncoder:
         from tritonclient.utils import InferenceServerException
 
         timeout = self._cfg.timeout_s
-        version = str(self.precision.triton_version)
         max_batch: dict[str, int] = {}
         try:
             if not await self._client.is_server_ready(client_timeout=timeout):
                 raise EncoderUnavailable(f"Triton at {self._cfg.url} is not ready")
             for modality in Modality:
-                name = self.manifest.models[modality].name
+                name, version = self._models[modality]
                 try:
                     meta = await self._client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
                 except InferenceServerException as exc:
@@ -287,7 +326,7 @@ class TritonEncoder:
     async def _chunked(self, model: str, version: str, items: list[Any], build: Any, output: str) -> np.ndarray:
         """Send ``items`` in requests of the model's max batch (INT8: one item each), concurrently; the first
         failure in input order is raised, with item numbers counted over ``items``."""
-        per_item = self.precision is Precision.INT8
+        per_item = self.precision in PER_ITEM
         size = 1 if per_item else self._max_batch.get(model, 1)
         in_flight = asyncio.Semaphore(_INT8_CONCURRENCY if per_item else max(1, len(items)))
 
@@ -348,8 +387,8 @@ class TritonEncoder:
             batch = self._tokenizer(chunk)
             return [(TEXT_INPUTS[0], batch.input_ids, "INT64"), (TEXT_INPUTS[1], batch.attention_mask, "INT64")]
 
-        name = self.manifest.models[Modality.TEXT].name
-        return await self._chunked(name, str(self.precision.triton_version), texts, build_ids, TEXT_OUTPUT)
+        name, version = self._models[Modality.TEXT]
+        return await self._chunked(name, version, texts, build_ids, TEXT_OUTPUT)
 
     async def _images(self, images: list[bytes]) -> np.ndarray:
         if self._cfg.send == "bytes":
@@ -375,8 +414,8 @@ class TritonEncoder:
         def build_pixels(chunk: list[np.ndarray]) -> list[tuple[str, np.ndarray, str]]:
             return [(IMAGE_INPUT, np.stack(chunk), "FP32")]
 
-        name = self.manifest.models[Modality.IMAGE].name
-        return await self._chunked(name, str(self.precision.triton_version), tensors, build_pixels, IMAGE_OUTPUT)
+        name, version = self._models[Modality.IMAGE]
+        return await self._chunked(name, version, tensors, build_pixels, IMAGE_OUTPUT)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -3,8 +3,12 @@
 Layout written under ``out``::
 
     manifest.json  tokenizer.json
-    clip_text/   config.pbtxt  configs/cpu_test.pbtxt  1/model.onnx (fp32)  2/… (fp16)  3/… (int8)  */model.py
-    clip_visual/ the same for the vision tower
+    clip_text/        config.pbtxt  configs/cpu_test.pbtxt  1/model.onnx (fp32)  2/… (fp16)  */model.py
+    clip_text_int8/   config.pbtxt  configs/cpu_test.pbtxt  1/model.onnx (int8)  1/model.py
+    clip_visual/  clip_visual_int8/   the same for the vision tower
+
+INT8 is a Triton model of its own, without dynamic batching (``pipeline.export.triton_config``); the manifest
+records each variant's Triton model and version, which the client and the ensembles follow.
 
 The whole new repository is built in a staging folder beside ``out`` (new files written there, the files of
 ``out`` it keeps linked in) and swapped with ``out`` in one rename, so a reader sees the old repository or the
@@ -38,6 +42,7 @@ from pipeline.manifest import (
     IMAGE_MODEL,
     IMAGE_OUTPUT,
     MANIFEST_FILE,
+    PER_ITEM,
     TEXT_INPUTS,
     TEXT_MODEL,
     TEXT_OUTPUT,
@@ -133,8 +138,19 @@ def exporter_versions() -> dict[str, str]:
     return {"format": str(FORMAT_VERSION), **versions}
 
 
+def triton_placement(modality: Modality, precision: Precision) -> tuple[str, int]:
+    """The Triton model and version export gives ``precision`` of ``modality``: FP32/FP16 are versions 1/2 of
+    the tower's batched model; a per-item precision (INT8) is version 1 of a model of its own, ``<tower>_int8``,
+    because Triton's dynamic batching is set per model, not per version."""
+    tower = _MODEL_NAMES[modality]
+    if precision in PER_ITEM:
+        return f"{tower}_{precision}", 1
+    return tower, precision.triton_version
+
+
 def _rel(modality: Modality, precision: Precision) -> str:
-    return f"{_MODEL_NAMES[modality]}/{precision.triton_version}/model.onnx"
+    model, version = triton_placement(modality, precision)
+    return f"{model}/{version}/model.onnx"
 
 
 def _tensor_specs(dim: int, image_size: int) -> dict[Modality, tuple[list[TensorSpec], list[TensorSpec]]]:
@@ -307,7 +323,8 @@ def _build(
                 file=_rel(modality, precision),
                 sha256=sha256_file(dst),
                 size_bytes=dst.stat().st_size,
-                triton_version=precision.triton_version,
+                triton_model=triton_placement(modality, precision)[0],
+                triton_version=triton_placement(modality, precision)[1],
             )
         models[modality] = ModelSpec(name=_MODEL_NAMES[modality], inputs=inputs, outputs=outputs, variants=variants)
     tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
@@ -367,20 +384,24 @@ def _gate(
 
 
 def write_configs(root: Path, manifest: Manifest, max_batch_size: int) -> None:
-    """Everything derived from the manifest: config.pbtxt + cpu_test twin, python shims, preprocessing ensembles."""
+    """Everything derived from the manifest: per Triton model a config.pbtxt + cpu_test twin and python shims;
+    the preprocessing models and ensembles."""
     from pipeline.export.triton_config import render_config
 
     for spec in manifest.models.values():
-        model_dir = root / spec.name
-        (model_dir / "configs").mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.pbtxt").write_text(render_config(spec, production=True, max_batch_size=max_batch_size))
-        (model_dir / "configs" / "cpu_test.pbtxt").write_text(
-            render_config(spec, production=False, max_batch_size=max_batch_size)
-        )
+        served: dict[str, list[VariantSpec]] = {}
         for variant in spec.variants.values():
-            shim = model_dir / str(variant.triton_version) / "model.py"
-            shim.parent.mkdir(parents=True, exist_ok=True)
-            shim.write_text(_SHIM)
+            served.setdefault(variant.triton_model, []).append(variant)
+        for name, variants in served.items():
+            model_dir = root / name
+            (model_dir / "configs").mkdir(parents=True, exist_ok=True)
+            for production, path in ((True, "config.pbtxt"), (False, "configs/cpu_test.pbtxt")):
+                config = render_config(name, spec, variants, production=production, max_batch_size=max_batch_size)
+                (model_dir / path).write_text(config)
+            for variant in variants:
+                shim = model_dir / str(variant.triton_version) / "model.py"
+                shim.parent.mkdir(parents=True, exist_ok=True)
+                shim.write_text(_SHIM)
     write_extras(root, manifest, max_batch_size)
 
 
@@ -405,12 +426,14 @@ def _same_content(staging: Path, out: Path) -> bool:
 
 def _dropped(manifest: Manifest, existing: Manifest | None) -> set[Path]:
     """Paths in the old repository (relative) that the new one must not carry: the version folders of variants
-    no longer exported and the ensembles of precisions no longer exported."""
+    no longer exported (the whole model folder when the new repository has no variant in that Triton model, as
+    for a format-1 INT8 version moving to its own model) and the ensembles of precisions no longer exported."""
     if existing is None:
         return set()
-    keep = {v.file for spec in manifest.models.values() for v in spec.variants.values()}
+    new = [v for spec in manifest.models.values() for v in spec.variants.values()]
+    keep, models = {v.file for v in new}, {v.triton_model for v in new}
     dropped = {
-        Path(variant.file).parent
+        Path(variant.file).parent if variant.triton_model in models else Path(variant.triton_model)
         for spec in existing.models.values()
         for variant in spec.variants.values()
         if variant.file not in keep

@@ -2,7 +2,9 @@
 
 ``preprocess_image`` and ``tokenize_text`` (python backend, CPU) feed the exported models through ensembles:
 ``clip_visual_bytes_<precision>`` takes encoded image files, ``clip_text_strings_<precision>`` takes UTF-8 text.
-A client then ships a JPEG's own bytes (tens of KB) instead of a 600 KB FP32 tensor.
+A client then ships a JPEG's own bytes (tens of KB) instead of a 600 KB FP32 tensor. Each ensemble calls the
+Triton model and version the manifest records for its precision (INT8: ``clip_*_int8``, unbatched, so the
+ensemble's ``max_batch_size`` is that model's 1).
 
 Each of these configs records the manifest's fingerprint as the parameter ``fingerprint``: the Triton client
 compares it with its own manifest before use, so a server whose repository holds another model (same tensors,
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.export.triton_config import model_max_batch_size
 from pipeline.manifest import IMAGE_MODEL, TEXT_MODEL, Manifest
 from pipeline.types import Modality, Precision
 
@@ -124,7 +127,10 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
         (staging / name / "config.pbtxt").write_text(config)
         (staging / name / "1" / "model.py").write_text(shim)
     for precision in manifest.precisions():
-        version = precision.triton_version
+        image_model, image_version = manifest.triton_model(Modality.IMAGE, precision)
+        text_model, text_version = manifest.triton_model(Modality.TEXT, precision)
+        variants = [manifest.variant(m, precision) for m in Modality]
+        batch = model_max_batch_size(variants, max_batch_size)  # not above its models' (Triton refuses that)
         for name, config in (
             (
                 image_ensemble(precision),
@@ -135,12 +141,12 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
                     "TYPE_STRING",
                     "image_embeds",
                     manifest.dim,
-                    max_batch_size,
+                    batch,
                     [
                         (IMAGE_PREPROCESS, -1, {"image_bytes": "image_bytes"}, {"pixel_values": "pixels"}),
                         (
-                            manifest.models[Modality.IMAGE].name,
-                            version,
+                            image_model,
+                            image_version,
                             {"pixel_values": "pixels"},
                             {"image_embeds": "image_embeds"},
                         ),
@@ -156,12 +162,12 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
                     "TYPE_STRING",
                     "text_embeds",
                     manifest.dim,
-                    max_batch_size,
+                    batch,
                     [
                         (TEXT_PREPROCESS, -1, {"text": "text"}, {"input_ids": "ids", "attention_mask": "mask"}),
                         (
-                            manifest.models[Modality.TEXT].name,
-                            version,
+                            text_model,
+                            text_version,
                             {"input_ids": "ids", "attention_mask": "mask"},
                             {"text_embeds": "text_embeds"},
                         ),

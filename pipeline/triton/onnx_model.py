@@ -4,9 +4,10 @@ Triton loads ``<model>/<version>/model.py``; export writes there a one-line shim
 server runs the project's own code from the venv. All requests of a dynamic batch run as one onnxruntime call:
 texts of different lengths are right-padded to the longest (CLIP's causal mask makes padding invisible).
 
-The INT8 version is the exception: dynamic quantisation scales activations over the whole input of a call
-(padding included), so a vector would depend on its batch-mates. There each item runs alone, unpadded, as the
-in-process encoder runs it; the scheduler still queues concurrent requests together.
+INT8 is the exception: dynamic quantisation scales activations over the whole input of a call (padding
+included), so a vector would depend on its batch-mates. Its model (``clip_*_int8``) has no dynamic batching and a
+max batch of 1, and should a call still hold several items (a format-1 repository, where INT8 is version 3 of the
+batched model), each runs alone, unpadded, as the in-process encoder runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.types import Precision
+from pipeline.manifest import PER_ITEM, Manifest
 
 
 class TritonPythonModel:
@@ -31,10 +32,17 @@ class TritonPythonModel:
         )
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
-        manifest = json.loads((model_dir.parent / "manifest.json").read_text())
+        manifest = Manifest.model_validate(json.loads((model_dir.parent / "manifest.json").read_text()))
         # Padding values per input: pad id for token ids, 0 for masks; images never need padding.
-        self.pad = {"input_ids": int(manifest["text"]["pad_token_id"]), "attention_mask": 0}
-        self.per_item = int(args["model_version"]) == Precision.INT8.triton_version
+        self.pad = {"input_ids": manifest.text.pad_token_id, "attention_mask": 0}
+        version = int(args["model_version"])
+        served = [
+            variant.precision
+            for spec in manifest.models.values()
+            for variant in spec.variants.values()
+            if variant.triton_model == config["name"] and variant.triton_version == version
+        ]
+        self.per_item = any(precision in PER_ITEM for precision in served)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
