@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 from pydantic import ValidationError
 
@@ -39,11 +39,17 @@ def is_url(ref: str) -> bool:
     return urlparse(ref).scheme in ("http", "https")
 
 
-def resolve_image(ref: str, base: Path) -> str:
-    """An image reference as stored: absolute path or http(s) URL. Raises InvalidInput for other schemes."""
+def resolve_image(ref: str, base: Path, base_url: str | None = None) -> str:
+    """An image reference as stored: absolute path or http(s) URL. Raises InvalidInput for other schemes.
+    In a catalog read from ``base_url`` every reference is a URL: relative ones are joined to it, and no
+    reference can name a file on this machine."""
     scheme = urlparse(ref).scheme
     if scheme in ("http", "https"):
         return ref
+    if base_url is not None:
+        if scheme:
+            raise InvalidInput(f"image {ref!r}: a catalog read from a URL names its images by http(s) URL")
+        return urljoin(base_url, ref)
     if scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise InvalidInput(f"image {ref!r}: only file paths and http(s) URLs are supported")
     path = Path(ref).expanduser()
@@ -151,9 +157,22 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | No
         raise InvalidInput(f"{path}: unknown catalog format {suffix or '(none)'}; use .jsonl, .json or .csv")
 
 
-def read_catalog(path: Path, strict: bool = False) -> Iterator[Row]:
+def count_rows(path: Path) -> int | None:
+    """How many rows a catalog file holds, cheaply (lines); None for a JSON array or an unreadable file."""
+    try:
+        with open(path, "rb") as fh:
+            lines = sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
+    if path.suffix.lower() == ".json" and is_json_array(path):
+        return None  # a JSON array: its lines are not its rows
+    return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
+
+
+def read_catalog(path: Path, strict: bool = False, base_url: str | None = None) -> Iterator[Row]:
     """Rows of a catalog file in order; invalid rows carry an error and no product. Raises InvalidInput
-    when the file itself cannot be read. ``strict`` refuses rows with fields the schema does not know."""
+    when the file itself cannot be read. ``strict`` refuses rows with fields the schema does not know;
+    ``base_url``: the file was downloaded from there (see :func:`resolve_image`)."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"{path}: no such catalog file")
@@ -166,7 +185,8 @@ def read_catalog(path: Path, strict: bool = False) -> Iterator[Row]:
                 continue
             try:
                 product = Product.model_validate(normalize(raw, strict))
-                product = product.model_copy(update={"images": [resolve_image(i, base) for i in product.images]})
+                images = [resolve_image(i, base, base_url) for i in product.images]
+                product = product.model_copy(update={"images": images})
             except ValidationError as exc:
                 yield Row(line_no, None, describe_errors(exc.errors(), whole="row", limit=3))
                 continue

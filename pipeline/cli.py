@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pipeline.catalog import is_json_array
+from pipeline.catalog import count_rows
 from pipeline.cli_common import (
     JsonOption,
     RepoOption,
@@ -28,17 +28,6 @@ from pipeline.errors import InvalidInput
 # --- the search pipeline ------------------------------------------------------------------------------------
 
 
-def _count_rows(path: Path) -> int | None:
-    try:
-        with open(path, "rb") as fh:
-            lines = sum(1 for line in fh if line.strip())
-    except OSError:
-        return None
-    if path.suffix.lower() == ".json" and is_json_array(path):
-        return None  # a JSON array: its lines are not its rows
-    return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
-
-
 @app.command()
 @guarded
 def ingest(
@@ -52,7 +41,7 @@ def ingest(
     settings = settings_for(model_repository)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
-        task = progress.add_task("ingest", total=_count_rows(catalog))
+        task = progress.add_task("ingest", total=count_rows(catalog))
 
         def advance(n: int) -> None:
             progress.advance(task, n)
@@ -217,6 +206,7 @@ def status(model_repository: RepoOption = None, as_json: JsonOption = False) -> 
 
 
 def main() -> None:
+    import pipeline.cli_jobs
     import pipeline.cli_models
     import pipeline.cli_service  # noqa: F401  (they register their commands)
 

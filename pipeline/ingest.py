@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import numpy as np
@@ -159,37 +160,53 @@ class IngestService:
             else:
                 setattr(report, outcome.status, getattr(report, outcome.status) + 1)
 
-    async def upsert(self, products: Sequence[Product], http: httpx.AsyncClient | None = None) -> list[Outcome]:
+    async def upsert(
+        self,
+        products: Sequence[Product],
+        http: httpx.AsyncClient | None = None,
+        job: str | None = None,
+        force: bool = False,
+    ) -> list[Outcome]:
         """Store and index products (distinct ids); one outcome per product, in order. A product whose
-        content and model are unchanged costs one state read; one whose images fail is rejected alone.
-        ``http`` fetches image URLs (default: the service's own client). Waits for a running re-index."""
+        content and model are unchanged costs one state read (``force`` embeds it anyway); one whose images
+        fail is rejected alone. ``http`` fetches image URLs (default: the service's own client). A ``job``
+        marks what it writes, so when it is resumed a product it already wrote counts as it did then.
+        Waits for a running re-index."""
         async with self.lock.shared(self.settings.write_wait_s):
-            return await self._upsert(products, http)
+            return await self._upsert(products, http, job, force)
 
-    async def _upsert(self, products: Sequence[Product], http: httpx.AsyncClient | None) -> list[Outcome]:
+    async def _upsert(
+        self, products: Sequence[Product], http: httpx.AsyncClient | None, job: str | None, force: bool
+    ) -> list[Outcome]:
         stamp = self.stamp
         hashes = await asyncio.to_thread(_content_hashes, products)  # a stat per image file: off the loop
         states = await self.mongo.get_states(list(hashes))
         outcomes: dict[str, Outcome] = {}
         todo: list[Product] = []
+        # What writing each product is: added or updated (for a resumed job, as its first run saw it).
+        status: dict[str, Literal["added", "updated"]] = {}
         for product in products:
             state, h = states.get(product.id), hashes[product.id]
-            if state and state.content_hash == h and state.indexed_hash == h and state.fingerprint == stamp.fingerprint:
-                outcomes[product.id] = Outcome(product.id, "unchanged")
+            mine = job is not None and state is not None and state.job == job and state.job_status is not None
+            was_update = state is not None and (state.job_status == "updated" if mine else True)
+            status[product.id] = "updated" if was_update else "added"
+            current = state and state.content_hash == h and state.indexed_hash == h
+            if current and state and state.fingerprint == stamp.fingerprint and not force:
+                outcomes[product.id] = Outcome(product.id, status[product.id] if mine else "unchanged")
             else:
                 todo.append(product)
         encoded, failed = await self._encode(todo, http) if todo else ([], [])
         for product, reason in failed:
             outcomes[product.id] = Outcome(product.id, "rejected", reason)
         if encoded:
-            await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded])
+            await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded], job, status)
             await self.index.upsert([pt for p, img, txt in encoded for pt in self._points(p, img, txt)])
             for product, _, _ in encoded:
                 if product.id in states:  # a product that lost images keeps no stale points
                     await self.index.delete_products([product.id], from_image=len(product.images))
             await self.mongo.mark_indexed([(p.id, hashes[p.id]) for p, _, _ in encoded], stamp.fingerprint)
             for product, _, _ in encoded:
-                outcomes[product.id] = Outcome(product.id, "updated" if product.id in states else "added")
+                outcomes[product.id] = Outcome(product.id, status[product.id])
         return [outcomes[p.id] for p in products]
 
     # --- delete and reindex ------------------------------------------------------------------------------------

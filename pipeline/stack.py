@@ -22,6 +22,7 @@ from pipeline.encoders.factory import create_encoder
 from pipeline.errors import StoreUnavailable
 from pipeline.events import EventLog
 from pipeline.ingest import IngestService
+from pipeline.jobs.store import JobStore
 from pipeline.search import SearchService
 from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
@@ -44,6 +45,7 @@ class Stack:
     ingest: IngestService
     keys: KeyStore
     mongod: ManagedMongod | None
+    jobs: JobStore
 
     async def status(self, deep: bool = True) -> dict[str, Any]:
         """Counts in MongoDB and Qdrant, the model, cache and event-log figures, health; with ``deep``, also
@@ -139,9 +141,11 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
 
         mongo, mongod = await open_mongo(settings, exit_stack)
         keys = KeyStore(mongo.api_keys)
+        jobs = JobStore(mongo.jobs)
         try:
             await mongo.ensure_indexes(settings.events.retention_days * 86400)
             await keys.ensure_indexes()
+            await jobs.ensure_indexes()
         except StoreUnavailable as exc:  # searches still answer without metadata; say so once
             log.warning("MongoDB is not reachable at start-up: %s", exc)
 
@@ -163,4 +167,4 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         )
         lock = WriteLock(mongo.write_locks, settings.qdrant.collection)
         ingest = IngestService(encoder, index, mongo, http, lock, settings.ingest, settings.limits)
-        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod)
+        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod, jobs)

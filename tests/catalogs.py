@@ -82,7 +82,7 @@ def write_bad_catalog(folder: Path) -> tuple[Path, dict[int, str]]:
         11: (json.dumps({**good[0], "name": "again"}), "duplicate id"),
         12: (json.dumps({"id": "x6", "name": "ftp", "images": ["ftp://example.com/a.jpg"]}), "http(s)"),
         13: ("[1, 2, 3]", "JSON object"),
-        14: (json.dumps({"id": "x7", "name": "extra", "images": ["img/a.jpg"], "colour": "red"}), "colour"),
+        14: (json.dumps({"id": "x7", "name": "attrs", "images": ["img/a.jpg"], "attributes": [1]}), "JSON object"),
     }
     lines += [text for _, (text, _) in sorted(bad.items())]
     path = folder / "bad.jsonl"

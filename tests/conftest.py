@@ -119,6 +119,24 @@ async def stack(model_repository, backend, tmp_path, mongo_uri):
 # --- the HTTP service ------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+async def app_client(model_repository, mongo_uri, tmp_path):
+    """The app in-process (its real lifespan and stack, Qdrant Edge) over ASGI, as the service's own user."""
+    import json
+
+    import httpx
+
+    from pipeline.api.app import create_app
+
+    config = make_settings(model_repository, "edge", tmp_path, mongo_uri)
+    app = create_app(config, public_url="http://test")
+    async with app.router.lifespan_context(app):
+        token = json.loads(config.service_file().read_text())["token"]
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": token}) as c:
+            yield app.state.service, c
+
+
 @pytest.fixture(scope="session")
 def api_service(model_repository, catalog, mongo_uri, tmp_path_factory):
     """The real service (uvicorn subprocess, Qdrant Edge, the test mongod) with the test catalog ingested."""

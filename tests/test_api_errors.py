@@ -15,19 +15,6 @@ from tests.conftest import make_settings
 from tests.service import error_message
 
 
-@pytest.fixture
-async def app_client(model_repository, mongo_uri, tmp_path):
-    from pipeline.api.app import create_app
-
-    config = make_settings(model_repository, "edge", tmp_path, mongo_uri)
-    app = create_app(config, public_url="http://test")
-    async with app.router.lifespan_context(app):
-        token = json.loads(config.service_file().read_text())["token"]
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": token}) as c:
-            yield app.state.service, c
-
-
 async def test_qdrant_down_is_503_with_a_clear_message(app_client, monkeypatch):
     service, client = app_client
 

@@ -23,9 +23,10 @@ from pipeline.api.deps import Service
 from pipeline.api.fetch import url_client
 from pipeline.api.metrics import Metrics
 from pipeline.api.middleware import RequestContext
-from pipeline.api.routes import dev, health, keys, products, rank, search
+from pipeline.api.routes import dev, health, jobs, keys, products, rank, search
 from pipeline.config import Settings
 from pipeline.errors import ModelError, PipelineError
+from pipeline.jobs.runner import LocalRunner
 from pipeline.service_file import ServiceFile
 from pipeline.stack import open_stack
 from pipeline.wire import UrlQuery
@@ -74,7 +75,10 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
             uploads = settings.qdrant.path.parent / "uploads"  # beside the data, wherever the service file is
             auth = Authenticator(stack.keys, announce.token if announce else None, settings.api.key_cache_s)
             metrics.attach(stack)
-            app.state.service = Service(settings, stack, auth, metrics, urls, uploads)
+            runner = LocalRunner(stack, stack.jobs, urls)
+            await runner.start()
+            exits.push_async_callback(runner.aclose)  # before the stack closes: a running job is handed back
+            app.state.service = Service(settings, stack, auth, metrics, urls, uploads, runner)
             if announce:
                 path = settings.service_file()
                 announce.write(path)
@@ -89,7 +93,7 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (health.router, search.router, rank.router, products.router, keys.router):
+    for router in (health.router, search.router, rank.router, products.router, keys.router, jobs.router):
         app.include_router(router)
     if settings.environment != "production":
         app.include_router(dev.router)

@@ -7,7 +7,7 @@ means for them. Ids and filter values only ever appear as values in queries, nev
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ class IngestState:
     content_hash: str | None
     indexed_hash: str | None  # content hash whose vectors are in Qdrant; None while (re)indexing
     fingerprint: str | None  # model that made those vectors
+    job: str | None = None  # the job that last wrote the product, and what that write was (added/updated),
+    job_status: str | None = None  # so a resumed job counts a product it wrote before the interruption once
 
 
 def _to_product(doc: dict[str, Any]) -> Product:
@@ -35,7 +37,9 @@ def _to_product(doc: dict[str, Any]) -> Product:
 
 
 def _state(doc: dict[str, Any]) -> IngestState:
-    return IngestState(doc.get("content_hash"), doc.get("indexed_hash"), doc.get("fingerprint"))
+    return IngestState(
+        doc.get("content_hash"), doc.get("indexed_hash"), doc.get("fingerprint"), doc.get("job"), doc.get("job_status")
+    )
 
 
 class MongoStore:
@@ -64,6 +68,7 @@ class MongoStore:
         self.events = db["events"]
         self.api_keys = db["api_keys"]
         self.write_locks = db["write_locks"]
+        self.jobs = db["jobs"]
 
     async def ensure_indexes(self, events_retention_s: float = 0) -> None:
         """Indexes for the reads the stack makes; events expire after ``events_retention_s`` (0: never)."""
@@ -109,23 +114,28 @@ class MongoStore:
     async def get_states(self, ids: Sequence[str]) -> dict[str, IngestState]:
         try:
             docs = await self.products.find(
-                {"_id": {"$in": [str(i) for i in ids]}}, {"content_hash": 1, "indexed_hash": 1, "fingerprint": 1}
+                {"_id": {"$in": [str(i) for i in ids]}},
+                {"content_hash": 1, "indexed_hash": 1, "fingerprint": 1, "job": 1, "job_status": 1},
             ).to_list(None)
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
         return {d["_id"]: _state(d) for d in docs}
 
-    async def upsert_products(self, products: Sequence[tuple[Product, str]]) -> None:
-        """Write metadata with its new content hash; ``indexed_hash`` is cleared until vectors are in."""
+    async def upsert_products(
+        self, products: Sequence[tuple[Product, str]], job: str | None = None, statuses: Mapping[str, str] = {}
+    ) -> None:
+        """Write metadata with its new content hash; ``indexed_hash`` is cleared until vectors are in. A job
+        records itself and each product's status (``statuses``: id → added/updated) on the products it writes."""
         self._products.drop([p.id for p, _ in products])
         ops = []
         for product, content_hash in products:
             doc = product.model_dump(mode="json", exclude={"id"})
             fields = {**{k: None for k in _FIELDS if k != "id"}, **doc}
+            written = {"job": job, "job_status": statuses.get(product.id)}
             ops.append(
                 UpdateOne(
                     {"_id": product.id},
-                    {"$set": {**fields, "content_hash": content_hash, "indexed_hash": None}},
+                    {"$set": {**fields, "content_hash": content_hash, "indexed_hash": None, **written}},
                     upsert=True,
                 )
             )
@@ -156,9 +166,19 @@ class MongoStore:
             self._products.drop([str(i) for i in ids])
         return result.deleted_count
 
-    async def iter_products(self, batch_size: int = 500) -> AsyncIterator[Product]:
+    async def counts_after(self, after: str | None) -> int:
+        """How many products sort after ``after`` (all of them for None)."""
+        query = {"_id": {"$gt": after}} if after is not None else {}
         try:
-            async for doc in self.products.find({}, batch_size=batch_size).sort("_id", ASCENDING):
+            return int(await self.products.count_documents(query))
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def iter_products(self, batch_size: int = 500, after: str | None = None) -> AsyncIterator[Product]:
+        """Every product in id order (those after ``after`` only, to resume)."""
+        query = {"_id": {"$gt": after}} if after is not None else {}
+        try:
+            async for doc in self.products.find(query, batch_size=batch_size).sort("_id", ASCENDING):
                 yield _to_product(doc)
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc

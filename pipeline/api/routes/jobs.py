@@ -1,0 +1,60 @@
+"""Background jobs: submit bulk work, follow its progress, cancel it. Records live in MongoDB, so any replica
+answers for any job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+from pydantic import ValidationError
+
+from pipeline.api.auth import WriteKey
+from pipeline.api.deps import ServiceDep, only_params
+from pipeline.api.errors import documented
+from pipeline.errors import Forbidden, InvalidInput
+from pipeline.jobs.model import Job, JobIn, JobKind, JobPage, JobState, checked_params
+from pipeline.schemas import describe_errors
+from pipeline.stores.keys import Scope
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+# Kinds only admin keys may submit: a re-index, and an ingest of a file on the service's machine.
+_ADMIN_ONLY = {JobKind.REINDEX}
+
+
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, responses=documented(401, 403, 413, 422, 503))
+async def submit(body: JobIn, svc: ServiceDep, who: WriteKey) -> Job:
+    """Queue a job (``ingest``, ``embed``, ``embed-all``, ``delete``, ``reindex``); it runs in the background,
+    one at a time. Poll ``GET /v1/jobs/{id}``."""
+    try:
+        params = checked_params(body.kind, body.params)
+    except ValidationError as exc:
+        raise InvalidInput(f"params: {describe_errors(exc.errors(), whole='params')}") from None
+    needs_admin = body.kind in _ADMIN_ONLY or (body.kind is JobKind.INGEST and params.get("path"))
+    if needs_admin and not who.scope.covers(Scope.ADMIN):
+        raise Forbidden(f"key {who.name!r} has scope {who.scope}; a {body.kind} job of this kind needs admin")
+    job = await svc.stack.jobs.create(body.kind, params, who.name, local=who.local)
+    svc.runner.wake()
+    return job
+
+
+@router.get("/jobs/{job_id}", responses=documented(401, 403, 404, 503))
+async def get_job(job_id: str, svc: ServiceDep, _: WriteKey) -> Job:
+    """State, progress (done/total, rate, ETA), timestamps, result so far, errors with their rows."""
+    return await svc.stack.jobs.get(job_id)
+
+
+@router.get("/jobs", responses=documented(401, 403, 422, 503), dependencies=[Depends(only_params("state", "limit"))])
+async def list_jobs(
+    svc: ServiceDep,
+    _: WriteKey,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    """The most recent jobs first, optionally of one state."""
+    return JobPage(jobs=await svc.stack.jobs.recent(state, limit))
+
+
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_202_ACCEPTED, responses=documented(401, 403, 404, 409, 503))
+async def cancel_job(job_id: str, svc: ServiceDep, _: WriteKey) -> Job:
+    """Cancel: a queued job at once, a running one after its current batch (nothing half-written)."""
+    return await svc.stack.jobs.cancel(job_id)

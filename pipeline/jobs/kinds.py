@@ -1,0 +1,265 @@
+"""What each kind of job does, as a function of the stack: batch by batch, reporting after each batch.
+
+A kind reads its checkpoint first and goes on from there, so an interrupted job resumed by a restart neither
+repeats nor skips work; counts ride in the checkpoint, and products a job already wrote count as they did
+the first time (see ``IngestService.upsert``). A cancel asked for is honoured between batches, so nothing is
+left half-written; a re-index is cancelled as a whole (its new collection is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import httpx
+
+from pipeline.catalog import count_rows, read_catalog
+from pipeline.errors import InvalidInput
+from pipeline.jobs.model import PARAMS, EmbedAllParams, IdsParams, IngestParams, Job, JobKind, NoParams, RowError
+from pipeline.jobs.store import JobStore
+from pipeline.schemas import Outcome, Product
+
+if TYPE_CHECKING:
+    from pipeline.stack import Stack
+
+ProgressHook = Callable[[int, int | None], None]
+_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv"}
+_TYPES = {
+    "application/json": ".json",
+    "text/csv": ".csv",
+    "application/x-ndjson": ".jsonl",
+    "application/jsonl": ".jsonl",
+}
+
+
+class Cancelled(Exception):
+    """A cancel was asked for; the job stopped between two batches."""
+
+
+@dataclass
+class JobContext:
+    stack: Stack
+    store: JobStore
+    job: Job
+    http: httpx.AsyncClient  # fetches what an API caller's job names: public hosts only
+    on_progress: ProgressHook | None = None  # the CLI's progress bar, in the foreground
+    local: bool = False  # submitted by this machine's own user: catalog files may name local images
+    _start: float = field(default_factory=time.monotonic)
+    _first: int | None = None
+
+    async def report(
+        self, done: int, total: int | None, result: dict[str, Any], checkpoint: dict[str, Any], errors: list[RowError]
+    ) -> None:
+        """Record progress; raises Cancelled when a cancel was asked for."""
+        if self._first is None:
+            self._first = 0
+        elapsed = time.monotonic() - self._start
+        rate = (done - self._first) / elapsed if elapsed > 0 and done > self._first else None
+        if self.on_progress:
+            self.on_progress(done, total)
+        if await self.store.report(self.job.id, done, total, result, checkpoint, errors, rate):
+            raise Cancelled(f"job {self.job.id} cancelled after {done} of {total if total is not None else '?'}")
+
+    def begin(self, done: int) -> None:
+        """Where this run starts (after a resume, the work already done does not count into the rate)."""
+        self._first, self._start = done, time.monotonic()
+
+
+def _tally(counts: dict[str, int], outcomes: list[Outcome], lines: dict[str, int | None]) -> list[RowError]:
+    errors = []
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status == "rejected":
+            errors.append(RowError(row=lines.get(outcome.id), id=outcome.id, message=outcome.error or "rejected"))
+    return errors
+
+
+async def _download(ctx: JobContext, url: str) -> Path:
+    """The catalog at ``url`` into the service's data folder (kept until the job ends, for a resume)."""
+    if urlparse(url).scheme not in ("http", "https"):
+        raise InvalidInput(f"{url}: a catalog URL must be http(s)")
+    folder = ctx.stack.settings.qdrant.path.parent / "jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = PurePosixPath(urlparse(url).path).suffix.lower()
+    done = [p for p in folder.glob(f"{ctx.job.id}.*") if p.suffix in _SUFFIXES]
+    if done:
+        return done[0]
+    limit = ctx.stack.settings.ingest.max_catalog_bytes
+    partial = folder / f"{ctx.job.id}.part"
+    http = ctx.stack.ingest.http if ctx.local else ctx.http  # API callers reach public hosts only
+    try:
+        async with http.stream("GET", url) as resp:
+            resp.raise_for_status()
+            kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+            suffix = suffix if suffix in _SUFFIXES else _TYPES.get(kind, "")
+            if not suffix:
+                raise InvalidInput(f"{url}: not a catalog (.jsonl, .json or .csv; content type {kind or 'none'})")
+            size = 0
+            fh = await asyncio.to_thread(open, partial, "wb")
+            try:
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise InvalidInput(f"{url}: over the catalog size limit of {limit} bytes")
+                    await asyncio.to_thread(fh.write, chunk)
+            finally:
+                await asyncio.to_thread(fh.close)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        raise InvalidInput(f"{url}: download failed ({exc})") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial.rename(partial.with_suffix(suffix))
+
+
+async def run_ingest(ctx: JobContext, p: IngestParams) -> dict[str, Any]:
+    path = Path(p.path) if p.path else await _download(ctx, str(p.url))
+    checkpoint = await ctx.store.checkpoint(ctx.job.id)
+    skip: int = checkpoint.get("rows", 0)
+    counts: dict[str, int] = checkpoint.get("counts", {"added": 0, "updated": 0, "unchanged": 0, "rejected": 0})
+    total = await asyncio.to_thread(count_rows, path)
+    rows = read_catalog(path, ctx.stack.settings.ingest.strict_fields, p.url)
+    http = None if (ctx.local or p.path) else ctx.http
+    size, consumed = ctx.stack.settings.ingest.batch_size, 0
+    ctx.begin(skip)
+    while chunk := await asyncio.to_thread(list, itertools.islice(rows, size)):
+        fresh = chunk[max(0, skip - consumed) :]  # rows before the checkpoint were done by an earlier run
+        consumed += len(chunk)
+        if not fresh:
+            continue
+        errors = [RowError(row=r.line, message=r.error or "invalid row") for r in fresh if r.product is None]
+        counts["rejected"] += len(errors)
+        good = [r.product for r in fresh if r.product is not None]
+        lines = {r.product.id: r.line for r in fresh if r.product is not None}
+        outcomes = await ctx.stack.ingest.upsert(good, http=http, job=ctx.job.id) if good else []
+        errors += _tally(counts, outcomes, dict(lines))
+        await ctx.report(consumed, total or consumed, dict(counts), {"rows": consumed, "counts": counts}, errors)
+    if p.url:
+        path.unlink(missing_ok=True)
+    return counts
+
+
+async def run_embed(ctx: JobContext, p: IdsParams) -> dict[str, Any]:
+    checkpoint = await ctx.store.checkpoint(ctx.job.id)
+    start: int = checkpoint.get("next", 0)
+    counts: dict[str, int] = checkpoint.get("counts", {"added": 0, "updated": 0, "unchanged": 0, "rejected": 0})
+    ids = list(dict.fromkeys(p.ids))
+    size = ctx.stack.settings.ingest.batch_size
+    ctx.begin(start)
+    for first in range(start, len(ids), size):
+        chunk = ids[first : first + size]
+        found = await ctx.stack.mongo.get_products(chunk)
+        errors = [RowError(id=i, message="no such product") for i in chunk if i not in found]
+        counts["rejected"] += len(errors)
+        products = [found[i] for i in chunk if i in found]
+        outcomes = await ctx.stack.ingest.upsert(products, job=ctx.job.id, force=p.force) if products else []
+        errors += _tally(counts, outcomes, {})
+        done = first + len(chunk)
+        await ctx.report(done, len(ids), dict(counts), {"next": done, "counts": counts}, errors)
+    return counts
+
+
+async def run_embed_all(ctx: JobContext, p: EmbedAllParams) -> dict[str, Any]:
+    checkpoint = await ctx.store.checkpoint(ctx.job.id)
+    after: str | None = checkpoint.get("after")
+    done: int = checkpoint.get("done", 0)
+    counts: dict[str, int] = checkpoint.get("counts", {"added": 0, "updated": 0, "unchanged": 0, "rejected": 0})
+    total = done + (await ctx.stack.mongo.counts_after(after))
+    size = ctx.stack.settings.ingest.batch_size
+    batch: list[Product] = []
+    ctx.begin(done)
+
+    async def flush() -> None:
+        nonlocal done
+        outcomes = await ctx.stack.ingest.upsert(batch, job=ctx.job.id, force=p.force)
+        errors = _tally(counts, outcomes, {})
+        done += len(batch)
+        await ctx.report(done, total, dict(counts), {"after": batch[-1].id, "done": done, "counts": counts}, errors)
+        batch.clear()
+
+    async for product in ctx.stack.mongo.iter_products(after=after):
+        batch.append(product)
+        if len(batch) >= size:
+            await flush()
+    if batch:
+        await flush()
+    return counts
+
+
+async def run_delete(ctx: JobContext, p: IdsParams) -> dict[str, Any]:
+    checkpoint = await ctx.store.checkpoint(ctx.job.id)
+    start: int = checkpoint.get("next", 0)
+    counts: dict[str, int] = checkpoint.get("counts", {"deleted": 0, "unknown": 0})
+    ids = list(dict.fromkeys(p.ids))
+    size = ctx.stack.settings.ingest.batch_size
+    ctx.begin(start)
+    for first in range(start, len(ids), size):
+        deleted, unknown = await ctx.stack.ingest.delete(ids[first : first + size])
+        counts["deleted"] += len(deleted)
+        counts["unknown"] += len(unknown)
+        errors = [RowError(id=i, message="no such product") for i in unknown]
+        done = first + size
+        await ctx.report(min(done, len(ids)), len(ids), dict(counts), {"next": done, "counts": counts}, errors)
+    return counts
+
+
+async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
+    total = (await ctx.stack.mongo.counts())["products"]
+    done = 0
+    pending: set[asyncio.Task[None]] = set()
+
+    me = asyncio.current_task()
+    assert me is not None
+    cancelled = False
+
+    def stop_if_cancelled(task: asyncio.Task[None]) -> None:
+        nonlocal cancelled
+        if not task.cancelled() and isinstance(task.exception(), Cancelled) and not cancelled:
+            cancelled = True
+            me.cancel()  # the whole re-index stops; its new collection is dropped, the old one stays live
+
+    def advance(n: int) -> None:  # called between batches; reported without holding up the re-index
+        nonlocal done
+        done += n
+        task = asyncio.ensure_future(ctx.report(done, total, {"reindexed": done}, {}, []))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        task.add_done_callback(stop_if_cancelled)
+
+    ctx.begin(0)
+    try:
+        report = await ctx.stack.ingest.reindex(progress=advance)
+    except asyncio.CancelledError:
+        if not cancelled:
+            raise
+        me.uncancel()
+        raise Cancelled(f"job {ctx.job.id} cancelled; the live collection is unchanged") from None
+    await asyncio.gather(*pending, return_exceptions=True)
+    return {
+        "reindexed": report.updated,
+        "left_out": len(report.rejected),
+        "seconds": round(report.seconds, 2),
+    }
+
+
+_Kind = Callable[[JobContext, Any], Awaitable[dict[str, Any]]]
+KINDS: dict[JobKind, _Kind] = {
+    JobKind.INGEST: run_ingest,
+    JobKind.EMBED: run_embed,
+    JobKind.EMBED_ALL: run_embed_all,
+    JobKind.DELETE: run_delete,
+    JobKind.REINDEX: run_reindex,
+}
+
+
+async def run_job(ctx: JobContext) -> dict[str, Any]:
+    """Run the job of ``ctx`` to its end; raises Cancelled, or the error that failed it."""
+    params = PARAMS[ctx.job.kind].model_validate(ctx.job.params)
+    return await KINDS[ctx.job.kind](ctx, params)

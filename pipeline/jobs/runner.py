@@ -1,0 +1,117 @@
+"""Where jobs run: inside the service (:class:`LocalRunner`, one job at a time, beside the queries it serves),
+or in the foreground of the CLI when no service runs (:func:`run_foreground`). Either way the record lives in
+MongoDB and the same kind functions do the work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from pipeline.errors import PipelineError, StoreUnavailable
+from pipeline.jobs.kinds import Cancelled, JobContext, ProgressHook, run_job
+from pipeline.jobs.model import RESUMABLE, Job, JobKind, JobState
+from pipeline.jobs.store import JobStore, this_process
+
+if TYPE_CHECKING:
+    from pipeline.stack import Stack
+
+log = logging.getLogger("pipeline.jobs")
+
+
+async def execute(ctx: JobContext) -> Job:
+    """Run a claimed job to its end and record how it ended; a shutdown hands a resumable job back."""
+    store, job = ctx.store, ctx.job
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(store.heartbeat_s)
+            with contextlib.suppress(StoreUnavailable):
+                await store.beat(job.id)
+
+    beating = asyncio.create_task(beat(), name=f"job {job.id} heartbeat")
+    try:
+        result = await run_job(ctx)
+        await store.finish(job.id, JobState.SUCCEEDED, result=result)
+    except Cancelled as exc:
+        await store.finish(job.id, JobState.CANCELLED, str(exc))
+    except PipelineError as exc:
+        await store.finish(job.id, JobState.FAILED, str(exc))
+    except asyncio.CancelledError:  # the process is stopping under the job
+        with contextlib.suppress(PipelineError):
+            if job.kind in RESUMABLE:
+                await store.finish(job.id, JobState.QUEUED, "interrupted by a shutdown; resumes where it stopped")
+            else:
+                await store.finish(job.id, JobState.INTERRUPTED, "interrupted by a shutdown: submit it again")
+        raise
+    except Exception as exc:  # a bug: the job fails with a short reason, the traceback goes to the log
+        log.exception("job %s (%s) failed", job.id, job.kind)
+        await store.finish(job.id, JobState.FAILED, f"internal error ({type(exc).__name__}); see the service log")
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+    return await store.get(job.id)
+
+
+class LocalRunner:
+    """Jobs inside the service process: the oldest queued job first, one at a time."""
+
+    def __init__(self, stack: Stack, store: JobStore, http: httpx.AsyncClient, poll_s: float = 2.0) -> None:
+        self.stack, self.store, self.http, self.poll_s = stack, store, http, poll_s
+        self.owner = this_process()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Recover jobs a stopped process left running (resuming what can resume), then start working."""
+        try:
+            for job in await self.store.recover():
+                log.warning("job %s (%s) was interrupted; now %s", job.id, job.kind, job.state)
+        except StoreUnavailable as exc:
+            log.warning("jobs: cannot recover interrupted jobs now: %s", exc)
+        self._task = asyncio.create_task(self._loop(), name="job-runner")
+
+    def wake(self) -> None:
+        """A job was submitted: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        # The flag, not only the cancellation: a driver call may turn a cancellation into its own error.
+        while not self._closing:
+            try:
+                job = await self.store.claim(self.owner)
+            except StoreUnavailable as exc:
+                log.warning("jobs: %s", exc)
+                job = None
+            if job is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
+                continue
+            log.info("job %s (%s) started", job.id, job.kind)
+            done = await execute(JobContext(self.stack, self.store, job, self.http, local=job.local))
+            log.info("job %s (%s) %s", job.id, job.kind, done.state)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+async def run_foreground(
+    stack: Stack, store: JobStore, kind: JobKind, params: dict[str, Any], on_progress: ProgressHook | None = None
+) -> Job:
+    """The CLI with no service: the job is recorded like any other and run here, now."""
+    job = await store.create(kind, params, by="cli", local=True)
+    await store.start_foreground(job.id, this_process())
+    job = await store.get(job.id)
+    return await execute(JobContext(stack, store, job, stack.ingest.http, on_progress, local=True))
