@@ -20,10 +20,10 @@ from pipeline.cli_common import (
     err,
     guarded,
     read_image_file,
-    run_with_stack,
     settings_for,
 )
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, PipelineError
+from pipeline.schemas import IngestReport
 
 # --- the search pipeline ------------------------------------------------------------------------------------
 
@@ -35,25 +35,31 @@ def ingest(
     model_repository: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate, store and embed a catalog. Unchanged rows cost nothing; bad rows are listed and skipped."""
+    """Validate, store and embed a catalog. Unchanged rows cost nothing; bad rows are listed and skipped.
+
+    A job (see ``jobs``): run by the service when one runs on this machine, here in the foreground otherwise;
+    to a service elsewhere the rows are sent in batches with their images."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pipeline.cli_jobs import run_job
+    from pipeline.client import ServiceClient
+    from pipeline.jobs.model import JobKind, JobState
+
     settings = settings_for(model_repository)
-    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True, disable=as_json) as progress:
-        task = progress.add_task("ingest", total=count_rows(catalog))
-
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-
-        async def work(stack: Any) -> Any:
-            return await stack.ingest.ingest(catalog, progress=advance)
-
-        report = dispatch(
-            settings,
-            work,
-            lambda c: c.ingest(catalog, settings.ingest.batch_size, advance, settings.ingest.strict_fields),
-        )
+    client = ServiceClient.discover(settings)
+    if client is None or client.local:
+        if client is not None:
+            client.close()
+        job = run_job(settings, JobKind.INGEST, {"path": str(catalog.resolve())}, quiet=as_json)
+        if job.state is not JobState.SUCCEEDED:
+            raise PipelineError(f"ingest job {job.id} {job.state}: {job.message or ''}".rstrip(": "))
+        report = report_of(job)
+    else:
+        columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with client, Progress(*columns, console=err, transient=True, disable=as_json) as progress:
+            task = progress.add_task("ingest", total=count_rows(catalog))
+            strict = settings.ingest.strict_fields
+            report = client.ingest(catalog, settings.ingest.batch_size, lambda n: progress.advance(task, n), strict)
     summary = {
         "added": report.added,
         "updated": report.updated,
@@ -171,23 +177,18 @@ def delete(
 @app.command()
 @guarded
 def reindex(model_repository: RepoOption = None) -> None:
-    """Re-embed every product into a new collection with the current model and swap it in atomically."""
+    """Re-embed every product into a new collection with the current model and swap it in atomically.
 
-    async def work(stack: Any) -> Any:
-        return await stack.ingest.reindex()
+    A job: run by the running service (queries go on meanwhile; product writes wait), or here."""
+    from pipeline.cli_jobs import run_job
+    from pipeline.jobs.model import JobKind, JobState
 
-    settings = settings_for(model_repository)
-    from pipeline.client import ServiceClient
-
-    if (client := ServiceClient.discover(settings)) is not None:
-        client.close()
-        raise InvalidInput(
-            f"a service is running on this data ({client.url}) and owns the index: stop it, reindex, start it again"
-        )
-    report = run_with_stack(settings, work)
-    err.print(f"[green]reindexed[/green] {report.updated} products in {report.seconds:.1f} s")
-    for _, reason in report.rejected[:50]:
-        err.print(f"  left out: {reason}", markup=False)
+    job = run_job(settings_for(model_repository), JobKind.REINDEX, {})
+    if job.state is not JobState.SUCCEEDED:
+        raise PipelineError(f"reindex job {job.id} {job.state}: {job.message or ''}".rstrip(": "))
+    err.print(f"[green]reindexed[/green] {job.result.get('reindexed', 0)} products in {_seconds(job):.1f} s")
+    if job.result.get("left_out"):
+        err.print(f"  {job.result['left_out']} left out: their images could not be read", markup=False)
 
 
 @app.command()
@@ -203,6 +204,17 @@ def status(model_repository: RepoOption = None, as_json: JsonOption = False) -> 
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     else:
         Console().print_json(json.dumps(result, default=str))
+
+
+def _seconds(job: Any) -> float:
+    return (job.finished - job.started).total_seconds() if job.finished and job.started else 0.0
+
+
+def report_of(job: Any) -> IngestReport:
+    """An ingest job's outcome as the report an in-process ingest gives."""
+    rejected = sorted((e.row or 0, e.message) for e in job.errors)
+    counts = {k: int(job.result.get(k, 0)) for k in ("added", "updated", "unchanged")}
+    return IngestReport(**counts, rejected=rejected, seconds=_seconds(job))
 
 
 def main() -> None:
