@@ -36,7 +36,8 @@ done
 # The CLI finds the running service and ingests through it (unchanged products cost nothing).
 $PY -m pipeline ingest "$CATALOG"
 $PY -m pipeline keys revoke demo-page >/dev/null 2>&1 || true
-PIPELINE__API__KEY=$($PY -m pipeline keys create --name demo-page --scope search)
+# write scope: the page also shows the jobs panel (running and recent jobs); search would do for search alone
+PIPELINE__API__KEY=$($PY -m pipeline keys create --name demo-page --scope write)
 export PIPELINE__API__KEY PIPELINE__API__URL="http://127.0.0.1:$API_PORT"
 echo "demo ready in $(( $(date +%s) - start )) s: open http://localhost:$PORT (API docs http://localhost:$API_PORT/docs; Ctrl-C stops both)"
 $PY -m streamlit run ui/app.py --server.port "$PORT" --server.headless true --browser.gatherUsageStats false

@@ -41,7 +41,8 @@ def ui_env(model_repository, catalog, mongo_uri, tmp_path_factory):
     service = start_service(env, root / "service.log")  # the page is a client of the service, nothing else
     with service.client() as http:
         key = http.post("/v1/keys", json={"name": "page", "scope": "search"}).json()["key"]
-    yield {"PIPELINE__API__URL": service.url, "PIPELINE__API__KEY": key}
+        writer = http.post("/v1/keys", json={"name": "admin-page", "scope": "write"}).json()["key"]
+    yield {"PIPELINE__API__URL": service.url, "PIPELINE__API__KEY": key, "UI_TEST_WRITE_KEY": writer}
     service.stop()
 
 
@@ -251,3 +252,27 @@ def test_page_says_when_the_service_times_out(monkeypatch):
         st.cache_data.clear()
     assert not at.exception
     assert "ReadTimeout" in at.error[0].value and "not reachable" in at.error[0].value
+
+
+def test_jobs_panel_shows_running_and_recent_jobs(app_env, ui_env, monkeypatch):
+    import httpx
+    import streamlit as st
+
+    at = _app()  # the page's search key may not read jobs: the panel says what it needs
+    assert "Jobs need a key with write scope" in _captions(at)
+    writer = {"X-API-Key": ui_env["UI_TEST_WRITE_KEY"]}
+    with httpx.Client(base_url=ui_env["PIPELINE__API__URL"], headers=writer) as http:
+        job = http.post("/v1/jobs", json={"kind": "embed-all", "params": {}}).json()
+        for _ in range(600):
+            if http.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded":
+                break
+            time.sleep(0.1)
+    monkeypatch.setenv("PIPELINE__API__KEY", ui_env["UI_TEST_WRITE_KEY"])
+    st.cache_resource.clear()  # the client is cached with the key it was made with
+    st.cache_data.clear()
+    try:
+        at = _app()
+        assert "embed-all · succeeded · 24/24" in _captions(at)
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()

@@ -15,7 +15,7 @@ import streamlit as st
 from pipeline.catalog import is_url
 from pipeline.client import DEFAULT_URL, ServiceClient
 from pipeline.config import Settings
-from pipeline.errors import PipelineError
+from pipeline.errors import Forbidden, PipelineError
 from pipeline.schemas import SearchFilters, SearchResponse
 
 st.set_page_config(page_title="Product search", layout="wide")
@@ -69,6 +69,7 @@ def sidebar() -> tuple[int, SearchFilters]:
             price = st.slider("Price", float(lo), float(hi), (float(lo), float(hi)), key="price")
         st.divider()
         show_status()
+        show_jobs()
     pick = {k: (v if v != "Any" else None) for k, v in (("category", category), ("brand", brand), ("color", color))}
     bounds = {"min_price": price[0], "max_price": price[1]} if hi > lo and price != (lo, hi) else {}
     return top_k, SearchFilters(**pick, **bounds)
@@ -96,6 +97,29 @@ def show_status() -> None:
     )
     cache = s["cache"]
     st.caption(f"Cache: {cache['entries']}/{cache['max_entries']} entries, hit rate {cache['hit_rate']:.0%}")
+
+
+@st.fragment(run_every=3)
+def show_jobs() -> None:
+    """Running and recent background jobs, refreshed every few seconds (needs a key with write scope)."""
+    with st.expander("Jobs", expanded=False):
+        try:
+            jobs = client().get("/v1/jobs", limit=8)["jobs"]
+        except Forbidden:
+            st.caption("Jobs need a key with write scope (PIPELINE__API__KEY).")
+            return
+        except PipelineError as exc:
+            st.caption(f"Jobs unavailable: {exc}")
+            return
+        if not jobs:
+            st.caption("No jobs yet: `python -m pipeline jobs submit ingest --path catalog.jsonl`")
+        for job in jobs:
+            done, total = job["progress"]["done"], job["progress"]["total"]
+            label = f"{job['kind']} · {job['state']} · {done}/{total if total is not None else '?'}"
+            if job["state"] in ("running", "queued"):
+                st.progress(min(done / total, 1.0) if total else 0.0, text=label)
+            else:
+                st.caption(label + (f" · {job['message']}" if job.get("message") else ""))
 
 
 def run_query(top_k: int, filters: SearchFilters) -> SearchResponse | None:
