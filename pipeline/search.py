@@ -9,9 +9,11 @@ A MongoDB failure degrades the answer (ids and scores, ``metadata_missing``); a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,14 @@ WEIGHTS = {
 }
 
 
+@dataclass
+class _Shared:
+    """One query's encoding in flight and how many callers wait for it."""
+
+    task: asyncio.Future[np.ndarray]
+    waiters: int = 0
+
+
 class SearchService:
     def __init__(
         self,
@@ -55,7 +65,7 @@ class SearchService:
         self.settings, self.limits, self.overfetch = settings, limits, overfetch
         # A query (or a rank candidate) is held to the query limit, not the general text limit.
         self.query_limits = limits.model_copy(update={"max_text_chars": limits.max_query_chars})
-        self._inflight: dict[str, asyncio.Future[np.ndarray]] = {}  # query key -> its encoding, shared
+        self._inflight: dict[str, _Shared] = {}  # query key -> its encoding, shared by the callers waiting
 
     async def search_text(
         self, text: str, top_k: int | None = None, filters: SearchFilters | None = None, min_score: float | None = None
@@ -118,29 +128,38 @@ class SearchService:
         vector = self.cache.get(key)
         if vector is not None:
             return {m: vector for m in Modality}, True
-        task = self._inflight.get(key)
-        shared = task is not None  # the same query is being encoded right now: share its result
-        if task is None:
-            # A task of its own, so that the first caller going away (a client that disconnects) cancels only
-            # its wait, never the encoding the others are waiting for.
-            task = asyncio.ensure_future(self._encode_one(modality, payload, key))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an error nobody awaits is not news
-            self._inflight[key] = task
-        vector = await asyncio.shield(task)
+        entry = self._inflight.get(key)
+        shared = entry is not None  # the same query is being encoded right now: share its result
+        if entry is None:
+            # A task of its own, so that a caller going away (a client that disconnects, a deadline) cancels
+            # only its wait, never the encoding others are waiting for; the last one going away cancels it.
+            entry = _Shared(asyncio.ensure_future(self._encode_one(modality, payload, key)))
+            entry.task.add_done_callback(functools.partial(self._forget, key, entry))
+            self._inflight[key] = entry
+        entry.waiters += 1
+        try:
+            vector = await asyncio.shield(entry.task)
+        finally:
+            entry.waiters -= 1
+            if entry.waiters == 0 and not entry.task.done():
+                entry.task.cancel()
         return {m: vector for m in Modality}, shared
 
-    async def _encode_one(self, modality: Modality, payload: str | bytes, key: str) -> np.ndarray:
-        try:
-            if modality is Modality.TEXT:
-                assert isinstance(payload, str)
-                vector = (await self.encoder.encode_texts([payload]))[0]
-            else:
-                assert isinstance(payload, bytes)
-                vector = (await self.encoder.encode_images([payload]))[0]
-            self.cache.put(key, vector)
-            return vector
-        finally:
+    def _forget(self, key: str, entry: _Shared, task: asyncio.Future[np.ndarray]) -> None:
+        if self._inflight.get(key) is entry:
             del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # an error nobody awaits any more is not news
+
+    async def _encode_one(self, modality: Modality, payload: str | bytes, key: str) -> np.ndarray:
+        if modality is Modality.TEXT:
+            assert isinstance(payload, str)
+            vector = (await self.encoder.encode_texts([payload]))[0]
+        else:
+            assert isinstance(payload, bytes)
+            vector = (await self.encoder.encode_images([payload]))[0]
+        self.cache.put(key, vector)
+        return vector
 
     async def _stored(self, product_id: str) -> tuple[dict[Modality, np.ndarray], None]:
         stored = await self.index.product_vectors(product_id)

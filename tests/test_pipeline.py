@@ -408,6 +408,29 @@ async def test_a_caller_going_away_does_not_fail_others_waiting_on_the_same_quer
     assert (await stack.search.search_text("green poster, shared")).cache_hit is True  # the encoding finished
 
 
+async def test_when_every_caller_goes_away_the_shared_encoding_stops(stack, monkeypatch):
+    """A query whose callers all left (disconnects, deadlines) does not keep the encoder busy."""
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def stuck(texts):
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    monkeypatch.setattr(stack.search.encoder, "encode_texts", stuck)
+    callers = [asyncio.ensure_future(stack.search.search_text("abandoned query")) for _ in range(2)]
+    await started.wait()
+    callers[0].cancel()
+    await asyncio.sleep(0.05)
+    assert not stopped.is_set()  # one caller still waits: the encoding goes on
+    callers[1].cancel()
+    await asyncio.wait_for(stopped.wait(), 5)
+    assert not stack.search._inflight  # and a later caller starts afresh
+
+
 async def test_result_metadata_is_cached_and_a_write_is_seen_at_once(stack, catalog, tmp_path):
     await stack.ingest.ingest(catalog)
     first = await stack.search.search_product("mug-red-0", top_k=3)
