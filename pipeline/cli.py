@@ -129,7 +129,7 @@ def search(
     from rich.text import Text
 
     table = Table(title=f"{response.kind} search: {len(response.hits)} products")
-    for col in ("#", "id", "name", "brand", "category", "color", "price", "similarity", "matched"):
+    for col in ("#", "id", "name", "brand", "category", "color", "price", "score", "similarity", "matched"):
         table.add_column(col)
     for rank, hit in enumerate(response.hits, start=1):
         p = hit.product
@@ -144,6 +144,7 @@ def search(
                     (p.category or "") if p else "",
                     (p.color or "") if p else "",
                     f"{p.price:.2f}" if p and p.price is not None else "",
+                    f"{hit.score:.3f}",  # what the order follows
                     f"{hit.similarity:.3f}",
                     str(hit.matched),
                 ),

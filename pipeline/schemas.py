@@ -95,7 +95,7 @@ class QueryKind(StrEnum):
 
 class Hit(BaseModel):
     product_id: str
-    score: float  # fused ranking score (reciprocal-rank fusion over the vector spaces searched)
+    score: float  # the fused score hits are ordered by (PIPELINE__SEARCH__FUSION: weighted cosine by default)
     similarity: float  # best cosine similarity among the product's matching vectors
     matched: Modality  # which stored vector ("image" or "text") matched best
     image_index: int | None = None  # which of the product's images matched, for image matches

@@ -17,7 +17,8 @@ class Precision(StrEnum):
 
     @property
     def triton_version(self) -> int:
-        """Each precision is one version of the Triton model (1, 2, 3), so one repository serves all three."""
+        """The precision's place in the export order (1, 2, 3). Where Triton serves a variant (its model and version
+        folder) is the manifest's ``triton_model`` / ``triton_version``: INT8 is version 1 of a model of its own."""
         return _VERSIONS[self]
 
 

@@ -333,7 +333,9 @@ class TritonEncoder:
         async def part(start: int) -> np.ndarray:
             async with in_flight:
                 try:
-                    return await self._infer(model, version, build(items[start : start + size]), output)
+                    # Building a request may tokenise (tensors mode): in a thread, off the event loop.
+                    inputs = await asyncio.to_thread(build, items[start : start + size])
+                    return await self._infer(model, version, inputs, output)
                 except InvalidInput as exc:
                     if not start:
                         raise
