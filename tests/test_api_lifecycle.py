@@ -70,9 +70,10 @@ def test_cli_gives_the_same_answers_through_the_service_and_in_process(model_rep
         assert through == in_process
         assert status["in_agreement"] and status["mongo"]["products"] == status_alone["mongo"]["products"] == 24
         requests = [json.loads(line) for line in service.logs().splitlines() if '"pipeline.access"' in line]
+        # the ingest ran as the service's job
         assert {r["route"] for r in requests if r["key"] == "local"} >= {
             "/v1/search/text", "/v1/search/image", "/v1/products/{product_id:path}/similar", "/v1/jobs",
-            "/v1/jobs/{job_id}", "/v1/stats"}  # fmt: skip  (the ingest ran as the service's job)
+            "/v1/jobs/{job_id}", "/v1/stats"}  # fmt: skip
         bad = _cli(env, "search", "--product-id", "[/x]", check=False)
         assert bad.returncode == 1 and bad.stderr.strip() == "error: unknown product id '[/x]'"
         deleted = _cli(env, "delete", "mug-red-0", "nope", check=False)

@@ -33,7 +33,7 @@ async def _submit(client, kind: str, **params) -> dict:
 
 
 async def test_ingest_job_runs_in_the_background_with_progress_and_row_errors(app_client, tmp_path, catalog):
-    svc, client = app_client
+    _, client = app_client
     bad, expected = write_bad_catalog(tmp_path / "bad")
     job = await _wait(client, (await _submit(client, "ingest", path=str(bad)))["id"])
     assert job["state"] == "succeeded", job
@@ -73,16 +73,16 @@ async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_clie
     svc, client = app_client
     monkeypatch.setattr(svc.stack.ingest.settings, "batch_size", 4)
     upsert = svc.stack.ingest.upsert
-    gate = asyncio.Event()
+    gate, started = asyncio.Event(), asyncio.Event()
 
     async def slow(*args, **kwargs):
+        started.set()
         await gate.wait()
         return await upsert(*args, **kwargs)
 
     monkeypatch.setattr(svc.stack.ingest, "upsert", slow)
     job = await _submit(client, "ingest", path=str(catalog))
-    while (await client.get(f"/v1/jobs/{job['id']}")).json()["state"] != "running":
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(started.wait(), 60)  # the job runs its first batch
     cancelling = (await client.delete(f"/v1/jobs/{job['id']}")).json()
     assert cancelling["state"] == "running" and cancelling["cancel_requested"]
     gate.set()
@@ -168,7 +168,7 @@ async def test_ingest_from_a_catalog_url_resolves_images_against_it(app_client, 
 
 
 @pytest.mark.parametrize("kind", ["ingest"])
-async def test_jobs_cli_in_the_foreground_without_a_service(kind, model_repository, mongo_uri, tmp_path, catalog):
+def test_jobs_cli_in_the_foreground_without_a_service(kind, model_repository, mongo_uri, tmp_path, catalog):
     """No service: `jobs submit` runs the job here with a progress bar, recorded like any other job."""
     import os
     import subprocess
