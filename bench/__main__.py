@@ -14,10 +14,10 @@ def main() -> None:
 
 @app.command()
 def encoders(
-    repeat: int = typer.Option(20, help="timed calls at batch 1 (batch 16 uses a quarter)"),
+    repeat: int = typer.Option(20, help="timed calls at batch 1 (batch 32 uses a quarter)"),
     threads: int = typer.Option(0, help="intra-op threads for torch and onnxruntime (0 = all cores)"),
 ) -> None:
-    """PyTorch eager vs ONNX FP32/FP16/INT8: latency at batch 1 and 16, throughput, RSS."""
+    """PyTorch eager FP32/INT8 vs ONNX FP32/FP16/INT8 (INT8 batched and per-row): batch 1 and 32, RSS."""
     from bench.encoders import run
 
     run(repeat_small=repeat, repeat_large=max(3, repeat // 4), threads=threads)
@@ -29,8 +29,8 @@ def search(
     sizes: str = typer.Option("1000,10000", help="catalog sizes, comma separated"),
     ingest: int = typer.Option(200, help="products in the ingestion-rate run"),
 ) -> None:
-    """End-to-end query latency (p50/p99) and ingestion rate, stack vs PyTorch eager + numpy + dict."""
-    from bench.search import run
+    """End-to-end query latency (p50/p99) and ingestion rate, stack vs PyTorch eager + numpy + dict, INT8 and FP32."""
+    from bench.e2e import run
 
     run(tuple(int(s) for s in sizes.split(",")), repeat, ingest)
 
@@ -60,7 +60,7 @@ def load(
 
 @app.command()
 def triton(seconds: float = typer.Option(8.0, help="seconds per row")) -> None:
-    """In-process vs Triton (tensors / bytes) at 1, 8 and 32 concurrent callers; bytes sent per image."""
+    """In-process vs Triton (tensors / bytes), INT8 per-row on both, at 1, 8 and 32 callers; bytes per image."""
     from bench.triton import run
 
     run(seconds=seconds)
@@ -72,9 +72,12 @@ def http(
     products: int = typer.Option(10_000, help="catalog size"),
     clients: str = typer.Option("32,64", help="concurrent clients of the mixed rows, comma separated"),
     single: int = typer.Option(200, help="requests per single-client row"),
-    systems: str = typer.Option("ours,fp32,int8", help="which to run: ours, fp32 (peer), int8 (peer)"),
+    systems: str = typer.Option(
+        "ours,ours-nocache,ours-fp32,fp32,int8",
+        help="which to run: ours (as shipped), ours-nocache, ours-fp32 (cache and batching off), fp32, int8 (peer)",
+    ),
 ) -> None:
-    """Our HTTP service vs a seed-style FastAPI peer (eager CLIP FP32 / INT8 + FAISS + dict) under load."""
+    """Our HTTP service (and variants) vs a seed-style FastAPI peer (eager CLIP FP32 / INT8 + FAISS + dict)."""
     from bench.http_load import SYSTEMS, run
 
     chosen = tuple(s.strip() for s in systems.split(","))
@@ -94,11 +97,17 @@ def demo_queries(demo: str = typer.Option("data/demo", help="the folder make dem
 
 
 @app.command()
-def report() -> None:
+def report(
+    only: str = typer.Option("", help="run only these commands, comma separated (the other tables: from earlier runs)"),
+    http_seconds: float = typer.Option(60, help="seconds per mixed row of the http section"),
+) -> None:
     """Every benchmark in one run, stitched into bench/results/REPORT.md (what `make bench` runs)."""
-    from bench.report import run
+    from bench.report import SECTIONS, run
 
-    run()
+    chosen = tuple(c.strip() for c in only.split(",") if c.strip())
+    if set(chosen) - {c for c, _ in SECTIONS}:
+        raise typer.BadParameter(f"only: choose from {', '.join(c for c, _ in SECTIONS)}", param_hint="--only")
+    run(chosen, {"http": ["--seconds", f"{http_seconds:g}"]} if http_seconds != 60 else None)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The two servers of ``python -m bench http``: start, wait until ready, measure memory, stop.
 
 Ours: ``python -m pipeline serve`` on the embedded default (onnxruntime INT8, Qdrant Edge, a managed mongod),
-its stores filled beforehand in-process exactly as bench/search.py does. The peer: ``python -m bench.peer``
+or a variant of it (FP32, cache off, cross-request batching off), its stores filled beforehand in-process
+exactly as ``bench.search._fill`` does. The peer: ``python -m bench.peer``
 (eager CLIP + FAISS + dict) over the same products and vectors. Each runs in its own process, logging to a
 file beside its data; both are stopped with SIGTERM (then SIGKILL after a grace period).
 """
@@ -150,7 +151,10 @@ def stop(server: Server | None, grace_s: float = 30.0) -> None:
 
 
 def fill_ours(repo: Path, root: Path, n: int) -> None:
-    """The stores filled in-process through their own APIs (bench/search.py ``_fill``), then closed."""
+    """The stores filled in-process through their own APIs (``bench.search._fill``), then closed.
+
+    The stores record the model, not the precision, so every variant of ours is served from the same fill.
+    """
     from bench.search import _fill, _settings
     from pipeline.stack import open_stack
 
@@ -161,21 +165,31 @@ def fill_ours(repo: Path, root: Path, n: int) -> None:
     asyncio.run(fill())
 
 
-def start_ours(repo: Path, root: Path) -> Server:
-    """``python -m pipeline serve`` over the stores under ``root``; auth key from the service file it writes."""
+def start_ours(
+    repo: Path, root: Path, name: str = "ours", precision: str = "int8", cache: bool = True, batching: bool = True
+) -> Server:
+    """``python -m pipeline serve`` over the stores under ``root``; auth key from the service file it writes.
+
+    ``cache=False`` turns the query-embedding cache off; ``batching=False`` the in-process encoder's
+    cross-request batching (INT8 runs one input per model call either way).
+    """
     port = free_port()
     service_file = root / "service.json"  # beside the qdrant folder
     service_file.unlink(missing_ok=True)
     env = {
         **os.environ,
         "PIPELINE__ENCODER__MODEL_REPOSITORY": str(repo),
-        "PIPELINE__ENCODER__PRECISION": "int8",
+        "PIPELINE__ENCODER__PRECISION": precision,
         "PIPELINE__QDRANT__PATH": str(root / "qdrant"),
         "PIPELINE__MONGO__DATA_DIR": str(root / "mongo"),
         "PIPELINE__API__SERVICE_FILE": str(service_file),
     }
+    if not cache:
+        env["PIPELINE__CACHE__MAX_ENTRIES"] = "0"
+    if not batching:
+        env["PIPELINE__ENCODER__CROSS_REQUEST_BATCHING"] = "false"
     cmd = [sys.executable, "-m", "pipeline", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    server = _spawn("ours", cmd, env, root / "serve.log", port)
+    server = _spawn(name, cmd, env, root / f"serve-{name}.log", port)
     server.mongo_dir = root / "mongo"
     try:
         wait_ready(server)

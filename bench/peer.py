@@ -32,20 +32,35 @@ from pydantic import BaseModel, Field
 from bench.data import clustered, product
 
 
+def eager_clip(checkpoint: Path, precision: str) -> Any:
+    """PyTorch CLIP eager, as loaded (``fp32``) or with ``quantize_dynamic`` on its Linear layers (``int8``).
+
+    The INT8 one is how seed projects quantise: int8 weights, activation scales computed per call (so, as with
+    ONNX dynamic INT8, a vector depends on what else was in its call).
+    """
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(checkpoint).eval()
+    if precision == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the seed projects' way
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+    return model
+
+
 class PeerSearch:
-    """Model, indexes and metadata; the same products and vectors as bench/search.py ``_fill`` writes to ours."""
+    """Model, indexes and metadata; the same products and vectors as ``bench.search._fill`` writes to ours."""
 
     def __init__(self, checkpoint: Path, n: int, precision: str) -> None:
         import faiss
         import torch
-        from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+        from transformers import CLIPImageProcessorPil, CLIPTokenizer
 
         self.torch = torch
-        model = CLIPModel.from_pretrained(checkpoint).eval()
-        if precision == "int8":
-            with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the seed projects' way
-                warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = eager_clip(checkpoint, precision)
         self.model = model
         self.tokenizer = CLIPTokenizer.from_pretrained(checkpoint)
         self.processor = CLIPImageProcessorPil.from_pretrained(checkpoint)

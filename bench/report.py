@@ -1,9 +1,10 @@
 """``make bench``: every benchmark of the project in one run, stitched into one report.
 
-Encoders per precision (vs PyTorch eager), end-to-end queries and ingestion (vs eager + numpy + dict), the
-search stage (vs numpy), the soak, the HTTP service under load (vs a seed-style FastAPI peer), and Triton vs
-in-process, each beside its baseline with a ratio, under a header naming the machine, its cores and the date.
-Written to bench/results/REPORT.md and printed.
+Encoders per runtime and precision (INT8 batched and per-row), end-to-end queries and ingestion (the stack vs
+eager + numpy + dict, at INT8 and FP32), the search stage (vs numpy), the soak, the HTTP service under load (and
+its variants, vs a seed-style FastAPI peer at FP32 and INT8), and Triton vs in-process, under a header naming
+the machine, its cores and the date. Each ratio divides two rows of the same run that differ in one named
+thing. Under each table, the command that reproduces it. Written to bench/results/REPORT.md and printed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from importlib import metadata
 
 from bench.common import RESULTS
 
-SECTIONS = ["encoders", "search", "search_stage", "load", "http", "triton"]
+# (command, the tables it writes to bench/results/), in report order.
+SECTIONS = [
+    ("encoders", ["encoders"]),
+    ("search", ["search", "search_ingest"]),
+    ("stage", ["search_stage"]),
+    ("load", ["load"]),
+    ("http", ["http", "http_ratios"]),
+    ("triton", ["triton"]),
+]
 
 
 def _cpu() -> str:
@@ -34,22 +43,43 @@ def header() -> str:
     return (
         f"# Benchmark report\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} cores ({_cpu()}) · "
         f"Python {platform.python_version()} · {versions}\n\nViT-B/32 shapes with random weights (latency does not "
-        "depend on the weights). Medians (p50) and p99; ratios are the baseline's time over ours (>1: faster).\n"
+        "depend on the weights). Medians (p50) and p99. Every ratio divides two rows of the same run that differ "
+        "in one named thing (runtime or architecture, precision, cache, batching); >1: the first named is faster.\n"
     )
 
 
-def run() -> None:
+def run(only: tuple[str, ...] = (), extra: dict[str, list[str]] | None = None) -> None:
+    """Run the sections (all, or ``only`` those commands) and stitch every table found into REPORT.md.
+
+    ``extra``: options per command (``{"http": ["--seconds", "30"]}``), quoted in its reproduce line.
+    """
     # Each benchmark in a fresh process: no model, cache or allocator state carried from one into the next
     # (the soak's memory figures are those of a serving process, not of this one).
+    extra = extra or {}
     start = time.perf_counter()
-    for command in ("encoders", "search", "stage", "load", "http", "triton"):
-        subprocess.run([sys.executable, "-m", "bench", command], check=True)
+    took: dict[str, str] = {}
+    for command, _ in SECTIONS:
+        if only and command not in only:
+            continue
+        t, load, begun = time.perf_counter(), os.getloadavg()[0], datetime.now(UTC)
+        subprocess.run([sys.executable, "-m", "bench", command, *extra.get(command, [])], check=True)
+        # The 1-minute load average before and after: above the core count, other work shared the machine.
+        took[command] = (
+            f"started {begun:%Y-%m-%d %H:%M} UTC, {time.perf_counter() - t:.0f} s, load average {load:.1f} "
+            f"before, {os.getloadavg()[0]:.1f} after"
+        )
+        (RESULTS / f"{command}.run.txt").write_text(took[command])
     parts = [header()]
-    for name in SECTIONS:
-        path = RESULTS / f"{name}.md"
-        if path.exists():
+    for command, names in SECTIONS:
+        found = [RESULTS / f"{name}.md" for name in names if (RESULTS / f"{name}.md").exists()]
+        for path in found:
             parts.append(path.read_text().replace("### ", "## ", 1))
-    parts.append(f"_The whole report took {time.perf_counter() - start:.0f} s._\n")
+        if found:
+            line = " ".join([".venv/bin/python -m bench", command, *extra.get(command, [])])
+            ran = RESULTS / f"{command}.run.txt"
+            when = took.get(command) or (f"earlier run: {ran.read_text()}" if ran.exists() else "an earlier run")
+            parts.append(f"Reproduce: `{line}` ({when}).\n")
+    parts.append(f"_This report's benchmarks took {time.perf_counter() - start:.0f} s._\n")
     report = "\n".join(parts)
     (RESULTS / "REPORT.md").write_text(report)
     print(report)
