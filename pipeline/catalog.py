@@ -97,7 +97,7 @@ def normalize(raw: Mapping[str, Any], strict: bool = False) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown fields {', '.join(map(repr, unknown))} (the catalog is read strictly)")
     if "images" in row:
-        row["images"] = _image_list(row["images"])
+        row["images"] = list(dict.fromkeys(_image_list(row["images"])))  # one image named twice is one image
     if attributes:
         row["attributes"] = attributes
     return row
@@ -164,7 +164,11 @@ def count_rows(path: Path) -> int | None:
             lines = sum(1 for line in fh if line.strip())
     except OSError:
         return None
-    if path.suffix.lower() == ".json" and is_json_array(path):
+    try:
+        array = path.suffix.lower() == ".json" and is_json_array(path)
+    except (OSError, UnicodeDecodeError):
+        return None  # reading it will say what is wrong
+    if array:
         return None  # a JSON array: its lines are not its rows
     return max(lines - 1, 0) if path.suffix.lower() == ".csv" else lines
 

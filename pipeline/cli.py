@@ -60,11 +60,13 @@ def ingest(
             task = progress.add_task("ingest", total=count_rows(catalog))
             strict = settings.ingest.strict_fields
             report = client.ingest(catalog, settings.ingest.batch_size, lambda n: progress.advance(task, n), strict)
+    rejected = max(len(report.rejected), report.rejected_count or 0)  # a job keeps the first 1,000 reasons
     summary = {
         "added": report.added,
         "updated": report.updated,
         "unchanged": report.unchanged,
         "rejected": [{"line": line, "reason": reason} for line, reason in report.rejected],
+        "rejected_count": rejected,
         "seconds": round(report.seconds, 2),
     }
     if as_json:
@@ -73,13 +75,14 @@ def ingest(
     rate = (report.added + report.updated) / report.seconds if report.seconds else 0.0
     err.print(
         f"[green]ingested[/green] {catalog}: {report.added} added, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {len(report.rejected)} rejected in {report.seconds:.1f} s "
+        f"{report.unchanged} unchanged, {rejected} rejected in {report.seconds:.1f} s "
         f"({rate:.1f} products/s embedded)"
     )
     for line, reason in report.rejected[:50]:
         err.print(f"  line {line}: {reason}", soft_wrap=True, markup=False)
-    if len(report.rejected) > 50:
-        err.print(f"  … and {len(report.rejected) - 50} more (use --json for all)")
+    if rejected > 50:
+        kept = " (the first 1,000 reasons are kept)" if rejected > len(report.rejected) else ""
+        err.print(f"  … and {rejected - 50} more (use --json for the reasons{kept})")
 
 
 @app.command()
@@ -215,7 +218,8 @@ def report_of(job: Any) -> IngestReport:
     """An ingest job's outcome as the report an in-process ingest gives."""
     rejected = sorted((e.row or 0, e.message) for e in job.errors)
     counts = {k: int(job.result.get(k, 0)) for k in ("added", "updated", "unchanged")}
-    return IngestReport(**counts, rejected=rejected, seconds=_seconds(job))
+    total = int(job.result.get("rejected", len(rejected)))
+    return IngestReport(**counts, rejected=rejected, seconds=_seconds(job), rejected_count=total)
 
 
 def main() -> None:

@@ -124,8 +124,9 @@ class SearchSettings(BaseModel):
 class IngestSettings(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     http_timeout_s: float = Field(default=10.0, gt=0)
-    # Largest catalog file an ingest job downloads from a URL.
+    # Largest catalog file an ingest job downloads from a URL, and how long the whole download may take.
     max_catalog_bytes: int = Field(default=2 * 1024**3, ge=1)
+    catalog_timeout_s: float = Field(default=600.0, gt=0)
     # Refuse catalog rows with fields the schema does not know (by default they are kept as attributes).
     strict_fields: bool = False
     # How long a product write waits for a re-index of its collection to finish before it is refused (Busy).

@@ -228,7 +228,8 @@ class IngestService:
 
         The live collection keeps answering until the swap. Products whose images can no longer be read
         are reported and left out of the new collection (their metadata stays). Product writes wait until
-        it is done (raises Busy when another re-index runs).
+        it is done (raises Busy when another re-index runs). ``progress`` is called after each batch, before
+        the swap; an exception it raises abandons the re-index (the new collection is dropped).
         """
         async with self.lock.exclusive():
             return await self._reindex(progress)

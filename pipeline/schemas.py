@@ -137,6 +137,7 @@ class IngestReport:
     unchanged: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     seconds: float = 0.0
+    rejected_count: int | None = None  # when ``rejected`` holds only the first reasons (a job keeps 1,000)
 
     @property
     def processed(self) -> int:

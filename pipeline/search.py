@@ -143,6 +143,8 @@ class SearchService:
             entry.waiters -= 1
             if entry.waiters == 0 and not entry.task.done():
                 entry.task.cancel()
+                if self._inflight.get(key) is entry:  # a caller arriving now starts afresh, not on a cancelled task
+                    del self._inflight[key]
         return {m: vector for m in Modality}, shared
 
     def _forget(self, key: str, entry: _Shared, task: asyncio.Future[np.ndarray]) -> None:

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from pipeline.jobs.model import JobKind
 from pipeline.stores.keys import Scope
 from tests.catalogs import write_bad_catalog
 from tests.service import error_message
@@ -93,6 +94,45 @@ async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_clie
     assert "already cancelled" in error_message(await client.delete(f"/v1/jobs/{job['id']}"), 409)
 
 
+async def test_cancelling_a_reindex_drops_its_collection_and_the_runner_goes_on(app_client, catalog, monkeypatch):
+    svc, client = app_client
+    await _wait(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
+    before = sorted(await svc.stack.index.product_ids())
+    monkeypatch.setattr(svc.stack.ingest.settings, "batch_size", 4)
+    batch, started = svc.stack.ingest._reindex_batch, asyncio.Event()
+
+    async def slow(*args, **kwargs):
+        started.set()
+        await asyncio.sleep(0.2)
+        return await batch(*args, **kwargs)
+
+    monkeypatch.setattr(svc.stack.ingest, "_reindex_batch", slow)
+    job = await _submit(client, "reindex")
+    await asyncio.wait_for(started.wait(), 60)
+    await client.delete(f"/v1/jobs/{job['id']}")
+    done = await _wait(client, job["id"])
+    assert done["state"] == "cancelled" and "cancelled after" in done["message"], done
+    assert done["progress"]["done"] < len(before)  # stopped part-way
+    assert sorted(await svc.stack.index.product_ids()) == before and (await client.post(
+        "/v1/search/text", json={"text": "red mug"})).json()["hits"]  # fmt: skip
+    again = await _wait(client, (await _submit(client, "embed-all"))["id"])  # the runner is still there
+    assert again["state"] == "succeeded" and again["result"]["unchanged"] == len(before)
+
+
+async def test_a_resumed_delete_counts_a_batch_its_first_run_deleted(app_client, catalog):
+    svc, client = app_client
+    await _wait(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
+    ids = sorted(await svc.stack.index.product_ids())[:3]
+    await svc.runner.aclose()
+    job = await svc.stack.jobs.create(JobKind.DELETE, {"ids": ids, "force": False}, "test")
+    await svc.stack.ingest.delete(ids[:2])  # what a killed first run deleted before it could report
+    await svc.stack.jobs.save_checkpoint(job.id, {"next": 0, "counts": {"deleted": 0, "unknown": 0}, "pending": ids})
+    await svc.runner.start()
+    svc.runner.wake()
+    done = await _wait(client, job.id)
+    assert done["result"] == {"deleted": 3, "unknown": 0} and done["errors"] == [], done
+
+
 async def test_a_queued_job_is_cancelled_at_once(app_client, catalog, monkeypatch):
     svc, client = app_client
     await svc.runner.aclose()  # nothing picks jobs up
@@ -152,7 +192,8 @@ async def test_ingest_from_a_catalog_url_resolves_images_against_it(app_client, 
     site = tmp_path / "site"
     shutil.copytree(catalog.parent, site)
     rows = [json.loads(line) for line in (site / catalog.name).read_text().splitlines()][:3]
-    rows.append({**rows[0], "id": "local-file", "images": ["/etc/hostname"]})
+    local_photo = str(catalog.parent / rows[0]["images"][0])  # a real image on this machine, by absolute path
+    rows.append({**rows[0], "id": "local-file", "images": [local_photo]})
     (site / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(site)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -162,7 +203,9 @@ async def test_ingest_from_a_catalog_url_resolves_images_against_it(app_client, 
     finally:
         server.shutdown()
     assert job["state"] == "succeeded" and job["result"]["added"] == 3, job
-    assert [e["id"] for e in job["errors"]] == ["local-file"]  # fetched from the site as a URL: not found
+    # Joined to the catalog's URL and fetched from the site (where it is not): never read from this machine.
+    assert [e["id"] for e in job["errors"]] == ["local-file"] and "404" in job["errors"][0]["message"]
+    assert f"http://127.0.0.1:{server.server_port}{local_photo}" in job["errors"][0]["message"]
     stored = await svc.stack.mongo.get_products([rows[0]["id"]])
     assert stored[rows[0]["id"]].images[0].startswith(f"http://127.0.0.1:{server.server_port}/")
 

@@ -39,15 +39,17 @@ async def test_reindex_excludes_writers_across_handles(locks):
 async def test_reindex_waits_for_writers_already_in(locks):
     lock = WriteLock(locks, "products")
     order: list[str] = []
+    inside = asyncio.Event()
 
     async def write() -> None:
         async with lock.shared(wait_s=1):
             order.append("write started")
+            inside.set()
             await asyncio.sleep(0.3)
             order.append("write done")
 
     task = asyncio.create_task(write())
-    await asyncio.sleep(0.1)
+    await inside.wait()
     async with lock.exclusive():
         order.append("reindex")
     await task

@@ -93,8 +93,9 @@ async def _download(ctx: JobContext, url: str) -> Path:
     limit = ctx.stack.settings.ingest.max_catalog_bytes
     partial = folder / f"{ctx.job.id}.part"
     http = ctx.stack.ingest.http if ctx.local else ctx.http  # API callers reach public hosts only
+    timeout_s = ctx.stack.settings.ingest.catalog_timeout_s
     try:
-        async with http.stream("GET", url) as resp:
+        async with asyncio.timeout(timeout_s), http.stream("GET", url) as resp:
             resp.raise_for_status()
             kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
             suffix = suffix if suffix in _SUFFIXES else _TYPES.get(kind, "")
@@ -113,6 +114,11 @@ async def _download(ctx: JobContext, url: str) -> Path:
     except httpx.HTTPError as exc:
         partial.unlink(missing_ok=True)
         raise InvalidInput(f"{url}: download failed ({exc})") from exc
+    except TimeoutError:
+        partial.unlink(missing_ok=True)
+        raise InvalidInput(
+            f"{url}: not downloaded within {timeout_s:.0f} s (PIPELINE__INGEST__CATALOG_TIMEOUT_S)"
+        ) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -121,6 +127,18 @@ async def _download(ctx: JobContext, url: str) -> Path:
 
 async def run_ingest(ctx: JobContext, p: IngestParams) -> dict[str, Any]:
     path = Path(p.path) if p.path else await _download(ctx, str(p.url))
+    try:
+        counts = await _ingest_file(ctx, p, path)
+    except Exception:  # failed or cancelled: a downloaded copy goes (a shutdown keeps it for the resume)
+        if p.url:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise
+    if p.url:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+    return counts
+
+
+async def _ingest_file(ctx: JobContext, p: IngestParams, path: Path) -> dict[str, Any]:
     checkpoint = await ctx.store.checkpoint(ctx.job.id)
     skip: int = checkpoint.get("rows", 0)
     counts: dict[str, int] = checkpoint.get("counts", {"added": 0, "updated": 0, "unchanged": 0, "rejected": 0})
@@ -141,8 +159,6 @@ async def run_ingest(ctx: JobContext, p: IngestParams) -> dict[str, Any]:
         outcomes = await ctx.stack.ingest.upsert(good, http=http, job=ctx.job.id) if good else []
         errors += _tally(counts, outcomes, dict(lines))
         await ctx.report(consumed, total or consumed, dict(counts), {"rows": consumed, "counts": counts}, errors)
-    if p.url:
-        path.unlink(missing_ok=True)
     return counts
 
 
@@ -197,16 +213,22 @@ async def run_delete(ctx: JobContext, p: IdsParams) -> dict[str, Any]:
     checkpoint = await ctx.store.checkpoint(ctx.job.id)
     start: int = checkpoint.get("next", 0)
     counts: dict[str, int] = checkpoint.get("counts", {"deleted": 0, "unknown": 0})
+    # A batch an interrupted run may have deleted without reporting: its ids count as deleted, not unknown.
+    pending = set(checkpoint.get("pending", []))
     ids = list(dict.fromkeys(p.ids))
     size = ctx.stack.settings.ingest.batch_size
     ctx.begin(start)
     for first in range(start, len(ids), size):
-        deleted, unknown = await ctx.stack.ingest.delete(ids[first : first + size])
-        counts["deleted"] += len(deleted)
-        counts["unknown"] += len(unknown)
-        errors = [RowError(id=i, message="no such product") for i in unknown]
-        done = first + size
-        await ctx.report(min(done, len(ids)), len(ids), dict(counts), {"next": done, "counts": counts}, errors)
+        chunk = ids[first : first + size]
+        await ctx.store.save_checkpoint(ctx.job.id, {"next": first, "counts": counts, "pending": chunk})
+        deleted, unknown = await ctx.stack.ingest.delete(chunk)
+        gone_before = [i for i in unknown if i in pending]
+        counts["deleted"] += len(deleted) + len(gone_before)
+        counts["unknown"] += len(unknown) - len(gone_before)
+        pending = set()
+        errors = [RowError(id=i, message="no such product") for i in unknown if i not in gone_before]
+        done = first + len(chunk)
+        await ctx.report(done, len(ids), dict(counts), {"next": done, "counts": counts}, errors)
     return counts
 
 
@@ -214,34 +236,29 @@ async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
     total = (await ctx.stack.mongo.counts())["products"]
     done = 0
     pending: set[asyncio.Task[None]] = set()
+    stop: list[Cancelled] = []
 
-    me = asyncio.current_task()
-    assert me is not None
-    cancelled = False
+    def note(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), Cancelled):
+            stop.append(task.exception())  # type: ignore[arg-type]
 
-    def stop_if_cancelled(task: asyncio.Task[None]) -> None:
-        nonlocal cancelled
-        if not task.cancelled() and isinstance(task.exception(), Cancelled) and not cancelled:
-            cancelled = True
-            me.cancel()  # the whole re-index stops; its new collection is dropped, the old one stays live
-
-    def advance(n: int) -> None:  # called between batches; reported without holding up the re-index
+    def advance(n: int) -> None:
+        """Between two batches, before the swap: a cancel seen by an earlier report abandons the re-index
+        here (its new collection is dropped, the live one untouched); once swapped, nothing cancels it."""
         nonlocal done
+        if stop:
+            raise stop[0]
         done += n
         task = asyncio.ensure_future(ctx.report(done, total, {"reindexed": done}, {}, []))
         pending.add(task)
-        task.add_done_callback(pending.discard)
-        task.add_done_callback(stop_if_cancelled)
+        task.add_done_callback(note)
 
     ctx.begin(0)
     try:
         report = await ctx.stack.ingest.reindex(progress=advance)
-    except asyncio.CancelledError:
-        if not cancelled:
-            raise
-        me.uncancel()
-        raise Cancelled(f"job {ctx.job.id} cancelled; the live collection is unchanged") from None
-    await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        await asyncio.gather(*pending, return_exceptions=True)
     return {
         "reindexed": report.updated,
         "left_out": len(report.rejected),

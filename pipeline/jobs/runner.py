@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from pipeline.errors import PipelineError, StoreUnavailable
+from pipeline.errors import Busy, PipelineError, StoreUnavailable
 from pipeline.jobs.kinds import Cancelled, JobContext, ProgressHook, run_job
 from pipeline.jobs.model import RESUMABLE, Job, JobKind, JobState
 from pipeline.jobs.store import JobStore, this_process
@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.jobs")
 
 
-async def execute(ctx: JobContext) -> Job:
-    """Run a claimed job to its end and record how it ended; a shutdown hands a resumable job back."""
+async def execute(ctx: JobContext, hand_back: bool = True) -> Job:
+    """Run a claimed job to its end and record how it ended. With ``hand_back`` (a runner), a shutdown or a
+    re-index holding the collection past the write wait puts a resumable job back in the queue; without (the
+    CLI's foreground), a stop leaves it interrupted: nobody should run it later unasked."""
     store, job = ctx.store, ctx.job
+    resumable = hand_back and job.kind in RESUMABLE
 
     async def beat() -> None:
         while True:
@@ -38,14 +41,19 @@ async def execute(ctx: JobContext) -> Job:
         await store.finish(job.id, JobState.SUCCEEDED, result=result)
     except Cancelled as exc:
         await store.finish(job.id, JobState.CANCELLED, str(exc))
+    except Busy as exc:
+        if resumable:
+            await store.finish(job.id, JobState.QUEUED, f"{exc}; queued again, resumes where it stopped")
+        else:
+            await store.finish(job.id, JobState.FAILED, str(exc))
     except PipelineError as exc:
         await store.finish(job.id, JobState.FAILED, str(exc))
     except asyncio.CancelledError:  # the process is stopping under the job
         with contextlib.suppress(PipelineError):
-            if job.kind in RESUMABLE:
+            if resumable:
                 await store.finish(job.id, JobState.QUEUED, "interrupted by a shutdown; resumes where it stopped")
             else:
-                await store.finish(job.id, JobState.INTERRUPTED, "interrupted by a shutdown: submit it again")
+                await store.finish(job.id, JobState.INTERRUPTED, "interrupted: submit it again to finish it")
         raise
     except Exception as exc:  # a bug: the job fails with a short reason, the traceback goes to the log
         log.exception("job %s (%s) failed", job.id, job.kind)
@@ -74,6 +82,7 @@ class LocalRunner:
                 log.warning("job %s (%s) was interrupted; now %s", job.id, job.kind, job.state)
         except StoreUnavailable as exc:
             log.warning("jobs: cannot recover interrupted jobs now: %s", exc)
+        self._closing = False
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     def wake(self) -> None:
@@ -95,8 +104,14 @@ class LocalRunner:
                         await self._wake.wait()
                 continue
             log.info("job %s (%s) started", job.id, job.kind)
-            done = await execute(JobContext(self.stack, self.store, job, self.http, local=job.local))
+            try:
+                done = await execute(JobContext(self.stack, self.store, job, self.http, local=job.local))
+            except PipelineError as exc:  # MongoDB gone while recording the end: the next restart recovers it
+                log.warning("job %s (%s): cannot record its end: %s", job.id, job.kind, exc)
+                continue
             log.info("job %s (%s) %s", job.id, job.kind, done.state)
+            if done.state is JobState.QUEUED:  # handed back (a re-index elsewhere holds the collection)
+                await asyncio.sleep(self.poll_s)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -114,4 +129,4 @@ async def run_foreground(
     job = await store.create(kind, params, by="cli", local=True)
     await store.start_foreground(job.id, this_process())
     job = await store.get(job.id)
-    return await execute(JobContext(stack, store, job, stack.ingest.http, on_progress, local=True))
+    return await execute(JobContext(stack, store, job, stack.ingest.http, on_progress, local=True), hand_back=False)

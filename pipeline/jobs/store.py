@@ -100,9 +100,14 @@ class JobStore:
         doc = await self._do(lambda: self._jobs.find_one({"_id": job_id}, {"checkpoint": 1}))
         return (doc or {}).get("checkpoint") or {}
 
+    async def save_checkpoint(self, job_id: str, checkpoint: dict[str, Any]) -> None:
+        await self._do(lambda: self._jobs.update_one({"_id": job_id}, {"$set": {"checkpoint": checkpoint}}))
+
     async def recent(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
         query = {"state": state.value} if state else {}
-        cursor = self._jobs.find(query, _HIDDEN).sort("created", DESCENDING).limit(limit)
+        # A listing leaves out what can be long (the ids a job names, its errors): GET one job for those.
+        brief = {**_HIDDEN, "errors": 0, "params.ids": 0}
+        cursor = self._jobs.find(query, brief).sort("created", DESCENDING).limit(limit)
         docs = await self._do(lambda: cursor.to_list(None))
         return [_of(d, self._stale()) for d in docs]
 

@@ -61,6 +61,13 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _is_mongod(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"mongod")
+    except OSError:
+        return True  # no /proc to ask: the port file and the open port are the evidence
+
+
 def _alive(pid: int) -> bool:
     """The process runs (a zombie, exited but not yet reaped by its parent, does not)."""
     try:
@@ -161,12 +168,12 @@ class ManagedMongod:
         while not _port_open(self.port):
             if self._proc.poll() is not None:
                 err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace").strip()
-                self._proc = None
+                self._proc, self.port = None, None
                 log_file = self.data_dir / "mongod.log"
                 raise StoreUnavailable(f"mongod failed to start on {db}: {err or f'see {log_file}'}")
             if time.monotonic() > deadline:
                 self._terminate(self._proc.pid)
-                self._proc = None
+                self._proc, self.port = None, None
                 raise StoreUnavailable(f"mongod did not start within {self.start_timeout_s:.0f} s on {db}")
             time.sleep(0.05)
         tmp = self.data_dir / (PORT_FILE + ".tmp")
@@ -186,7 +193,8 @@ class ManagedMongod:
                 pid = int(json.loads((self.data_dir / PORT_FILE).read_text())["pid"])
             except (OSError, ValueError, KeyError):
                 return
-            self._terminate(pid)
+            if self._running() is not None and _is_mongod(pid):  # never a stranger that reused a stale pid
+                self._terminate(pid)
             (self.data_dir / PORT_FILE).unlink(missing_ok=True)
 
     def _terminate(self, pid: int) -> None:

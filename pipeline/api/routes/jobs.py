@@ -3,12 +3,12 @@ answers for any job."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import ValidationError
 
-from pipeline.api.auth import WriteKey
+from pipeline.api.auth import Principal, WriteKey
 from pipeline.api.deps import ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.errors import Forbidden, InvalidInput
@@ -17,8 +17,19 @@ from pipeline.schemas import describe_errors
 from pipeline.stores.keys import Scope
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
-# Kinds only admin keys may submit: a re-index, and an ingest of a file on the service's machine.
+# Kinds only admin keys may submit (or cancel); an ingest of a file on the service's machine is admin-only too.
 _ADMIN_ONLY = {JobKind.REINDEX}
+
+
+def _needs_admin(kind: JobKind, params: dict[str, Any]) -> bool:
+    return kind in _ADMIN_ONLY or (kind is JobKind.INGEST and bool(params.get("path")))
+
+
+def _as_seen_by(job: Job, who: Principal) -> Job:
+    """Server file paths are for admin keys' eyes only."""
+    if job.params.get("path") and not who.scope.covers(Scope.ADMIN):
+        return job.model_copy(update={"params": {**job.params, "path": "(hidden)"}})
+    return job
 
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, responses=documented(401, 403, 413, 422, 503))
@@ -29,8 +40,7 @@ async def submit(body: JobIn, svc: ServiceDep, who: WriteKey) -> Job:
         params = checked_params(body.kind, body.params)
     except ValidationError as exc:
         raise InvalidInput(f"params: {describe_errors(exc.errors(), whole='params')}") from None
-    needs_admin = body.kind in _ADMIN_ONLY or (body.kind is JobKind.INGEST and params.get("path"))
-    if needs_admin and not who.scope.covers(Scope.ADMIN):
+    if _needs_admin(body.kind, params) and not who.scope.covers(Scope.ADMIN):
         raise Forbidden(f"key {who.name!r} has scope {who.scope}; a {body.kind} job of this kind needs admin")
     job = await svc.stack.jobs.create(body.kind, params, who.name, local=who.local)
     svc.runner.wake()
@@ -38,23 +48,26 @@ async def submit(body: JobIn, svc: ServiceDep, who: WriteKey) -> Job:
 
 
 @router.get("/jobs/{job_id}", responses=documented(401, 403, 404, 503))
-async def get_job(job_id: str, svc: ServiceDep, _: WriteKey) -> Job:
+async def get_job(job_id: str, svc: ServiceDep, who: WriteKey) -> Job:
     """State, progress (done/total, rate, ETA), timestamps, result so far, errors with their rows."""
-    return await svc.stack.jobs.get(job_id)
+    return _as_seen_by(await svc.stack.jobs.get(job_id), who)
 
 
 @router.get("/jobs", responses=documented(401, 403, 422, 503), dependencies=[Depends(only_params("state", "limit"))])
 async def list_jobs(
     svc: ServiceDep,
-    _: WriteKey,
+    who: WriteKey,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:
-    """The most recent jobs first, optionally of one state."""
-    return JobPage(jobs=await svc.stack.jobs.recent(state, limit))
+    """The most recent jobs first, optionally of one state (without their id lists and errors: GET one)."""
+    return JobPage(jobs=[_as_seen_by(j, who) for j in await svc.stack.jobs.recent(state, limit)])
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_202_ACCEPTED, responses=documented(401, 403, 404, 409, 503))
-async def cancel_job(job_id: str, svc: ServiceDep, _: WriteKey) -> Job:
+async def cancel_job(job_id: str, svc: ServiceDep, who: WriteKey) -> Job:
     """Cancel: a queued job at once, a running one after its current batch (nothing half-written)."""
-    return await svc.stack.jobs.cancel(job_id)
+    job = await svc.stack.jobs.get(job_id)
+    if _needs_admin(job.kind, job.params) and not who.scope.covers(Scope.ADMIN):
+        raise Forbidden(f"key {who.name!r} has scope {who.scope}; cancelling a {job.kind} job of this kind needs admin")
+    return _as_seen_by(await svc.stack.jobs.cancel(job_id), who)
