@@ -74,7 +74,11 @@ class WriteLock:
     async def exclusive(self) -> AsyncIterator[None]:
         """Held by a re-index: new writers wait from now on; returns once the writers already in are done."""
         token = uuid.uuid4().hex
-        if not await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}):
+        for attempt in range(3):  # a duplicate key can also mean two holders created the document at once
+            if await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}):
+                break
+            await asyncio.sleep(self._poll_s * (attempt + 1))
+        else:
             raise Busy(f"a re-index of {self.name!r} is already running")
         try:
             async with self._renewing({"reindex.token": token}, "reindex.expires"):
