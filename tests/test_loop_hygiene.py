@@ -12,8 +12,8 @@ async def test_catalog_parsing_and_image_stats_run_off_the_loop(stack, catalog, 
     loop_thread = threading.current_thread()
     seen: dict[str, set[bool]] = {"parse": set(), "stat": set()}
 
-    def parse(path):
-        for row in read_catalog(path):
+    def parse(path, *args):
+        for row in read_catalog(path, *args):
             seen["parse"].add(threading.current_thread() is loop_thread)
             yield row
 
