@@ -100,6 +100,7 @@ def demo_queries(demo: str = typer.Option("data/demo", help="the folder make dem
 def report(
     only: str = typer.Option("", help="run only these commands, comma separated (the other tables: from earlier runs)"),
     http_seconds: float = typer.Option(60, help="seconds per mixed row of the http section"),
+    stitch: bool = typer.Option(False, help="run nothing: stitch the tables saved in bench/results/"),
 ) -> None:
     """Every benchmark in one run, stitched into bench/results/REPORT.md (what `make bench` runs)."""
     from bench.report import SECTIONS, run
@@ -107,7 +108,7 @@ def report(
     chosen = tuple(c.strip() for c in only.split(",") if c.strip())
     if set(chosen) - {c for c, _ in SECTIONS}:
         raise typer.BadParameter(f"only: choose from {', '.join(c for c, _ in SECTIONS)}", param_hint="--only")
-    run(chosen, {"http": ["--seconds", f"{http_seconds:g}"]} if http_seconds != 60 else None)
+    run(chosen, {"http": ["--seconds", f"{http_seconds:g}"]} if http_seconds != 60 else None, stitch=stitch)
 
 
 if __name__ == "__main__":

@@ -148,10 +148,9 @@ def _ratio_rows(rows: list[Row]) -> list[list[str]]:
             ra, rb = by.get((a, workload, clients)), by.get((b, workload, clients))
             if ra is None or rb is None:
                 cells.append("")
-            elif workload == MIXED:
-                cells.append(f"{ra.rps / rb.rps:.2f}x")
             else:
-                cells.append(f"{rb.p(50) / ra.p(50):.2f}x")
+                ratio = ra.rps / rb.rps if workload == MIXED else rb.p(50) / ra.p(50)
+                cells.append(f"{ratio:.2f}x" + (" !" if max(ra.other_cpu, rb.other_cpu) > BUSY else ""))
         out.append(cells)
     return out
 
@@ -244,5 +243,6 @@ def run(
         _ratio_rows(rows),
         "http_ratios",
         "Mixed columns: A's requests/s over B's; single-client columns: B's p50 over A's. From the table above, "
-        "same run. 'similar' encodes nothing, so its precision ratios only show noise.",
+        f"same run; '!': A's or B's row was disturbed (other CPU above {BUSY:.0%}). 'similar' encodes nothing, so "
+        "its precision ratios only show noise.",
     )

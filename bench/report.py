@@ -48,10 +48,11 @@ def header() -> str:
     )
 
 
-def run(only: tuple[str, ...] = (), extra: dict[str, list[str]] | None = None) -> None:
+def run(only: tuple[str, ...] = (), extra: dict[str, list[str]] | None = None, stitch: bool = False) -> None:
     """Run the sections (all, or ``only`` those commands) and stitch every table found into REPORT.md.
 
     ``extra``: options per command (``{"http": ["--seconds", "30"]}``), quoted in its reproduce line.
+    ``stitch``: run nothing, only stitch the tables saved by earlier runs (each under its own run's line).
     """
     # Each benchmark in a fresh process: no model, cache or allocator state carried from one into the next
     # (the soak's memory figures are those of a serving process, not of this one).
@@ -59,7 +60,7 @@ def run(only: tuple[str, ...] = (), extra: dict[str, list[str]] | None = None) -
     start = time.perf_counter()
     took: dict[str, str] = {}
     for command, _ in SECTIONS:
-        if only and command not in only:
+        if stitch or (only and command not in only):
             continue
         t, load, begun = time.perf_counter(), os.getloadavg()[0], datetime.now(UTC)
         subprocess.run([sys.executable, "-m", "bench", command, *extra.get(command, [])], check=True)
@@ -79,7 +80,10 @@ def run(only: tuple[str, ...] = (), extra: dict[str, list[str]] | None = None) -
             ran = RESULTS / f"{command}.run.txt"
             when = took.get(command) or (f"earlier run: {ran.read_text()}" if ran.exists() else "an earlier run")
             parts.append(f"Reproduce: `{line}` ({when}).\n")
-    parts.append(f"_This report's benchmarks took {time.perf_counter() - start:.0f} s._\n")
+    if took:
+        parts.append(f"_This report's benchmarks took {time.perf_counter() - start:.0f} s._\n")
+    else:
+        parts.append("_Stitched from saved tables: each was measured in the run named under it._\n")
     report = "\n".join(parts)
     (RESULTS / "REPORT.md").write_text(report)
     print(report)
