@@ -213,44 +213,41 @@ def test_browser_end_to_end(served_app, tmp_path):
         shutil.copy(shot, Path(os.environ["UI_SCREENSHOT_DIR"]) / "ui.png")
 
 
-def test_page_says_when_the_service_is_unreachable(monkeypatch):
+def _page_against(url: str, monkeypatch, **env: str):
+    """The page run fresh (no cached client or status) against ``url``."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from pipeline.stores.mongod import free_port
-
-    monkeypatch.setenv("PIPELINE__API__URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PIPELINE__API__URL", url)
     monkeypatch.setenv("PIPELINE__API__KEY", "psk_none")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     st.cache_resource.clear()  # the client and the status are cached per process: start from none
     st.cache_data.clear()
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()
     assert not at.exception
+    return at
+
+
+def test_page_says_when_the_service_is_unreachable(monkeypatch):
+    from pipeline.stores.mongod import free_port
+
+    at = _page_against(f"http://127.0.0.1:{free_port()}", monkeypatch)
     assert "search service is not reachable" in at.error[0].value and "python -m pipeline serve" in at.error[0].value
 
 
 def test_page_says_when_the_service_times_out(monkeypatch):
     """A service that accepts the connection but never answers: a message after the client's timeout."""
-    import socket
-
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
     with socket.socket() as hung:
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)  # accepted by the kernel, never answered
-        monkeypatch.setenv("PIPELINE__API__URL", f"http://127.0.0.1:{hung.getsockname()[1]}")
-        monkeypatch.setenv("PIPELINE__API__KEY", "psk_none")
-        monkeypatch.setenv("PIPELINE__API__CLIENT_TIMEOUT_S", "1")
-        st.cache_resource.clear()
-        st.cache_data.clear()
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.run()
-        st.cache_resource.clear()
-        st.cache_data.clear()
-    assert not at.exception
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        at = _page_against(url, monkeypatch, PIPELINE__API__CLIENT_TIMEOUT_S="1")
     assert "ReadTimeout" in at.error[0].value and "not reachable" in at.error[0].value
 
 
