@@ -20,22 +20,18 @@ sha256 intact) are kept, not rebuilt.
 
 from __future__ import annotations
 
-import errno
-import filecmp
 import hashlib
 import json
-import os
 import re
 import shutil
-import sys
-import uuid
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ModelError
-from pipeline.export.triton_extras import image_ensemble, text_ensemble, write_extras
+from pipeline.export.publish import publish, same_content, staging_folder
+from pipeline.export.triton_extras import write_extras
 from pipeline.manifest import (
     FORMAT_VERSION,
     IMAGE_INPUT,
@@ -64,7 +60,6 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
 _MODEL_NAMES = {Modality.TEXT: TEXT_MODEL, Modality.IMAGE: IMAGE_MODEL}
 # Staging folders of exports that were killed before they could clean up (older versions staged inside out).
-_STAGING_LEFTOVER = ".export-staging-"
 _SHIM = "from pipeline.triton.onnx_model import TritonPythonModel  # noqa: F401  (written by pipeline export)\n"
 
 
@@ -215,14 +210,14 @@ def export_repository(
         existing = None
     reuse = _reusable(existing, out, digest, versions)
     wanted = [(m, p) for m in Modality for p in precisions]
-    staging = _staging(out)
+    staging = staging_folder(out)
     try:
         if existing is not None and all(key in reuse for key in wanted):
             # The configs are cheap and derived from the manifest (and --max-batch-size): always current.
             write_configs(staging, existing, max_batch_size)
             existing.save(staging)
-            if not _same_content(staging, out):
-                _publish(staging, out, existing, existing)
+            if not same_content(staging, out):
+                publish(staging, out, existing, existing)
             log(f"{out}: up to date ({', '.join(precisions)} already exported from this source)")
             return existing
         manifest = _build(
@@ -243,7 +238,7 @@ def export_repository(
         shutil.rmtree(staging / ".fp32")
         write_configs(staging, manifest, max_batch_size)
         manifest.save(staging)
-        _publish(staging, out, manifest, existing)
+        publish(staging, out, manifest, existing)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a swap, this is the old repository
     log(f"{out}: exported {', '.join(precisions)} (dim {manifest.dim}, fingerprint {manifest.fingerprint[:12]})")
@@ -403,105 +398,3 @@ def write_configs(root: Path, manifest: Manifest, max_batch_size: int) -> None:
                 shim.parent.mkdir(parents=True, exist_ok=True)
                 shim.write_text(_SHIM)
     write_extras(root, manifest, max_batch_size)
-
-
-def _staging(out: Path) -> Path:
-    """A new empty folder beside ``out`` (or in its nearest existing ancestor), on the same filesystem so the
-    final swap is a rename."""
-    real = out.resolve()  # where a symlinked ``out`` points: the folder that is swapped
-    anchor = real.parent if real.parent.exists() else next(p for p in real.parents if p.exists())
-    staging = anchor / f".{real.name}.staging-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()  # the umask's mode, as a plain mkdir of ``out`` would get (mkdtemp's is 0700)
-    return staging
-
-
-def _same_content(staging: Path, out: Path) -> bool:
-    """Whether every file in ``staging`` is already in ``out`` with the same bytes."""
-    for path in (p for p in staging.rglob("*") if p.is_file()):
-        target = out / path.relative_to(staging)
-        if not target.is_file() or not filecmp.cmp(path, target, shallow=False):
-            return False
-    return True
-
-
-def _dropped(manifest: Manifest, existing: Manifest | None) -> set[Path]:
-    """Paths in the old repository (relative) that the new one must not carry: the version folders of variants
-    no longer exported (the whole model folder when the new repository has no variant in that Triton model, as
-    for a format-1 INT8 version moving to its own model) and the ensembles of precisions no longer exported."""
-    if existing is None:
-        return set()
-    new = [v for spec in manifest.models.values() for v in spec.variants.values()]
-    keep, models = {v.file for v in new}, {v.triton_model for v in new}
-    dropped = {
-        Path(variant.file).parent if variant.triton_model in models else Path(variant.triton_model)
-        for spec in existing.models.values()
-        for variant in spec.variants.values()
-        if variant.file not in keep
-    }
-    for precision in existing.precisions() - manifest.precisions():
-        dropped |= {Path(image_ensemble(precision)), Path(text_ensemble(precision))}
-    return dropped
-
-
-def _carry_over(out: Path, staging: Path, dropped: set[Path]) -> None:
-    """Link into ``staging`` everything in ``out`` the export neither wrote anew nor dropped: kept variant
-    files and anything the export does not own. Hard links cost no copy, and the old names are only ever
-    removed, never written through, so the new repository cannot change under the old one's readers."""
-    for root, dirs, files in os.walk(out):
-        here = Path(root)
-        rel_root = here.relative_to(out)
-        if rel_root == Path(".") and MANIFEST_FILE in files:
-            files.remove(MANIFEST_FILE)  # staging has its own
-        dirs[:] = [d for d in dirs if rel_root / d not in dropped and not d.startswith(_STAGING_LEFTOVER)]
-        for name in [*dirs, *files]:
-            source, target = here / name, staging / rel_root / name
-            if source.is_symlink():
-                if not target.exists() and not target.is_symlink():
-                    target.symlink_to(os.readlink(source))
-            elif name in dirs:
-                target.mkdir(exist_ok=True)
-            elif not target.exists():
-                try:
-                    os.link(source, target)
-                except OSError:  # a filesystem without hard links
-                    shutil.copy2(source, target)
-
-
-def _publish(staging: Path, out: Path, manifest: Manifest, existing: Manifest | None) -> None:
-    """Make ``staging`` (a complete repository) the repository at ``out`` in one step; the old one ends up at
-    ``staging`` for the caller to remove. A symlinked ``out`` keeps its link: the folder it names is swapped."""
-    real = out.resolve()
-    if not real.exists():
-        real.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging, real)
-        return
-    _carry_over(real, staging, _dropped(manifest, existing))
-    shutil.copymode(real, staging)
-    if _exchange(staging, real):
-        return
-    # No atomic exchange here (not Linux, or a filesystem without it): two renames. A reader between them
-    # finds no repository for a moment, never a mix of two.
-    old = staging.with_name(staging.name + ".old")
-    os.rename(real, old)
-    os.rename(staging, real)
-    os.rename(old, staging)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:  # glibc < 2.28, or another C library
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
