@@ -8,7 +8,7 @@ working directory is read too. Build it once at start-up (``Settings()``) and pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -133,6 +133,37 @@ class IngestSettings(BaseModel):
     write_wait_s: float = Field(default=30.0, ge=0)
 
 
+class SourceSettings(BaseModel):
+    """The catalog's system of record, read by ``sync`` jobs and ``POST /v1/products/{id}/refresh`` (and by an
+    ``ingest`` job that names no file). ``type`` unset: no source is configured."""
+
+    type: Literal["sql", "mongo"] | None = None
+    # SQL: a SQLAlchemy URL as users type it (postgresql://user@host/db, mysql://..., sqlite:///catalog.db).
+    # MongoDB: a mongodb:// URI.
+    url: SecretStr | None = None
+    # SQL: a SELECT returning one row per product. Its columns are product fields (or named through ``mapping``).
+    query: str | None = None
+    # SQL: how to read one product (a named parameter ``:id``). Unset: ``query`` filtered on the id column.
+    by_id_query: str | None = None
+    # MongoDB: database, collection and a filter (JSON) on the documents that are products.
+    database: str | None = None
+    collection: str | None = None
+    filter: dict[str, Any] = {}
+    # Product field -> column (or document field) when their names differ, e.g. {"id": "sku", "name": "title"}.
+    mapping: dict[str, str] = {}
+    # A column (field) with each row's last change: ``sync`` then reads only rows changed since the last sync.
+    updated_at: str | None = None
+    # How long connecting and each statement may take before the job fails with the driver's message.
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class JobSettings(BaseModel):
+    # "local": jobs run inside the service process (the embedded default). "celery": on Celery workers
+    # (``python -m pipeline worker``) through a Redis broker; the service only queues them.
+    runner: Literal["local", "celery"] = "local"
+    broker_url: SecretStr | None = None  # redis://host:6379/0 (required with the celery runner)
+
+
 class ApiSettings(BaseModel):
     """The HTTP service (``python -m pipeline serve``) and how its clients (the page, the CLI) reach it."""
 
@@ -185,6 +216,8 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
+    source: SourceSettings = SourceSettings()
+    jobs: JobSettings = JobSettings()
 
     def service_file(self) -> Path:
         """Where the running service announces itself: the setting, or ``service.json`` beside the data."""

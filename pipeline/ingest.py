@@ -166,23 +166,31 @@ class IngestService:
         http: httpx.AsyncClient | None = None,
         job: str | None = None,
         force: bool = False,
+        source: str | None = None,
     ) -> list[Outcome]:
         """Store and index products (distinct ids); one outcome per product, in order. A product whose
         content and model are unchanged costs one state read (``force`` embeds it anyway); one whose images
         fail is rejected alone. ``http`` fetches image URLs (default: the service's own client). A ``job``
-        marks what it writes, so when it is resumed a product it already wrote counts as it did then.
+        marks what it writes, so when it is resumed a product it already wrote counts as it did then; a
+        ``source`` (a catalog source's key) marks where the products came from, for a sync's deletions.
         Waits for a running re-index."""
         async with self.lock.shared(self.settings.write_wait_s):
-            return await self._upsert(products, http, job, force)
+            return await self._upsert(products, http, job, force, source)
 
     async def _upsert(
-        self, products: Sequence[Product], http: httpx.AsyncClient | None, job: str | None, force: bool
+        self,
+        products: Sequence[Product],
+        http: httpx.AsyncClient | None,
+        job: str | None,
+        force: bool,
+        source: str | None,
     ) -> list[Outcome]:
         stamp = self.stamp
         hashes = await asyncio.to_thread(_content_hashes, products)  # a stat per image file: off the loop
         states = await self.mongo.get_states(list(hashes))
         outcomes: dict[str, Outcome] = {}
         todo: list[Product] = []
+        claimed: list[str] = []  # unchanged products a source now claims (a file ingest wrote them first)
         # What writing each product is: added or updated (for a resumed job, as its first run saw it).
         status: dict[str, Literal["added", "updated"]] = {}
         for product in products:
@@ -193,13 +201,15 @@ class IngestService:
             current = state and state.content_hash == h and state.indexed_hash == h
             if current and state and state.fingerprint == stamp.fingerprint and not force:
                 outcomes[product.id] = Outcome(product.id, status[product.id] if mine else "unchanged")
+                if source is not None and state.source != source:
+                    claimed.append(product.id)
             else:
                 todo.append(product)
         encoded, failed = await self._encode(todo, http) if todo else ([], [])
         for product, reason in failed:
             outcomes[product.id] = Outcome(product.id, "rejected", reason)
         if encoded:
-            await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded], job, status)
+            await self.mongo.upsert_products([(p, hashes[p.id]) for p, _, _ in encoded], job, status, source)
             await self.index.upsert([pt for p, img, txt in encoded for pt in self._points(p, img, txt)])
             for product, _, _ in encoded:
                 if product.id in states:  # a product that lost images keeps no stale points
@@ -207,6 +217,8 @@ class IngestService:
             await self.mongo.mark_indexed([(p.id, hashes[p.id]) for p, _, _ in encoded], stamp.fingerprint)
             for product, _, _ in encoded:
                 outcomes[product.id] = Outcome(product.id, status[product.id])
+        if claimed:
+            await self.mongo.set_source(claimed, source)
         return [outcomes[p.id] for p in products]
 
     # --- delete and reindex ------------------------------------------------------------------------------------

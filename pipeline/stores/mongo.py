@@ -30,6 +30,7 @@ class IngestState:
     fingerprint: str | None  # model that made those vectors
     job: str | None = None  # the job that last wrote the product, and what that write was (added/updated),
     job_status: str | None = None  # so a resumed job counts a product it wrote before the interruption once
+    source: str | None = None  # the key of the catalog source it came from (None: a file or the API)
 
 
 def _to_product(doc: dict[str, Any]) -> Product:
@@ -38,7 +39,12 @@ def _to_product(doc: dict[str, Any]) -> Product:
 
 def _state(doc: dict[str, Any]) -> IngestState:
     return IngestState(
-        doc.get("content_hash"), doc.get("indexed_hash"), doc.get("fingerprint"), doc.get("job"), doc.get("job_status")
+        doc.get("content_hash"),
+        doc.get("indexed_hash"),
+        doc.get("fingerprint"),
+        doc.get("job"),
+        doc.get("job_status"),
+        doc.get("source"),
     )
 
 
@@ -69,6 +75,7 @@ class MongoStore:
         self.api_keys = db["api_keys"]
         self.write_locks = db["write_locks"]
         self.jobs = db["jobs"]
+        self.sync_state = db["sync_state"]  # per catalog source: how far its last sync read
 
     async def ensure_indexes(self, events_retention_s: float = 0) -> None:
         """Indexes for the reads the stack makes; events expire after ``events_retention_s`` (0: never)."""
@@ -76,6 +83,7 @@ class MongoStore:
             for field in (*FACETS, "price"):
                 await self.products.create_index([(field, ASCENDING)])
             await self.products.create_index([("indexed_hash", ASCENDING)])
+            await self.products.create_index([("source", ASCENDING)], sparse=True)
             await self._events_ts_index(int(events_retention_s))
             await self.events.create_index([("kind", ASCENDING), ("ts", ASCENDING)])
         except PyMongoError as exc:
@@ -115,23 +123,30 @@ class MongoStore:
         try:
             docs = await self.products.find(
                 {"_id": {"$in": [str(i) for i in ids]}},
-                {"content_hash": 1, "indexed_hash": 1, "fingerprint": 1, "job": 1, "job_status": 1},
+                {"content_hash": 1, "indexed_hash": 1, "fingerprint": 1, "job": 1, "job_status": 1, "source": 1},
             ).to_list(None)
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
         return {d["_id"]: _state(d) for d in docs}
 
     async def upsert_products(
-        self, products: Sequence[tuple[Product, str]], job: str | None = None, statuses: Mapping[str, str] = {}
+        self,
+        products: Sequence[tuple[Product, str]],
+        job: str | None = None,
+        statuses: Mapping[str, str] = {},
+        source: str | None = None,
     ) -> None:
         """Write metadata with its new content hash; ``indexed_hash`` is cleared until vectors are in. A job
-        records itself and each product's status (``statuses``: id → added/updated) on the products it writes."""
+        records itself and each product's status (``statuses``: id → added/updated) on the products it writes;
+        a ``source`` key records where they came from (kept when None)."""
         self._products.drop([p.id for p, _ in products])
         ops = []
         for product, content_hash in products:
             doc = product.model_dump(mode="json", exclude={"id"})
             fields = {**{k: None for k in _FIELDS if k != "id"}, **doc}
             written = {"job": job, "job_status": statuses.get(product.id)}
+            if source is not None:
+                written["source"] = source
             ops.append(
                 UpdateOne(
                     {"_id": product.id},
@@ -153,6 +168,20 @@ class MongoStore:
     async def mark_unindexed(self, ids: Sequence[str]) -> None:
         try:
             await self.products.update_many({"_id": {"$in": list(ids)}}, {"$set": {"indexed_hash": None}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def set_source(self, ids: Sequence[str], source: str | None) -> None:
+        """Record that a catalog source now supplies these (unchanged) products."""
+        try:
+            await self.products.update_many({"_id": {"$in": list(ids)}}, {"$set": {"source": source}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def ids_from_source(self, source: str) -> set[str]:
+        """Ids of the products a catalog source supplied (what a sync deletes when the source drops them)."""
+        try:
+            return {str(d["_id"]) async for d in self.products.find({"source": source}, {"_id": 1})}
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
