@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pipeline import cli_sources as src
 from pipeline.catalog import count_rows
 from pipeline.cli_common import (
     JsonOption,
@@ -22,6 +23,7 @@ from pipeline.cli_common import (
     read_image_file,
     settings_for,
 )
+from pipeline.cli_jobs import print_job
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.schemas import IngestReport
 
@@ -31,14 +33,26 @@ from pipeline.schemas import IngestReport
 @app.command()
 @guarded
 def ingest(
-    catalog: Annotated[Path, typer.Argument(help="Catalog file: .jsonl or .csv")],
+    catalog: Annotated[Path | None, typer.Argument(help="Catalog file: .jsonl, .json or .csv")] = None,
+    sql_url: src.SqlUrl = None,
+    query: src.Query = None,
+    by_id_query: src.ByIdQuery = None,
+    mongo_url: src.MongoUrl = None,
+    database: src.Database = None,
+    collection: src.Collection = None,
+    filter_json: src.Filter = None,
+    mapping: src.Mapping = None,
+    updated_at: src.UpdatedAt = None,
+    image_base: src.ImageBase = None,
     model_repository: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate, store and embed a catalog. Unchanged rows cost nothing; bad rows are listed and skipped.
+    """Validate, store and embed a catalog: a file, a SQL query (--sql-url, --query) or a MongoDB collection
+    (--mongo-url, --database, --collection); with none of these, the configured source (PIPELINE__SOURCE__*).
+    Unchanged rows cost nothing; bad rows are listed and skipped.
 
     A job (see ``jobs``): run by the service when one runs on this machine, here in the foreground otherwise;
-    to a service elsewhere the rows are sent in batches with their images."""
+    to a service elsewhere a file's rows are sent in batches with their images, a source is read there."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipeline.cli_jobs import run_job
@@ -46,6 +60,21 @@ def ingest(
     from pipeline.jobs.model import JobKind, JobState
 
     settings = settings_for(model_repository)
+    source = src.source_param(sql_url, query, by_id_query, mongo_url, database, collection, filter_json, mapping,
+                              updated_at, image_base)  # fmt: skip
+    if catalog is not None and source is not None:
+        raise InvalidInput("give a catalog file or a source, not both")
+    if catalog is None:
+        if source is None and settings.source.type is None:
+            raise InvalidInput("give a catalog file, --sql-url or --mongo-url (or configure PIPELINE__SOURCE__*)")
+        job = run_job(settings, JobKind.INGEST, {"source": source or "configured"}, quiet=as_json)
+        if as_json:
+            sys.stdout.write(job.model_dump_json() + "\n")
+        else:
+            print_job(job)
+        if job.state is not JobState.SUCCEEDED:
+            raise typer.Exit(1)
+        return
     client = ServiceClient.discover(settings)
     if client is None or client.local:
         if client is not None:

@@ -20,6 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pipeline import cli_sources as src
 from pipeline.cli_common import JsonOption, RepoOption, app, err, guarded, run_with_stack, settings_for
 from pipeline.config import Settings
 from pipeline.jobs.model import Job, JobKind, JobState, checked_params
@@ -93,6 +94,11 @@ def _print(job: Job, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(job.model_dump_json() + "\n")
         return
+    print_job(job)
+
+
+def print_job(job: Job) -> None:
+    """A job's state, counts, message and first errors, for a person."""
     colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(job.state, "cyan")
     done = f"{job.progress.done}/{job.progress.total if job.progress.total is not None else '?'}"
     err.print(f"job {job.id} ({job.kind}): [{colour}]{job.state}[/{colour}] {done}", highlight=False)
@@ -110,21 +116,39 @@ def _print(job: Job, as_json: bool) -> None:
 @jobs_app.command("submit")
 @guarded
 def submit(
-    kind: Annotated[JobKind, typer.Argument(help="ingest, embed, embed-all, delete or reindex")],
+    kind: Annotated[JobKind, typer.Argument(help="ingest, sync, embed, embed-all, delete or reindex")],
     path: Annotated[Path | None, typer.Option(help="ingest: a catalog file (.jsonl, .json, .csv)")] = None,
     url: Annotated[str | None, typer.Option(help="ingest: an http(s) catalog URL")] = None,
     ids: Annotated[str | None, typer.Option(help="embed, delete: product ids, comma-separated")] = None,
     force: Annotated[bool, typer.Option(help="embed, embed-all: re-embed even current products")] = False,
+    delete_missing: Annotated[bool, typer.Option(help="sync: delete products the source no longer has")] = False,
+    full: Annotated[bool, typer.Option(help="sync: read every row, not only those changed since the last")] = False,
+    sql_url: src.SqlUrl = None,
+    query: src.Query = None,
+    by_id_query: src.ByIdQuery = None,
+    mongo_url: src.MongoUrl = None,
+    database: src.Database = None,
+    collection: src.Collection = None,
+    filter_json: src.Filter = None,
+    mapping: src.Mapping = None,
+    updated_at: src.UpdatedAt = None,
+    image_base: src.ImageBase = None,
     wait: Annotated[bool, typer.Option(help="Follow the job to its end (through a service)")] = True,
     model_repository: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Submit a job. With no service running, it runs here and now."""
+    """Submit a job. With no service running, it runs here and now. ``ingest`` and ``sync`` read a source
+    named by the options (--sql-url/--mongo-url ...); a ``sync`` without one reads the configured source."""
+    source = src.source_param(sql_url, query, by_id_query, mongo_url, database, collection, filter_json, mapping,
+                              updated_at, image_base)  # fmt: skip
     given: dict[str, Any] = {
         "path": str(path.resolve()) if path else None,
         "url": url,
+        "source": source,
         "ids": [i for i in (ids or "").split(",") if i] or None,
         "force": force or None,
+        "delete_missing": delete_missing or None,
+        "full": full or None,
     }
     job = run_job(settings_for(model_repository), kind, {k: v for k, v in given.items() if v is not None}, wait,
                   as_json)  # fmt: skip

@@ -131,6 +131,16 @@ class IngestSettings(BaseModel):
     strict_fields: bool = False
     # How long a product write waits for a re-index of its collection to finish before it is refused (Busy).
     write_wait_s: float = Field(default=30.0, ge=0)
+    # A bulk ingest (upsert_stream) fetches and encodes up to this many batches ahead of the one it writes.
+    prefetch_batches: int = Field(default=2, ge=0, le=64)
+    # Image downloads in flight at once per image host (host:port), across everything ingesting in this process.
+    per_host_concurrency: int = Field(default=8, ge=1)
+    # Further tries of an image download after a connection error, a 5xx or a 429 (never after other 4xx).
+    retries: int = Field(default=3, ge=0)
+    # First wait before a retry; it doubles each time (with jitter), at least what a Retry-After header asks.
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    # Longest wait between two tries; a Retry-After asking for more fails the image at once.
+    retry_max_wait_s: float = Field(default=30.0, ge=0)
 
 
 class SourceSettings(BaseModel):
@@ -153,6 +163,8 @@ class SourceSettings(BaseModel):
     mapping: dict[str, str] = {}
     # A column (field) with each row's last change: ``sync`` then reads only rows changed since the last sync.
     updated_at: str | None = None
+    # Relative image references in the source are joined to this folder or http(s) URL (unset: refused).
+    image_base: str | None = None
     # How long connecting and each statement may take before the job fails with the driver's message.
     timeout_s: float = Field(default=30.0, gt=0)
 

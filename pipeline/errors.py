@@ -55,6 +55,10 @@ class Busy(PipelineError):
     """Other work holds what the request needs (a re-index running on the collection): retry later."""
 
 
+class SourceError(PipelineError):
+    """A catalog source (a SQL database, a MongoDB collection) is down or refused the query: the driver says why."""
+
+
 class ServiceUnavailable(PipelineError):
     """The HTTP service cannot be reached or did not answer."""
 
@@ -75,6 +79,7 @@ WIRE: tuple[tuple[type[PipelineError], str, int], ...] = (
     (StoreUnavailable, "store_unavailable", 503),
     (Busy, "busy", 503),
     (ServiceUnavailable, "service_unavailable", 503),
+    (SourceError, "source_error", 502),
     (PipelineError, "internal", 500),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -119,22 +120,28 @@ async def stack(model_repository, backend, tmp_path, mongo_uri):
 # --- the HTTP service ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def app_client(model_repository, mongo_uri, tmp_path):
-    """The app in-process (its real lifespan and stack, Qdrant Edge) over ASGI, as the service's own user."""
+@contextlib.asynccontextmanager
+async def asgi_service(config):
+    """The app for ``config`` in-process (its real lifespan and stack) over ASGI, as the service's own user."""
     import json
 
     import httpx
 
     from pipeline.api.app import create_app
 
-    config = make_settings(model_repository, "edge", tmp_path, mongo_uri)
     app = create_app(config, public_url="http://test")
     async with app.router.lifespan_context(app):
         token = json.loads(config.service_file().read_text())["token"]
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": token}) as c:
             yield app.state.service, c
+
+
+@pytest.fixture
+async def app_client(model_repository, mongo_uri, tmp_path):
+    """The app in-process (its real lifespan and stack, Qdrant Edge) over ASGI, as the service's own user."""
+    async with asgi_service(make_settings(model_repository, "edge", tmp_path, mongo_uri)) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="session")

@@ -145,8 +145,10 @@ async def test_bad_jobs_are_refused_clearly(app_client, tmp_path, catalog):
     svc, client = app_client
     cases = [
         ({"kind": "transmogrify"}, 422, "kind"),
-        ({"kind": "ingest", "params": {}}, 422, "exactly one of path or url"),
-        ({"kind": "ingest", "params": {"path": "a", "url": "http://b"}}, 422, "exactly one of path or url"),
+        ({"kind": "ingest", "params": {}}, 422, "exactly one of path, url or source"),
+        ({"kind": "ingest", "params": {"path": "a", "url": "http://b"}}, 422, "exactly one of path, url or source"),
+        ({"kind": "sync", "params": {"source": {"type": "sql", "url": "sqlite:///x.db"}}}, 422, "query"),
+        ({"kind": "sync", "params": {"source": {"type": "oracle"}}}, 422, "type"),
         ({"kind": "delete", "params": {"ids": []}}, 422, "ids"),
         ({"kind": "embed-all", "params": {"forse": True}}, 422, "forse"),
     ]
@@ -162,20 +164,30 @@ async def test_bad_jobs_are_refused_clearly(app_client, tmp_path, catalog):
         ({"path": str(tmp_path / "missing.jsonl")}, "no such catalog file"),
         ({"path": str(broken)}, "invalid JSON"),
         ({"url": "http://127.0.0.1:9/catalog.jsonl"}, "download failed"),
+        ({"source": "configured"}, "no catalog source is configured"),
     ):
         job = await _wait(client, (await _submit(client, "ingest", **params))["id"])
         assert job["state"] == "failed" and fragment in job["message"], job
     assert (await svc.stack.mongo.counts())["products"] == 0
 
-    # Scopes: a write key may ingest from a URL but not a file on the server, nor re-index.
+    # Scopes: a write key may ingest from a URL or sync the configured source, but not read a file on the
+    # server or a database of its choosing, nor re-index.
     _, write_key = await svc.stack.keys.create("writer", Scope.WRITE)
     headers = {"X-API-Key": write_key}
-    for body in ({"kind": "ingest", "params": {"path": str(catalog)}}, {"kind": "reindex"}):
+    named = {"type": "sql", "url": "sqlite:////etc/shadow.db", "query": "SELECT 1"}
+    for body in (
+        {"kind": "ingest", "params": {"path": str(catalog)}},
+        {"kind": "reindex"},
+        {"kind": "ingest", "params": {"source": named}},
+        {"kind": "sync", "params": {"source": named}},
+    ):
         assert "needs admin" in error_message(await client.post("/v1/jobs", json=body, headers=headers), 403)
     body = {"kind": "ingest", "params": {"url": "http://127.0.0.1:9/catalog.jsonl"}}
     r = await client.post("/v1/jobs", json=body, headers=headers)
     job = await _wait(client, r.json()["id"])  # an API caller's URL must be public: no reaching in
     assert job["state"] == "failed" and "fetches public URLs only" in job["message"], job
+    job = await _wait(client, (await client.post("/v1/jobs", json={"kind": "sync"}, headers=headers)).json()["id"])
+    assert job["state"] == "failed" and "no catalog source is configured" in job["message"], job
     _, search_key = await svc.stack.keys.create("reader", Scope.SEARCH)
     r = await client.get("/v1/jobs", headers={"X-API-Key": search_key})
     assert r.status_code == 403

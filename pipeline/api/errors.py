@@ -30,6 +30,7 @@ _DESCRIPTIONS = {
     413: "Body or upload over its limit",
     415: "Not an image, or not JSON / multipart",
     422: "Invalid input: a field, a value, a text or an image the service cannot use",
+    502: "The catalog source (a SQL database, a MongoDB collection) is down or refused the query",
     503: "A component (encoder, Qdrant, MongoDB) is unavailable, or a re-index holds the collection (Retry-After)",
 }
 

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
 from pipeline.catalog import count_rows, read_catalog
 from pipeline.errors import InvalidInput
-from pipeline.jobs.model import PARAMS, EmbedAllParams, IdsParams, IngestParams, Job, JobKind, NoParams, RowError
-from pipeline.jobs.store import JobStore
-from pipeline.schemas import Outcome, Product
+from pipeline.jobs.context import Cancelled, JobContext, ProgressHook, tally
+from pipeline.jobs.model import PARAMS, EmbedAllParams, IdsParams, IngestParams, JobKind, NoParams, RowError
+from pipeline.jobs.sync import run_source_ingest, run_sync
+from pipeline.schemas import Product
 
-if TYPE_CHECKING:
-    from pipeline.stack import Stack
-
-ProgressHook = Callable[[int, int | None], None]
+__all__ = ["KINDS", "Cancelled", "JobContext", "ProgressHook", "run_job"]
 _SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv"}
 _TYPES = {
     "application/json": ".json",
@@ -36,48 +32,6 @@ _TYPES = {
     "application/x-ndjson": ".jsonl",
     "application/jsonl": ".jsonl",
 }
-
-
-class Cancelled(Exception):
-    """A cancel was asked for; the job stopped between two batches."""
-
-
-@dataclass
-class JobContext:
-    stack: Stack
-    store: JobStore
-    job: Job
-    http: httpx.AsyncClient  # fetches what an API caller's job names: public hosts only
-    on_progress: ProgressHook | None = None  # the CLI's progress bar, in the foreground
-    local: bool = False  # submitted by this machine's own user: catalog files may name local images
-    _start: float = field(default_factory=time.monotonic)
-    _first: int | None = None
-
-    async def report(
-        self, done: int, total: int | None, result: dict[str, Any], checkpoint: dict[str, Any], errors: list[RowError]
-    ) -> None:
-        """Record progress; raises Cancelled when a cancel was asked for."""
-        if self._first is None:
-            self._first = 0
-        elapsed = time.monotonic() - self._start
-        rate = (done - self._first) / elapsed if elapsed > 0 and done > self._first else None
-        if self.on_progress:
-            self.on_progress(done, total)
-        if await self.store.report(self.job.id, done, total, result, checkpoint, errors, rate):
-            raise Cancelled(f"job {self.job.id} cancelled after {done} of {total if total is not None else '?'}")
-
-    def begin(self, done: int) -> None:
-        """Where this run starts (after a resume, the work already done does not count into the rate)."""
-        self._first, self._start = done, time.monotonic()
-
-
-def _tally(counts: dict[str, int], outcomes: list[Outcome], lines: dict[str, int | None]) -> list[RowError]:
-    errors = []
-    for outcome in outcomes:
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
-        if outcome.status == "rejected":
-            errors.append(RowError(row=lines.get(outcome.id), id=outcome.id, message=outcome.error or "rejected"))
-    return errors
 
 
 async def _download(ctx: JobContext, url: str) -> Path:
@@ -126,6 +80,8 @@ async def _download(ctx: JobContext, url: str) -> Path:
 
 
 async def run_ingest(ctx: JobContext, p: IngestParams) -> dict[str, Any]:
+    if p.source is not None:
+        return await run_source_ingest(ctx, p.source)
     path = Path(p.path) if p.path else await _download(ctx, str(p.url))
     try:
         counts = await _ingest_file(ctx, p, path)
@@ -157,7 +113,7 @@ async def _ingest_file(ctx: JobContext, p: IngestParams, path: Path) -> dict[str
         good = [r.product for r in fresh if r.product is not None]
         lines = {r.product.id: r.line for r in fresh if r.product is not None}
         outcomes = await ctx.stack.ingest.upsert(good, http=http, job=ctx.job.id) if good else []
-        errors += _tally(counts, outcomes, dict(lines))
+        errors += tally(counts, outcomes, dict(lines))
         await ctx.report(consumed, total or consumed, dict(counts), {"rows": consumed, "counts": counts}, errors)
     return counts
 
@@ -176,7 +132,7 @@ async def run_embed(ctx: JobContext, p: IdsParams) -> dict[str, Any]:
         counts["rejected"] += len(errors)
         products = [found[i] for i in chunk if i in found]
         outcomes = await ctx.stack.ingest.upsert(products, job=ctx.job.id, force=p.force) if products else []
-        errors += _tally(counts, outcomes, {})
+        errors += tally(counts, outcomes, {})
         done = first + len(chunk)
         await ctx.report(done, len(ids), dict(counts), {"next": done, "counts": counts}, errors)
     return counts
@@ -195,7 +151,7 @@ async def run_embed_all(ctx: JobContext, p: EmbedAllParams) -> dict[str, Any]:
     async def flush() -> None:
         nonlocal done
         outcomes = await ctx.stack.ingest.upsert(batch, job=ctx.job.id, force=p.force)
-        errors = _tally(counts, outcomes, {})
+        errors = tally(counts, outcomes, {})
         done += len(batch)
         await ctx.report(done, total, dict(counts), {"after": batch[-1].id, "done": done, "counts": counts}, errors)
         batch.clear()
@@ -269,6 +225,7 @@ async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
 _Kind = Callable[[JobContext, Any], Awaitable[dict[str, Any]]]
 KINDS: dict[JobKind, _Kind] = {
     JobKind.INGEST: run_ingest,
+    JobKind.SYNC: run_sync,
     JobKind.EMBED: run_embed,
     JobKind.EMBED_ALL: run_embed_all,
     JobKind.DELETE: run_delete,

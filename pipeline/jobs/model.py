@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.schemas import ProductId
+from pipeline.sources.base import SourceSpec, hide_password
 
 
 class JobState(StrEnum):
@@ -24,7 +25,8 @@ FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class JobKind(StrEnum):
-    INGEST = "ingest"  # a catalog file on the server, or an http(s) catalog URL
+    INGEST = "ingest"  # a catalog file on the server, an http(s) catalog URL, or a source (SQL, MongoDB)
+    SYNC = "sync"  # what changed in a source since the last sync; rows gone from it deleted when asked
     EMBED = "embed"  # products by id: generate or update their vectors
     EMBED_ALL = "embed-all"  # every product, in id order
     DELETE = "delete"  # products by id
@@ -32,7 +34,7 @@ class JobKind(StrEnum):
 
 
 # Kinds that pick up where they stopped after an interruption (the rest stay interrupted: submit them again).
-RESUMABLE = frozenset({JobKind.INGEST, JobKind.EMBED, JobKind.EMBED_ALL, JobKind.DELETE})
+RESUMABLE = frozenset({JobKind.INGEST, JobKind.SYNC, JobKind.EMBED, JobKind.EMBED_ALL, JobKind.DELETE})
 
 
 class _Params(BaseModel):
@@ -42,12 +44,21 @@ class _Params(BaseModel):
 class IngestParams(_Params):
     path: str | None = Field(default=None, description="A catalog file on the service's machine (admin keys)")
     url: str | None = Field(default=None, description="An http(s) URL of a catalog file")
+    source: SourceSpec | Literal["configured"] | None = Field(
+        default=None, description='A SQL or MongoDB source (admin keys), or "configured": the service\'s own'
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> IngestParams:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("give exactly one of path or url")
+        if sum(x is not None for x in (self.path, self.url, self.source)) != 1:
+            raise ValueError("give exactly one of path, url or source")
         return self
+
+
+class SyncParams(_Params):
+    source: SourceSpec | None = Field(default=None, description="Unset: the configured source (admin keys to name one)")
+    delete_missing: bool = Field(default=False, description="Delete products the source no longer has")
+    full: bool = Field(default=False, description="Read every row, not only those changed since the last sync")
 
 
 class IdsParams(_Params):
@@ -65,11 +76,30 @@ class NoParams(_Params):
 
 PARAMS: dict[JobKind, type[_Params]] = {
     JobKind.INGEST: IngestParams,
+    JobKind.SYNC: SyncParams,
     JobKind.EMBED: IdsParams,
     JobKind.EMBED_ALL: EmbedAllParams,
     JobKind.DELETE: IdsParams,
     JobKind.REINDEX: NoParams,
 }
+
+
+def needs_admin(kind: JobKind, params: dict[str, Any]) -> bool:
+    """Kinds, and parameters, only admin keys may submit (or cancel): a re-index, anything naming a file on the
+    service's machine or a database to read (a source of the caller's own; the configured one is fine)."""
+    named_source = isinstance(params.get("source"), dict)
+    return kind is JobKind.REINDEX or bool(params.get("path")) or named_source
+
+
+def shown_params(params: dict[str, Any], admin: bool) -> dict[str, Any]:
+    """Parameters as a caller sees them: database passwords never, server file paths for admin keys only."""
+    shown = dict(params)
+    if shown.get("path") and not admin:
+        shown["path"] = "(hidden)"
+    source = shown.get("source")
+    if isinstance(source, dict) and source.get("url"):
+        shown["source"] = {**source, "url": hide_password(source["url"]) if admin else "(hidden)"}
+    return shown
 
 
 def checked_params(kind: JobKind, params: dict[str, Any]) -> dict[str, Any]:

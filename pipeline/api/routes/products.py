@@ -14,6 +14,7 @@ from pipeline.api.errors import documented
 from pipeline.api.uploads import image_ref
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.schemas import Outcome, Product, describe_errors
+from pipeline.sources import describe, open_source, spec_from_settings
 from pipeline.wire import Batch, BatchResult, Deleted, IdPage, ProductIn, ProductOut, RowResult
 
 router = APIRouter(prefix="/v1", tags=["products"])
@@ -91,6 +92,27 @@ async def get_product(product_id: str, svc: ServiceDep, _: SearchKey) -> Product
     indexed = bool(state.content_hash) and state.indexed_hash == state.content_hash
     indexed = indexed and state.fingerprint == svc.stack.encoder.info.fingerprint
     return ProductOut(product=products[product_id], indexed=indexed)
+
+
+@router.post("/products/{product_id:path}/refresh", responses=documented(401, 403, 404, 422, 502, 503))
+async def refresh_product(product_id: str, svc: ServiceDep, _: WriteKey) -> RowResult:
+    """Read one product again from the configured catalog source (``PIPELINE__SOURCE__*``) by its id and
+    re-embed it, images fetched afresh, before the answer. 404 when the source has no such product (the copy
+    here stays: ``DELETE`` it, or run a ``sync`` job with ``delete_missing``)."""
+    spec = spec_from_settings(svc.settings.source)
+    async with open_source(spec, svc.settings.ingest.strict_fields) as reader:
+        row = await reader.by_id(product_id)
+        if row is None:
+            raise NotFound(f"{describe(spec)} has no product {product_id!r}")
+        if row.product is None:
+            raise InvalidInput(f"{describe(spec)}: product {product_id!r}: {row.error}")
+        if row.product.id != product_id:
+            raise InvalidInput(f"{describe(spec)}: the by-id query for {product_id!r} returned {row.product.id!r}")
+        outcome = (await svc.stack.ingest.upsert([row.product], force=True, source=reader.key))[0]
+    svc.health_cache = None
+    if outcome.status == "rejected":
+        raise InvalidInput(outcome.error or f"product {product_id!r} was rejected")
+    return RowResult(id=outcome.id, status=outcome.status)
 
 
 @router.delete("/products/{product_id:path}", responses=documented(401, 403, 404, 422, 503))
