@@ -169,6 +169,28 @@ class SourceSettings(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)
 
 
+class RecommendSettings(BaseModel):
+    """Recommendations from shopper events (``/v1/events``, ``/v1/buyers/...``, ``/v1/recommend``)."""
+
+    # How much one event of each type counts in a buyer's vector (and in popularity).
+    weights: dict[str, float] = {"view": 1.0, "click": 1.0, "add_to_cart": 5.0, "purchase": 10.0}
+    # An event's weight halves every this many days (0: no recency decay).
+    half_life_days: float = Field(default=14.0, ge=0)
+    # Only a buyer's most recent events count (a buyer with 100,000 events costs what one with this many does).
+    max_events: int = Field(default=200, ge=1, le=10_000)
+    # Popular products (the fallback for a buyer with no events) are counted over this many days.
+    popular_window_days: float = Field(default=30.0, gt=0)
+    # Diversified lists (maximal marginal relevance): 1 = relevance only, lower trades relevance for variety.
+    mmr_lambda: float = Field(default=0.7, ge=0, le=1)
+    # A buyer's vector is kept this long (events sent to this service refresh it at once).
+    buyer_cache_s: float = Field(default=60.0, ge=0)
+    buyer_cache_entries: int = Field(default=10_000, ge=0)
+    # Shopper events older than this are removed by MongoDB (0: kept forever).
+    retention_days: float = Field(default=365.0, ge=0)
+    # Events stamped further ahead than this (clock skew) are refused.
+    max_future_s: float = Field(default=300.0, ge=0)
+
+
 class JobSettings(BaseModel):
     # "local": jobs run inside the service process (the embedded default). "celery": on Celery workers
     # (``python -m pipeline worker``) through a Redis broker; the service only queues them.
@@ -230,6 +252,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     source: SourceSettings = SourceSettings()
     jobs: JobSettings = JobSettings()
+    recommend: RecommendSettings = RecommendSettings()
 
     def service_file(self) -> Path:
         """Where the running service announces itself: the setting, or ``service.json`` beside the data."""

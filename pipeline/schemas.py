@@ -19,6 +19,9 @@ Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 AttributeValue = str | int | float | bool | None
 
 
+MAX_IMAGES = 32  # images per product (each is one point in the index)
+
+
 class Product(BaseModel):
     """One catalog product. MongoDB holds it under ``_id = id``; Qdrant holds one point per image."""
 
@@ -32,7 +35,7 @@ class Product(BaseModel):
     color: Short | None = None
     price: float | None = Field(default=None, ge=0)
     images: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]] = Field(
-        min_length=1, max_length=32
+        min_length=1, max_length=MAX_IMAGES
     )
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +117,7 @@ class SearchService:
             filters,
             min_score,
             lambda: self._stored(product_id),
-            exclude=product_id,
+            exclude=[product_id],
         )
 
     # --- internals -------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ class SearchService:
         filters: SearchFilters | None,
         min_score: float | None,
         embed: Callable[[], Awaitable[tuple[dict[Modality, np.ndarray], bool | None]]],
-        exclude: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> SearchResponse:
         filters = filters or SearchFilters()
         timings: dict[str, float] = {}

@@ -23,6 +23,8 @@ from pipeline.errors import StoreUnavailable
 from pipeline.events import EventLog
 from pipeline.ingest import IngestService
 from pipeline.jobs.store import JobStore
+from pipeline.recommend.events import ShopperEventStore
+from pipeline.recommend.service import RecommendService
 from pipeline.search import SearchService
 from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
@@ -46,6 +48,7 @@ class Stack:
     keys: KeyStore
     mongod: ManagedMongod | None
     jobs: JobStore
+    recommend: RecommendService
 
     async def status(self, deep: bool = True) -> dict[str, Any]:
         """Counts in MongoDB and Qdrant, the model, cache and event-log figures, health; with ``deep``, also
@@ -142,10 +145,12 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         mongo, mongod = await open_mongo(settings, exit_stack)
         keys = KeyStore(mongo.api_keys)
         jobs = JobStore(mongo.jobs)
+        shopper_events = ShopperEventStore(mongo.shopper_events)
         try:
             await mongo.ensure_indexes(settings.events.retention_days * 86400)
             await keys.ensure_indexes()
             await jobs.ensure_indexes()
+            await shopper_events.ensure_indexes(settings.recommend.retention_days)
         except StoreUnavailable as exc:  # searches still answer without metadata; say so once
             log.warning("MongoDB is not reachable at start-up: %s", exc)
 
@@ -167,4 +172,6 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         )
         lock = WriteLock(mongo.write_locks, settings.qdrant.collection)
         ingest = IngestService(encoder, index, mongo, http, lock, settings.ingest, settings.limits)
-        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod, jobs)
+        recommend = RecommendService(index, mongo, shopper_events, encoder, settings.recommend, settings.search,
+                                     settings.qdrant.overfetch)  # fmt: skip
+        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod, jobs, recommend)

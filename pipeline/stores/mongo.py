@@ -76,6 +76,7 @@ class MongoStore:
         self.write_locks = db["write_locks"]
         self.jobs = db["jobs"]
         self.sync_state = db["sync_state"]  # per catalog source: how far its last sync read
+        self.shopper_events = db["shopper_events"]  # views, carts, purchases (pipeline.recommend)
 
     async def ensure_indexes(self, events_retention_s: float = 0) -> None:
         """Indexes for the reads the stack makes; events expire after ``events_retention_s`` (0: never)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.errors import StoreUnavailable
 from pipeline.fusion import PointHit
-from pipeline.schemas import SearchFilters
+from pipeline.schemas import MAX_IMAGES, SearchFilters
 from pipeline.stores.vectors import (
     FILTER_FIELDS,
     INDEXED_FIELDS,
@@ -35,7 +35,7 @@ from pipeline.stores.vectors import (
     VectorPoint,
     check_stamp,
     hit_of,
-    vectors_by_modality,
+    vectors_by_product,
 )
 from pipeline.types import Modality
 
@@ -47,7 +47,7 @@ def _edge() -> Any:
 
 
 def build_filter(
-    filters: SearchFilters, exclude_product: str | None = None, products: Sequence[str] = (), from_image: int = 0
+    filters: SearchFilters, exclude: Sequence[str] = (), products: Sequence[str] = (), from_image: int = 0
 ) -> Any:
     q = _edge()
     must: list[Any] = [
@@ -61,7 +61,7 @@ def build_filter(
         must.append(q.FieldCondition(key="product_id", match=q.MatchAny([str(p) for p in products])))
     if from_image:
         must.append(q.FieldCondition(key="image_index", range=q.RangeFloat(gte=float(from_image))))
-    must_not = [q.FieldCondition(key="product_id", match=q.MatchValue(exclude_product))] if exclude_product else None
+    must_not = [q.FieldCondition(key="product_id", match=q.MatchAny([str(p) for p in exclude]))] if exclude else None
     if not must and not must_not:
         return None
     return q.Filter(must=must or None, must_not=must_not)
@@ -232,10 +232,10 @@ class EdgeIndex:
         filters: SearchFilters,
         limit: int,
         min_similarity: float | None = None,
-        exclude_product: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[list[PointHit]]:
         q = _edge()
-        flt = build_filter(filters, exclude_product=exclude_product)
+        flt = build_filter(filters, exclude=exclude)
         requests = [
             q.QueryRequest(
                 limit=limit,
@@ -252,13 +252,16 @@ class EdgeIndex:
         return [[hit_of(p.payload, p.score, sq.using) for p in res] for sq, res in zip(queries, results, strict=True)]
 
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
+        return (await self.vectors_of([product_id])).get(product_id, {})
+
+    async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
         q = _edge()
-        flt = build_filter(SearchFilters(), products=[product_id])
+        flt, limit = build_filter(SearchFilters(), products=product_ids), MAX_IMAGES * max(1, len(product_ids))
         async with self._use() as shard:
             records, _ = await asyncio.to_thread(
-                shard.scroll, q.ScrollRequest(filter=flt, limit=256, with_payload=True, with_vector=True)
+                shard.scroll, q.ScrollRequest(filter=flt, limit=limit, with_payload=True, with_vector=True)
             )
-        return vectors_by_modality(records)
+        return vectors_by_product(records)
 
     async def product_ids(self) -> set[str]:
         q = _edge()

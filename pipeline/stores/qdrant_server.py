@@ -25,7 +25,7 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from pipeline.errors import StoreUnavailable
 from pipeline.fusion import PointHit
-from pipeline.schemas import SearchFilters
+from pipeline.schemas import MAX_IMAGES, SearchFilters
 from pipeline.stores.vectors import (
     FILTER_FIELDS,
     INDEXED_FIELDS,
@@ -35,7 +35,7 @@ from pipeline.stores.vectors import (
     VectorPoint,
     check_stamp,
     hit_of,
-    vectors_by_modality,
+    vectors_by_product,
 )
 from pipeline.types import Modality
 
@@ -56,7 +56,7 @@ def _missing(exc: BaseException | None) -> bool:
 
 
 def build_filter(
-    filters: SearchFilters, exclude_product: str | None = None, products: Sequence[str] = (), from_image: int = 0
+    filters: SearchFilters, exclude: Sequence[str] = (), products: Sequence[str] = (), from_image: int = 0
 ) -> models.Filter | None:
     must: list[Any] = [
         models.FieldCondition(key=f, match=models.MatchValue(value=str(getattr(filters, f))))
@@ -72,8 +72,8 @@ def build_filter(
     if from_image:
         must.append(models.FieldCondition(key="image_index", range=models.Range(gte=from_image)))
     must_not: list[Any] = (
-        [models.FieldCondition(key="product_id", match=models.MatchValue(value=exclude_product))]
-        if exclude_product
+        [models.FieldCondition(key="product_id", match=models.MatchAny(any=[str(p) for p in exclude]))]
+        if exclude
         else []
     )
     if not must and not must_not:
@@ -212,9 +212,9 @@ class ServerIndex:
         filters: SearchFilters,
         limit: int,
         min_similarity: float | None = None,
-        exclude_product: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[list[PointHit]]:
-        flt = build_filter(filters, exclude_product=exclude_product)
+        flt = build_filter(filters, exclude=exclude)
         requests = [
             models.QueryRequest(
                 query=sq.vector.astype(np.float32).tolist(),
@@ -232,12 +232,17 @@ class ServerIndex:
         ]
 
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
-        flt = build_filter(SearchFilters(), products=[product_id])
+        return (await self.vectors_of([product_id])).get(product_id, {})
+
+    async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
+        flt, limit = build_filter(SearchFilters(), products=product_ids), MAX_IMAGES * max(1, len(product_ids))
         records, _ = await self._on(
             "scroll",
-            lambda name: self._client.scroll(name, scroll_filter=flt, limit=256, with_payload=True, with_vectors=True),
+            lambda name: self._client.scroll(
+                name, scroll_filter=flt, limit=limit, with_payload=True, with_vectors=True
+            ),
         )
-        return vectors_by_modality(records)
+        return vectors_by_product(records)
 
     async def product_ids(self) -> set[str]:
         async def scroll_all(name: str) -> set[str]:

@@ -121,6 +121,14 @@ def vectors_by_modality(records: Sequence[Any]) -> dict[Modality, list[np.ndarra
     return out
 
 
+def vectors_by_product(records: Sequence[Any]) -> dict[str, dict[Modality, list[np.ndarray]]]:
+    """Several products' stored points → each product's vectors, as :func:`vectors_by_modality` gives them."""
+    grouped: dict[str, list[Any]] = {}
+    for record in records:
+        grouped.setdefault(str((record.payload or {}).get("product_id")), []).append(record)
+    return {pid: vectors_by_modality(group) for pid, group in grouped.items()}
+
+
 class VectorIndex(Protocol):
     """Async vector store. Every method raises StoreUnavailable when the engine cannot be reached."""
 
@@ -140,13 +148,17 @@ class VectorIndex(Protocol):
         filters: SearchFilters,
         limit: int,
         min_similarity: float | None = None,
-        exclude_product: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[list[PointHit]]:
-        """One ranked point list per query, best first, at most ``limit`` each."""
+        """One ranked point list per query, best first, at most ``limit`` each; products in ``exclude`` left out."""
         ...
 
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
         """The stored vectors of one product (image vectors in image order); empty when unknown."""
+        ...
+
+    async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
+        """The stored vectors of several products in one read; unknown ids are absent."""
         ...
 
     async def product_ids(self) -> set[str]: ...

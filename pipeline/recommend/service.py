@@ -1,0 +1,212 @@
+"""Recommendations: shopper events in, "recommended for you" out.
+
+A buyer's recent events (at most ``max_events``) → the vectors of those products, read from the index in one
+call → the buyer vector (``buyer.encode_buyer``) → a nearest search in the image and text spaces with the
+search's filters, fused like a text query, the excluded products left out by the engine → optionally
+diversified (MMR) → metadata and a reason per hit. A buyer with no usable history gets the popular products
+of the last ``popular_window_days`` instead (``strategy: popular``). Buyer vectors are cached per buyer and
+model; events sent through this service drop the buyer's entry at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from cachetools import TTLCache
+
+from pipeline.config import RecommendSettings, SearchSettings
+from pipeline.encoders.base import Encoder
+from pipeline.errors import InvalidInput
+from pipeline.fusion import Fusion, best_per_product, fuse
+from pipeline.recommend.buyer import Buyer, closest, encode_buyer, mmr, product_point, reason
+from pipeline.recommend.events import EventType, Interaction, ShopperEvent, ShopperEventStore, aware
+from pipeline.recommend.models import EventError, EventsResult, Exclude, Recommendations, RecommendHit
+from pipeline.schemas import Product, SearchFilters
+from pipeline.stores.mongo import MongoStore
+from pipeline.stores.vectors import SpaceQuery, VectorIndex, category_levels
+from pipeline.types import Modality
+
+
+def matches(product: Product, filters: SearchFilters) -> bool:
+    """The search filters, applied to a product's metadata (the popular list is not an index query)."""
+    if filters.category is not None and filters.category not in category_levels(product.category or ""):
+        return False
+    for name in ("brand", "color"):
+        wanted = getattr(filters, name)
+        if wanted is not None and getattr(product, name) != wanted:
+            return False
+    price = product.price
+    if filters.min_price is not None and (price is None or price < filters.min_price):
+        return False
+    return not (filters.max_price is not None and (price is None or price > filters.max_price))
+
+
+def _joint(point: dict[Modality, np.ndarray]) -> np.ndarray:
+    """Both spaces in one unit vector (a dot product of two is the mean of their per-space cosines)."""
+    parts = [point[m] for m in Modality if m in point]
+    return (np.concatenate(parts) / np.sqrt(len(parts))).astype(np.float32)
+
+
+class RecommendService:
+    def __init__(
+        self,
+        index: VectorIndex,
+        mongo: MongoStore,
+        store: ShopperEventStore,
+        encoder: Encoder,
+        settings: RecommendSettings,
+        search: SearchSettings,
+        overfetch: int,
+    ) -> None:
+        self.index, self.mongo, self.store, self.encoder = index, mongo, store, encoder
+        self.settings, self.search, self.overfetch = settings, search, overfetch
+        self._buyers: TTLCache[tuple[str, str], tuple[Buyer | None, list[Interaction]]] | None = None
+        if settings.buyer_cache_entries and settings.buyer_cache_s:
+            self._buyers = TTLCache(settings.buyer_cache_entries, settings.buyer_cache_s)
+
+    # --- events ----------------------------------------------------------------------------------------------
+
+    async def record(self, events: Sequence[ShopperEvent]) -> EventsResult:
+        """Store a batch: events naming no product are ignored and counted, ones stamped in the future refused."""
+        now = dt.datetime.now(dt.UTC)
+        limit = now + dt.timedelta(seconds=self.settings.max_future_s)
+        rejected, timely = [], []
+        for i, event in enumerate(events):
+            ts = aware(event.ts, now)
+            if ts > limit:
+                rejected.append(EventError(index=i, message=f"ts {ts.isoformat()} is in the future"))
+            else:
+                timely.append((event, ts))
+        known = await self.mongo.get_states(list({e.product_id for e, _ in timely}))
+        kept = [(e, ts) for e, ts in timely if e.product_id in known]
+        stored, duplicates = await self.store.insert(kept)
+        if self._buyers is not None:
+            for event, _ in kept:
+                self._buyers.pop((event.buyer_id, self.encoder.info.fingerprint), None)
+        return EventsResult(accepted=stored, duplicates=duplicates, unknown_products=len(timely) - len(kept),
+                            rejected=rejected)  # fmt: skip
+
+    # --- buyers ----------------------------------------------------------------------------------------------
+
+    async def encode(self, history: Sequence[Interaction]) -> Buyer | None:
+        """The buyer vector of a history (newest first or not: order does not matter, time stamps do)."""
+        history = list(history)[: self.settings.max_events] if history else []
+        if not history:
+            return None
+        stored = await self.index.vectors_of(list(dict.fromkeys(e.product_id for e in history)))
+        s = self.settings
+        return encode_buyer(history, stored, s.weights, s.half_life_days, dt.datetime.now(dt.UTC))
+
+    async def buyer(self, buyer_id: str) -> tuple[Buyer | None, list[Interaction]]:
+        """A stored buyer's vector and recent history (cached)."""
+        key = (buyer_id, self.encoder.info.fingerprint)
+        if self._buyers is not None and key in self._buyers:
+            return self._buyers[key]
+        history = await self.store.recent(buyer_id, self.settings.max_events)
+        found = (await self.encode(history), history)
+        if self._buyers is not None:
+            self._buyers[key] = found
+        return found
+
+    # --- recommendations -------------------------------------------------------------------------------------
+
+    async def for_buyer(
+        self, buyer_id: str, top_k: int | None, filters: SearchFilters | None, exclude: Exclude, diversify: bool
+    ) -> Recommendations:
+        start = time.perf_counter()
+        buyer, history = await self.buyer(buyer_id)
+        encoded = time.perf_counter()
+        out = await self._recommend(buyer, history, top_k, filters, exclude, diversify)
+        return out.model_copy(update=self._took(buyer_id, start, encoded, out))
+
+    async def for_session(
+        self,
+        interactions: Sequence[Interaction],
+        top_k: int | None,
+        filters: SearchFilters | None,
+        exclude: Exclude,
+        diversify: bool,
+    ) -> Recommendations:
+        start = time.perf_counter()
+        buyer = await self.encode(interactions)
+        encoded = time.perf_counter()
+        out = await self._recommend(buyer, list(interactions), top_k, filters, exclude, diversify)
+        return out.model_copy(update=self._took(None, start, encoded, out))
+
+    @staticmethod
+    def _took(buyer_id: str | None, start: float, encoded: float, out: Recommendations) -> dict[str, object]:
+        now = time.perf_counter()
+        timings = {"encode": round((encoded - start) * 1000, 3), **out.timings_ms}
+        return {"buyer_id": buyer_id, "took_ms": round((now - start) * 1000, 3), "timings_ms": timings}
+
+    def _top_k(self, top_k: int | None) -> int:
+        k = self.search.default_top_k if top_k is None else top_k
+        if not 1 <= k <= self.search.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {self.search.max_top_k}, got {k}")
+        return k
+
+    async def _recommend(
+        self,
+        buyer: Buyer | None,
+        history: list[Interaction],
+        top_k: int | None,
+        filters: SearchFilters | None,
+        exclude: Exclude,
+        diversify: bool,
+    ) -> Recommendations:
+        k, filters = self._top_k(top_k), filters or SearchFilters()
+        excluded = {
+            e.product_id
+            for e in history
+            if exclude is Exclude.SEEN or (exclude is Exclude.PURCHASED and e.type is EventType.PURCHASE)
+        }
+        if buyer is None:
+            return await self._popular(k, filters, excluded)
+        clock = time.perf_counter()
+        n = k * 4 if diversify else k
+        spaces = [SpaceQuery(buyer.spaces[m], m) for m in Modality if m in buyer.spaces]
+        lists = await self.index.search(spaces, filters, n * self.overfetch, None, sorted(excluded))
+        ranked = fuse([best_per_product(hits) for hits in lists], [1.0] * len(spaces), n,
+                      Fusion(self.search.fusion), self.search.rrf_k)  # fmt: skip
+        searched = time.perf_counter()
+        ids = [r.product_id for r in ranked]
+        points = {pid: product_point(v) for pid, v in (await self.index.vectors_of(ids)).items()}
+        order = ids[:k]
+        if diversify:
+            relevance = {r.product_id: r.score for r in ranked}
+            order = mmr(ids, relevance, {p: _joint(v) for p, v in points.items()}, k, self.settings.mmr_lambda)
+        products = await self.mongo.get_products(list(dict.fromkeys([*order, *buyer.points])))
+        score = {r.product_id: r.score for r in ranked}
+        hits = []
+        for pid in order:
+            if pid not in products:  # deleted since it was indexed
+                continue
+            because = closest(points[pid], buyer) if pid in points else None
+            why = "close to what you browsed"
+            if because is not None and because in products:
+                why = reason(products[because].name, buyer.strongest.get(because, "view"))
+            hits.append(RecommendHit(id=pid, score=score[pid], reason=why, because=because, product=products[pid]))
+        timings = {"search": round((searched - clock) * 1000, 3),
+                   "rank": round((time.perf_counter() - searched) * 1000, 3)}  # fmt: skip
+        return Recommendations(buyer_id=None, strategy="buyer", events_used=buyer.events_used, hits=hits,
+                               model=self.encoder.info.model, took_ms=0.0, timings_ms=timings)  # fmt: skip
+
+    async def _popular(self, k: int, filters: SearchFilters, excluded: set[str]) -> Recommendations:
+        clock = time.perf_counter()
+        days = self.settings.popular_window_days
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+        ranked = await self.store.popular(self.settings.weights, since, (k + len(excluded)) * 4 + 20)
+        candidates = [(pid, s) for pid, s in ranked if pid not in excluded]
+        products = await self.mongo.get_products([pid for pid, _ in candidates])
+        why = f"popular in the last {days:g} days"
+        hits = [
+            RecommendHit(id=pid, score=s, reason=why, product=products[pid])
+            for pid, s in candidates
+            if pid in products and matches(products[pid], filters)
+        ][:k]
+        timings = {"popular": round((time.perf_counter() - clock) * 1000, 3)}
+        return Recommendations(buyer_id=None, strategy="popular", events_used=0, hits=hits,
+                               model=self.encoder.info.model, took_ms=0.0, timings_ms=timings)  # fmt: skip
