@@ -1,5 +1,6 @@
-# The application image, for both the HTTP service (`python -m pipeline serve`, port 8000; the compose `api`
-# service overrides the command) and the Streamlit page (the default command, port 8501), plus the CLI.
+# The application image, for the HTTP service (`python -m pipeline serve`, port 8000; the compose `api`
+# service overrides the command), the job worker (`python -m pipeline worker`, the compose `worker` service)
+# and the Streamlit page (the default command, port 8501), plus the CLI.
 # No torch: export runs elsewhere.
 FROM python:3.11-slim
 WORKDIR /app

@@ -1,4 +1,5 @@
-"""``serve`` (the HTTP service that owns the stack) and ``keys`` (API keys), registered on the CLI app."""
+"""``serve`` (the HTTP service that owns the stack), ``worker`` (a Celery worker that runs jobs) and ``keys``
+(API keys), registered on the CLI app."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def serve(
     host = host or settings.api.host
     port = settings.api.port if port is None else port
     check_production(settings)
+    if settings.jobs.runner == "celery":
+        from pipeline.jobs.celery_app import check_celery
+
+        check_celery(settings, warn=False)  # the service warns in its own log
     api = settings.api
     tls = bool(api.tls_certfile and api.tls_keyfile)
     local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -60,6 +65,30 @@ def serve(
         ssl_keyfile=str(api.tls_keyfile) if tls else None,
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command()
+@guarded
+def worker(
+    model_repository: RepoOption = None,
+    loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning, error")] = "info",
+) -> None:
+    """Run a Celery worker for background jobs (PIPELINE__JOBS__RUNNER=celery, PIPELINE__JOBS__BROKER_URL).
+
+    It opens the stack once and runs one job at a time, the ones services queue in Redis; state, progress
+    and cancels go through MongoDB. Start as many as the work needs. SIGTERM hands a running job back."""
+    from pipeline.api.fetch import url_client
+    from pipeline.jobs.worker import run_worker
+
+    settings = settings_for(model_repository)
+    # Catalogs and images that API callers' jobs name are fetched as the service would: public hosts only.
+    code = run_worker(
+        settings,
+        lambda: url_client(settings.api.allow_private_urls, settings.ingest.http_timeout_s),
+        loglevel.upper(),
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 # --- keys: through the running service (so a revocation takes effect there at once), else on MongoDB ------

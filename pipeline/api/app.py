@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -26,9 +27,10 @@ from pipeline.api.middleware import RequestContext
 from pipeline.api.routes import dev, health, jobs, keys, products, rank, search
 from pipeline.config import Settings
 from pipeline.errors import ModelError, PipelineError
-from pipeline.jobs.runner import LocalRunner
+from pipeline.jobs.celery_app import CeleryRunner, check_celery
+from pipeline.jobs.runner import JobRunner, LocalRunner
 from pipeline.service_file import ServiceFile
-from pipeline.stack import open_stack
+from pipeline.stack import Stack, open_stack
 from pipeline.wire import UrlQuery
 
 log = logging.getLogger("pipeline.api")
@@ -49,6 +51,13 @@ def check_production(settings: Settings, live_keys: int | None = None) -> None:
         raise ModelError("production needs an API key: python -m pipeline keys create --name NAME --scope search")
 
 
+def _runner(settings: Settings, stack: Stack, urls: httpx.AsyncClient) -> JobRunner:
+    """Jobs run here (the embedded default), or only get queued here for Celery workers."""
+    if settings.jobs.runner == "celery":
+        return CeleryRunner(settings, stack.jobs)
+    return LocalRunner(stack, stack.jobs, urls)
+
+
 def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
     """The service. ``public_url``: where it listens, announced in the service file for local clients (none
     is written without it)."""
@@ -66,6 +75,8 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def _open(app: FastAPI) -> AsyncIterator[None]:
         check_production(settings)
+        if settings.jobs.runner == "celery":
+            check_celery(settings)
         async with contextlib.AsyncExitStack() as exits:
             stack = await exits.enter_async_context(open_stack(settings))
             check_production(settings, await stack.keys.count())
@@ -75,7 +86,7 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
             uploads = settings.qdrant.path.parent / "uploads"  # beside the data, wherever the service file is
             auth = Authenticator(stack.keys, announce.token if announce else None, settings.api.key_cache_s)
             metrics.attach(stack)
-            runner = LocalRunner(stack, stack.jobs, urls)
+            runner = _runner(settings, stack, urls)
             await runner.start()
             exits.push_async_callback(runner.aclose)  # before the stack closes: a running job is handed back
             app.state.service = Service(settings, stack, auth, metrics, urls, uploads, runner)

@@ -15,7 +15,7 @@ from pipeline.api.auth import Authenticator
 from pipeline.api.metrics import Metrics
 from pipeline.config import Settings
 from pipeline.errors import InvalidInput
-from pipeline.jobs.runner import LocalRunner
+from pipeline.jobs.runner import JobRunner
 from pipeline.schemas import SearchResponse
 from pipeline.stack import Stack
 from pipeline.wire import WireSearch
@@ -31,7 +31,7 @@ class Service:
     metrics: Metrics
     urls: httpx.AsyncClient  # fetches URLs that requests name (public hosts only, by default)
     uploads: Path  # where images sent inside requests are kept
-    runner: LocalRunner  # background jobs
+    runner: JobRunner  # background jobs: run here (LocalRunner) or queued for Celery workers (CeleryRunner)
     started: float = field(default_factory=time.time)
     health_cache: tuple[float, dict[str, Any]] | None = None
 

@@ -1,13 +1,14 @@
 """Where jobs run: inside the service (:class:`LocalRunner`, one job at a time, beside the queries it serves),
-or in the foreground of the CLI when no service runs (:func:`run_foreground`). Either way the record lives in
-MongoDB and the same kind functions do the work."""
+on Celery workers (:class:`pipeline.jobs.celery_app.CeleryRunner` queues them, :mod:`pipeline.jobs.worker`
+runs them), or in the foreground of the CLI when no service runs (:func:`run_foreground`). Either way the
+record lives in MongoDB and the same kind functions do the work (:func:`execute`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -65,6 +66,17 @@ async def execute(ctx: JobContext, hand_back: bool = True) -> Job:
     return await store.get(job.id)
 
 
+class JobRunner(Protocol):
+    """What the service needs of a runner: started and closed with it, told of each job it records."""
+
+    async def start(self) -> None: ...
+
+    async def submit(self, job: Job) -> None:
+        """A job was recorded (queued); raises StoreUnavailable when it cannot be queued."""
+
+    async def aclose(self) -> None: ...
+
+
 class LocalRunner:
     """Jobs inside the service process: the oldest queued job first, one at a time."""
 
@@ -84,6 +96,9 @@ class LocalRunner:
             log.warning("jobs: cannot recover interrupted jobs now: %s", exc)
         self._closing = False
         self._task = asyncio.create_task(self._loop(), name="job-runner")
+
+    async def submit(self, job: Job) -> None:
+        self.wake()
 
     def wake(self) -> None:
         """A job was submitted: look now instead of at the next poll."""

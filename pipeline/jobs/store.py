@@ -111,11 +111,15 @@ class JobStore:
         docs = await self._do(lambda: cursor.to_list(None))
         return [_of(d, self._stale()) for d in docs]
 
-    async def claim(self, owner: str) -> Job | None:
-        """The oldest queued job, now running under ``owner``; None when none waits."""
+    async def claim(self, owner: str, job_id: str | None = None) -> Job | None:
+        """The oldest queued job (or ``job_id``, if it is still queued), now running under ``owner``; None when
+        none waits (a ``job_id`` that is running elsewhere, final, cancelled or unknown: there is nothing to do)."""
+        query: dict[str, Any] = {"state": JobState.QUEUED.value}
+        if job_id is not None:
+            query["_id"] = job_id
         doc = await self._do(
             lambda: self._jobs.find_one_and_update(
-                {"state": JobState.QUEUED.value},
+                query,
                 {"$set": {"state": JobState.RUNNING.value, "owner": owner, "heartbeat": _now(), "started": _now()}},
                 sort=[("created", ASCENDING)],
                 projection=_HIDDEN,

@@ -12,30 +12,27 @@ from pipeline.api.auth import Principal, WriteKey
 from pipeline.api.deps import ServiceDep, only_params
 from pipeline.api.errors import documented
 from pipeline.errors import Forbidden, InvalidInput
-from pipeline.jobs.model import Job, JobIn, JobKind, JobPage, JobState, checked_params
+from pipeline.jobs.model import Job, JobIn, JobKind, JobPage, JobState, checked_params, needs_admin, shown_params
 from pipeline.schemas import describe_errors
 from pipeline.stores.keys import Scope
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
-# Kinds only admin keys may submit (or cancel); an ingest of a file on the service's machine is admin-only too.
-_ADMIN_ONLY = {JobKind.REINDEX}
 
 
 def _needs_admin(kind: JobKind, params: dict[str, Any]) -> bool:
-    return kind in _ADMIN_ONLY or (kind is JobKind.INGEST and bool(params.get("path")))
+    return needs_admin(kind, params)
 
 
 def _as_seen_by(job: Job, who: Principal) -> Job:
-    """Server file paths are for admin keys' eyes only."""
-    if job.params.get("path") and not who.scope.covers(Scope.ADMIN):
-        return job.model_copy(update={"params": {**job.params, "path": "(hidden)"}})
-    return job
+    """Server file paths are for admin keys' eyes only; database passwords for nobody's."""
+    return job.model_copy(update={"params": shown_params(job.params, who.scope.covers(Scope.ADMIN))})
 
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, responses=documented(401, 403, 413, 422, 503))
 async def submit(body: JobIn, svc: ServiceDep, who: WriteKey) -> Job:
-    """Queue a job (``ingest``, ``embed``, ``embed-all``, ``delete``, ``reindex``); it runs in the background,
-    one at a time. Poll ``GET /v1/jobs/{id}``."""
+    """Queue a job (``ingest``, ``sync``, ``embed``, ``embed-all``, ``delete``, ``reindex``); it runs in the
+    background, one at a time (in the service, or on Celery workers). Poll ``GET /v1/jobs/{id}``. 503 when the
+    job queue (Redis, with Celery workers) cannot take it: the job is then recorded as failed, never queued."""
     try:
         params = checked_params(body.kind, body.params)
     except ValidationError as exc:
@@ -43,8 +40,8 @@ async def submit(body: JobIn, svc: ServiceDep, who: WriteKey) -> Job:
     if _needs_admin(body.kind, params) and not who.scope.covers(Scope.ADMIN):
         raise Forbidden(f"key {who.name!r} has scope {who.scope}; a {body.kind} job of this kind needs admin")
     job = await svc.stack.jobs.create(body.kind, params, who.name, local=who.local)
-    svc.runner.wake()
-    return job
+    await svc.runner.submit(job)
+    return _as_seen_by(job, who)
 
 
 @router.get("/jobs/{job_id}", responses=documented(401, 403, 404, 503))
