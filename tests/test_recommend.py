@@ -196,3 +196,36 @@ def test_encode_buyer_weights_and_skips(half_life):
     want = np.array([10.0, y_weight]) / np.linalg.norm([10.0, y_weight])
     assert np.allclose(buyer.spaces[Modality.IMAGE], want)
     assert encode_buyer(history[2:], stored, {"purchase": 10}, half_life, NOW) is None
+
+
+def test_events_import_cli_reads_an_export_as_the_recommender_wrote_it(model_repository, mongo_uri, tmp_path, catalog):
+    """``python -m pipeline events import events.csv`` with no service: the column and event names of an
+    analytics export, epoch-millisecond and ISO stamps, bad rows listed by line, unknown products counted."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.service import service_env
+
+    env = {**os.environ, **service_env(model_repository, tmp_path / "qdrant", mongo_uri, "t_events_cli")}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,  # noqa: E731
+                                       text=True, env=env, timeout=300)  # fmt: skip
+    assert run("ingest", str(catalog)).returncode == 0
+    export = tmp_path / "events.csv"
+    export.write_text(
+        "distinct_id,item_id,event_name,timestamp\n"
+        "u1,mug-red-0,Product Viewed,1764000000000\n"
+        "u1,mug-red-0,Order Completed,2026-11-20T10:00:00Z\n"
+        "u1,mug-red-1,addtocart,2026-11-21T10:00:00+00:00\n"
+        "u2,nope,view,2026-11-21T10:00:00Z\n"
+        "u2,mug-red-1,wishlist,2026-11-21T10:00:00Z\n"
+        "u2,mug-red-1,view,yesterday\n"
+    )
+    proc = run("events", "import", str(export), "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert (got["accepted"], got["unknown_products"]) == (3, 1), got
+    assert [r["line"] for r in got["rejected"]] == [6, 7] and "wishlist" in got["rejected"][0]["reason"], got
+    again = json.loads(run("events", "import", str(export), "--json").stdout)
+    assert (again["accepted"], again["duplicates"]) == (0, 3)  # ids from the rows' content: nothing twice
