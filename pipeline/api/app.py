@@ -24,7 +24,7 @@ from pipeline.api.deps import Service
 from pipeline.api.fetch import url_client
 from pipeline.api.metrics import Metrics
 from pipeline.api.middleware import RequestContext
-from pipeline.api.routes import dev, health, jobs, keys, products, rank, search
+from pipeline.api.routes import buyers, dev, health, jobs, keys, products, rank, search
 from pipeline.config import Settings
 from pipeline.errors import ModelError, PipelineError
 from pipeline.jobs.celery_app import CeleryRunner, check_celery
@@ -104,7 +104,8 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (health.router, search.router, rank.router, products.router, keys.router, jobs.router):
+    routers = (health.router, search.router, rank.router, products.router, keys.router, jobs.router, buyers.router)
+    for router in routers:
         app.include_router(router)
     if settings.environment != "production":
         app.include_router(dev.router)
