@@ -273,3 +273,35 @@ def test_jobs_panel_shows_running_and_recent_jobs(app_env, ui_env, monkeypatch):
     finally:
         st.cache_resource.clear()
         st.cache_data.clear()
+
+
+def test_recommended_for_you_from_the_session_and_from_a_shoppers_events(app_env, ui_env, monkeypatch):
+    import streamlit as st
+
+    at = _app()
+    at.text_input(key="query").input("red mug").run()
+    first = _cards(at)[0]
+    at.button(key=f"cart-{first}").click().run()
+    assert not at.exception and "Recommended for you" in [h.value for h in at.subheader]
+    assert "you added to your cart" in _captions(at)
+    # A shopper named with the page's search key: the events cannot be stored, the page says so and goes on.
+    at.text_input(key="buyer").input("shopper-1").run()
+    at.button(key=f"cart-{_cards(at)[1]}").click().run()
+    assert "Events are recorded with a key of write scope" in _captions(at)
+    assert "Recommended for you" in [h.value for h in at.subheader]
+
+    monkeypatch.setenv("PIPELINE__API__KEY", ui_env["UI_TEST_WRITE_KEY"])
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    try:
+        at = _app()
+        at.text_input(key="buyer").input("shopper-2").run()
+        at.text_input(key="query").input("blue shirt").run()
+        pick = _cards(at)[0]
+        at.button(key=f"cart-{pick}").click().run()
+        assert not at.exception and "Events are recorded" not in _captions(at)
+        assert "Recommended for you" in [h.value for h in at.subheader]
+        assert pick not in [b.key.removeprefix("rec-more-") for b in at.button if b.key.startswith("rec-more-")]
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()

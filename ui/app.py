@@ -1,4 +1,6 @@
-"""Streamlit front end: type words or drop a photo, see matching products, ask for more like one of them.
+"""Streamlit front end: type words or drop a photo, see matching products, ask for more like one of them, and
+see "recommended for you" from what this shopper clicked and put in the cart (a shopper id in the sidebar
+records those as events with a write key; without one, the page's own session is the history).
 
 An HTTP client of the service (``python -m pipeline serve``): ``PIPELINE__API__URL`` (default: the service
 announced beside the data, else http://127.0.0.1:8000) and ``PIPELINE__API__KEY`` (default: the local token
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import streamlit as st
 
@@ -53,6 +56,26 @@ def more_like(product_id: str, name: str) -> None:
     st.session_state.mode = "product"
     st.session_state.product_id = product_id
     st.session_state.product_name = name
+    interact(product_id, "click")
+
+
+def interact(product_id: str, kind: str) -> None:
+    """A click or an add-to-cart: into this page's session, and as an event of the shopper when one is named."""
+    st.session_state.setdefault("session", []).append({"product_id": product_id, "type": kind})
+    buyer = (st.session_state.get("buyer") or "").strip()
+    st.session_state.event_note = None
+    if buyer:
+        event = {"buyer_id": buyer, "product_id": product_id, "type": kind}
+        try:
+            client().post("/v1/events", {"events": [event]})
+        except Forbidden:
+            st.session_state.event_note = "Events are recorded with a key of write scope; using this page's session."
+        except PipelineError as exc:
+            st.session_state.event_note = f"The event was not recorded: {exc}"
+
+
+def clear_session() -> None:
+    st.session_state.session = []
 
 
 def sidebar() -> tuple[int, SearchFilters]:
@@ -67,6 +90,12 @@ def sidebar() -> tuple[int, SearchFilters]:
         price = (lo, hi)
         if hi > lo:
             price = st.slider("Price", float(lo), float(hi), (float(lo), float(hi)), key="price")
+        st.divider()
+        st.header("Shopper")
+        st.text_input("Shopper id", key="buyer", placeholder="e.g. buyer-42 (optional)")
+        session = st.session_state.get("session", [])
+        st.caption(f"This session: {len(session)} interaction(s)")
+        st.button("Clear session", key="clear-session", on_click=clear_session, disabled=not session)
         st.divider()
         show_status()
         show_jobs()
@@ -168,6 +197,46 @@ def show_results(response: SearchResponse) -> None:
                 st.caption(f"score {hit.score:.3f}")
             name = product.name if product is not None else hit.product_id
             st.button("More like this", key=f"more-{hit.product_id}", on_click=more_like, args=(hit.product_id, name))
+            st.button("Add to cart", key=f"cart-{hit.product_id}", on_click=interact,
+                      args=(hit.product_id, "add_to_cart"))  # fmt: skip
+
+
+def recommendations(filters: SearchFilters) -> dict[str, Any] | None:
+    """For the named shopper (their stored events), else for this page's session; None when neither has any."""
+    buyer = (st.session_state.get("buyer") or "").strip()
+    session = st.session_state.get("session", [])
+    params = {k: v for k, v in filters.model_dump().items() if v is not None}
+    if buyer and not st.session_state.get("event_note"):
+        path = f"/v1/buyers/{quote(buyer, safe='')}/recommendations"
+        return client().get(path, top_k=4, exclude="seen", **params)  # not what is already in the cart
+    if session:
+        body = {"interactions": session[-200:], "top_k": 4, "filters": params or None, "exclude": "seen"}
+        return client().post("/v1/recommend", body)
+    return None
+
+
+def show_recommendations(filters: SearchFilters) -> None:
+    if st.session_state.get("event_note"):
+        st.caption(st.session_state.event_note)
+    try:
+        found = recommendations(filters)
+    except PipelineError as exc:
+        st.caption(f"Recommendations unavailable: {exc}")
+        return
+    if not found or not found["hits"]:
+        return
+    title = "Recommended for you" if found["strategy"] == "buyer" else "Popular right now"
+    st.subheader(title)
+    columns = st.columns(4)
+    for i, hit in enumerate(found["hits"]):
+        product = hit["product"]
+        with columns[i % 4], st.container(border=True, key=f"rec-{i}"):
+            show_image(product["images"][0])
+            st.markdown(f"**{product['name']}**")
+            st.caption(hit["reason"])
+            st.button("More like this", key=f"rec-more-{hit['id']}", on_click=more_like,
+                      args=(hit["id"], product["name"]))  # fmt: skip
+    st.divider()
 
 
 def main() -> None:
@@ -185,6 +254,7 @@ def main() -> None:
     with right:
         st.file_uploader("…or with a photo", type=["jpg", "jpeg", "png", "webp", "gif", "bmp"], key="photo",
                          on_change=start_image_query)  # fmt: skip
+    show_recommendations(filters)
     if st.session_state.get("mode") == "product":
         st.markdown(f"More like **{st.session_state.product_name}** (`{st.session_state.product_id}`)")
     try:
