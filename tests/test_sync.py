@@ -272,3 +272,29 @@ def test_cli_ingests_a_sqlite_query_without_a_service(model_repository, mongo_ur
     assert job["state"] == "succeeded" and job["submitted_by"] == "cli", job
     assert (job["result"]["added"], job["result"]["rejected"]) == (5, 1), job
     assert [e["id"] for e in job["errors"]] == ["bad"] and "name" in job["errors"][0]["message"]
+
+
+async def test_a_by_id_query_and_urls_as_users_type_them(pg, rows):
+    from pipeline.errors import SourceError
+    from pipeline.sources import SqlSpec, open_source
+
+    folder, items = rows
+    url = _pg_table(pg, items[:3])
+    by_id = "SELECT sku, title, images, 'from the by-id query' AS note FROM products WHERE sku = :id"
+    spec = SqlSpec(url=url, query=QUERY, by_id_query=by_id, mapping=MAPPING, image_base=str(folder))
+    async with open_source(spec) as reader:
+        row = await reader.by_id(items[0]["id"])
+        assert row is not None and row.product is not None
+        assert row.product.name == items[0]["name"] and row.product.attributes == {"note": "from the by-id query"}
+        assert await reader.by_id("no-such-sku") is None
+    # mysql:// as users type it goes through PyMySQL (mysqlclient is not installed); no server: a clear error.
+    mysql = SqlSpec(url=f"mysql://shop@127.0.0.1:{_closed_port()}/shop", query="SELECT 1 AS id", timeout_s=2)
+    async with open_source(mysql) as reader:
+        assert reader.source.engine.dialect.driver == "pymysql"  # type: ignore[attr-defined]
+        with pytest.raises(SourceError, match="cannot connect"):
+            await reader.count()
+    from pipeline.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="is not a database URL"):
+        async with open_source(SqlSpec(url="not a url", query="SELECT 1")):
+            pass
