@@ -44,6 +44,7 @@ def ingest(
     mapping: src.Mapping = None,
     updated_at: src.UpdatedAt = None,
     image_base: src.ImageBase = None,
+    source_name: src.SourceName = None,
     model_repository: RepoOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -61,7 +62,7 @@ def ingest(
 
     settings = settings_for(model_repository)
     source = src.source_param(sql_url, query, by_id_query, mongo_url, database, collection, filter_json, mapping,
-                              updated_at, image_base)  # fmt: skip
+                              updated_at, image_base, source_name)  # fmt: skip
     if catalog is not None and source is not None:
         raise InvalidInput("give a catalog file or a source, not both")
     if catalog is None:

@@ -133,6 +133,7 @@ def submit(
     mapping: src.Mapping = None,
     updated_at: src.UpdatedAt = None,
     image_base: src.ImageBase = None,
+    source_name: src.SourceName = None,
     wait: Annotated[bool, typer.Option(help="Follow the job to its end (through a service)")] = True,
     model_repository: RepoOption = None,
     as_json: JsonOption = False,
@@ -140,7 +141,7 @@ def submit(
     """Submit a job. With no service running, it runs here and now. ``ingest`` and ``sync`` read a source
     named by the options (--sql-url/--mongo-url ...); a ``sync`` without one reads the configured source."""
     source = src.source_param(sql_url, query, by_id_query, mongo_url, database, collection, filter_json, mapping,
-                              updated_at, image_base)  # fmt: skip
+                              updated_at, image_base, source_name)  # fmt: skip
     given: dict[str, Any] = {
         "path": str(path.resolve()) if path else None,
         "url": url,

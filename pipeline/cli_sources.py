@@ -24,6 +24,9 @@ Mapping = Annotated[
     list[str] | None, typer.Option("--map", help="FIELD=COLUMN where the source names a product field otherwise")
 ]
 UpdatedAt = Annotated[str | None, typer.Option(help="The source's last-change column, for incremental syncs")]
+SourceName = Annotated[
+    str | None, typer.Option("--source-name", help="Keep its products and sync state under this name across edits")
+]
 ImageBase = Annotated[str | None, typer.Option(help="A folder or URL that relative image paths are joined to")]
 
 
@@ -38,11 +41,13 @@ def source_param(
     mapping: list[str] | None,
     updated_at: str | None,
     image_base: str | None,
+    name: str | None = None,
 ) -> dict[str, Any] | None:
     """A job's ``source`` parameter from the options (None when no source was named)."""
     if sql_url and mongo_url:
         raise InvalidInput("name one source: --sql-url or --mongo-url")
-    common: dict[str, Any] = {"mapping": _mapping(mapping or []), "updated_at": updated_at, "image_base": image_base}
+    common: dict[str, Any] = {"mapping": _mapping(mapping or []), "updated_at": updated_at, "image_base": image_base,
+                              "name": name}  # fmt: skip
     if sql_url:
         if not query:
             raise InvalidInput("--sql-url needs --query (a SELECT returning one row per product)")
@@ -58,7 +63,7 @@ def source_param(
             raise InvalidInput("--filter: a JSON object (a MongoDB query)")
         return {"type": "mongo", "url": mongo_url, "database": database, "collection": collection,
                 "filter": found, **common}  # fmt: skip
-    if query or by_id_query or database or collection or filter_json or mapping or updated_at or image_base:
+    if query or by_id_query or database or collection or filter_json or mapping or updated_at or image_base or name:
         raise InvalidInput("source options need --sql-url or --mongo-url")
     return None
 

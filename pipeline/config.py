@@ -148,6 +148,8 @@ class SourceSettings(BaseModel):
     ``ingest`` job that names no file). ``type`` unset: no source is configured."""
 
     type: Literal["sql", "mongo"] | None = None
+    # Its products and sync watermark are kept under this name, so editing the query keeps them.
+    name: str = "catalog"
     # SQL: a SQLAlchemy URL as users type it (postgresql://user@host/db, mysql://..., sqlite:///catalog.db).
     # MongoDB: a mongodb:// URI.
     url: SecretStr | None = None

@@ -298,3 +298,17 @@ async def test_a_by_id_query_and_urls_as_users_type_them(pg, rows):
     with pytest.raises(InvalidInput, match="is not a database URL"):
         async with open_source(SqlSpec(url="not a url", query="SELECT 1")):
             pass
+
+
+def test_a_named_source_keeps_its_key_when_its_query_is_edited():
+    from pipeline.config import SourceSettings
+    from pipeline.sources import SqlSpec, source_key, spec_from_settings
+
+    url = "postgresql://shop:secret@db/shop"
+    a, b = SqlSpec(url=url, query="SELECT * FROM p"), SqlSpec(url=url, query="SELECT *, x FROM p")
+    assert source_key(a) != source_key(b)  # unnamed: another query is another source
+    assert source_key(a) == source_key(a.model_copy(update={"url": "postgresql://shop:changed@db/shop"}))
+    named = [s.model_copy(update={"name": "shop"}) for s in (a, b)]
+    assert source_key(named[0]) == source_key(named[1]) == "sql:shop"
+    configured = spec_from_settings(SourceSettings(type="sql", url=url, query="SELECT 1 AS id"))
+    assert source_key(configured) == "sql:catalog"

@@ -31,6 +31,11 @@ from pipeline.schemas import Product, describe_errors
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # What the products it supplies are recorded under, and its sync watermark kept under (a sync deletes only
+    # products of its own name). Unset: derived from where it reads and how, so editing the query makes it a
+    # new source; name it to keep its products and watermark across such edits.
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+
     # Product field -> the source's column (field) name where they differ, e.g. {"id": "sku", "name": "title"}.
     mapping: dict[str, str] = {}
     # A column (field) holding each row's last change: a ``sync`` then reads only rows changed since the last one.
@@ -90,7 +95,10 @@ def describe(spec: SqlSpec | MongoSpec) -> str:
 
 def source_key(spec: SqlSpec | MongoSpec) -> str:
     """A stable name for a source: products record it (what a sync may delete), the sync state is kept under it.
-    Two specs reading the same rows the same way have the same key; a password change does not change it."""
+    Its ``name`` when it has one; else two specs reading the same rows the same way have the same key, and a
+    password change does not change it."""
+    if spec.name:
+        return f"{spec.type}:{spec.name}"
     if isinstance(spec, SqlSpec):
         what = spec.query.strip().rstrip(";").strip()
         where = hide_password(spec.url)
