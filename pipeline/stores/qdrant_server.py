@@ -91,6 +91,8 @@ class ServerIndex:
         api_key: str | None = None,
         timeout_s: float = 10.0,
         client: AsyncQdrantClient | None = None,  # share another handle's connections
+        shard_number: int = 1,  # of each collection this handle creates (first open, every re-index)
+        replication_factor: int = 1,
     ) -> None:
         if url == ":memory:":
             self.backend = "qdrant-local"
@@ -104,6 +106,7 @@ class ServerIndex:
             )
         self.url = url
         self.alias = alias
+        self.shard_number, self.replication_factor = shard_number, replication_factor
         self._stamp: ModelStamp | None = None  # of the collection named by _live
         self._expected: ModelStamp | None = None
         self._live: str | None = None  # the collection the alias named when last read
@@ -122,6 +125,8 @@ class ServerIndex:
         await self._client.create_collection(
             name,
             vectors_config={m.value: params for m in Modality},
+            shard_number=self.shard_number,  # local mode ignores both
+            replication_factor=self.replication_factor,
             metadata={"fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model},
         )
         if self.backend != "qdrant-local":  # local mode ignores payload indexes (and warns)
