@@ -77,6 +77,10 @@ class QdrantSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0)
     # Points fetched per result slot before grouping per product (products have several images).
     overfetch: int = Field(default=4, ge=1, le=50)
+    # Server only (Edge has no shards): shards of each new collection, spread over the cluster's nodes.
+    shard_number: int = Field(default=1, ge=1)
+    # Server only: how many nodes keep a copy of each shard (2 or more survives losing a node).
+    replication_factor: int = Field(default=1, ge=1)
 
 
 class MongoSettings(BaseModel):

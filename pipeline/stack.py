@@ -107,7 +107,8 @@ def create_index(settings: Settings) -> VectorIndex:
         from pipeline.stores.qdrant_server import ServerIndex
 
         key = q.api_key.get_secret_value() if q.api_key else None
-        return ServerIndex(q.url, q.collection, api_key=key, timeout_s=q.timeout_s)
+        return ServerIndex(q.url, q.collection, api_key=key, timeout_s=q.timeout_s, shard_number=q.shard_number,
+                           replication_factor=q.replication_factor)  # fmt: skip
     from pipeline.stores.qdrant_edge import EdgeIndex
 
     return EdgeIndex(q.path, q.collection)
