@@ -410,4 +410,6 @@ def test_compose_runs_redis_and_workers_beside_the_api():
         assert worker["depends_on"][store]["condition"] == "service_healthy", store
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
     assert any(v.endswith(":/catalog:ro") for v in worker["volumes"])  # the paths ingest jobs name
+    data = {v for v in worker["volumes"] if v.endswith(":/data")}
+    assert data and data <= set(api["volumes"])  # a re-index on a worker reads the api's uploads
     assert "REDIS_PASSWORD=" in (deploy / ".env.example").read_text()
