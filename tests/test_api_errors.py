@@ -38,6 +38,8 @@ async def test_encoder_down_is_503_and_health_says_so(app_client, monkeypatch):
     health = (await client.get("/health")).json()
     assert health["status"] == "degraded" and health["components"]["encoder"]["status"] == "down"
     assert "not ready: encoder down" in error_message(await client.get("/health/ready"), 503)
+    live = await client.get("/health/live", headers={"X-API-Key": ""})  # a probe sends no key
+    assert live.status_code == 200 and live.json() == {"status": "alive"}  # no restart for a store outage
 
 
 async def test_an_unforeseen_failure_is_a_500_without_a_traceback(app_client, monkeypatch):

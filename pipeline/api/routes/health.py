@@ -92,6 +92,13 @@ async def health(svc: ServiceDep) -> dict[str, Any]:
     return await report(svc)
 
 
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """200 while the process answers at all; checks nothing else (a liveness probe must not restart a replica
+    because a store is down: readiness takes it out of rotation instead)."""
+    return {"status": "alive"}
+
+
 @router.get("/health/ready", responses=documented(503))
 async def ready(svc: ServiceDep) -> JSONResponse:
     """200 when queries can be answered (encoder and vector index up; MongoDB only adds metadata)."""
