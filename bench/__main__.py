@@ -46,6 +46,19 @@ def stage(
     run_stage(tuple(int(s) for s in sizes.split(",")), repeat)
 
 
+@app.command("bulk-ingest")
+def bulk_ingest(
+    products: int = typer.Option(192, help="catalog size (one 640x480 JPEG per product)"),
+    rounds: int = typer.Option(5, help="rounds, each running every run in turn; medians over them"),
+    delay_ms: float = typer.Option(20.0, help="the image host's delay before each answer, ms"),
+    precisions: str = typer.Option("int8,fp32", help="model precisions, comma separated"),
+) -> None:
+    """Bulk ingest (upsert_stream, images over HTTP) vs the raw batched encoder vs the sequential upsert() loop."""
+    from bench.bulk_ingest import run
+
+    run(products, rounds, delay_ms, tuple(p.strip() for p in precisions.split(",") if p.strip()))
+
+
 @app.command()
 def load(
     callers: int = typer.Option(32, help="concurrent callers"),

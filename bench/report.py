@@ -1,10 +1,11 @@
 """``make bench``: every benchmark of the project in one run, stitched into one report.
 
 Encoders per runtime and precision (INT8 batched and per-row), end-to-end queries and ingestion (the stack vs
-eager + numpy + dict, at INT8 and FP32), the search stage (vs numpy), the soak, the HTTP service under load (and
-its variants, vs a seed-style FastAPI peer at FP32 and INT8), and Triton vs in-process, under a header naming
-the machine, its cores and the date. Each ratio divides two rows of the same run that differ in one named
-thing. Under each table, the command that reproduces it. Written to bench/results/REPORT.md and printed.
+eager + numpy + dict, at INT8 and FP32), bulk ingest over HTTP (pipelined and sequential) vs the raw encoder,
+the search stage (vs numpy), the soak, the HTTP service under load (and its variants, vs a seed-style FastAPI
+peer at FP32 and INT8), and Triton vs in-process, under a header naming the machine, its cores and the date.
+Each ratio divides two rows of the same run that differ in one named thing. Under each table, the command that
+reproduces it. Written to bench/results/REPORT.md and printed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench.common import RESULTS
 SECTIONS = [
     ("encoders", ["encoders"]),
     ("search", ["search", "search_ingest"]),
+    ("bulk-ingest", ["bulk_ingest"]),
     ("stage", ["search_stage"]),
     ("load", ["load"]),
     ("http", ["http", "http_ratios"]),

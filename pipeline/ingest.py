@@ -5,6 +5,12 @@ encode the rest (one encoder call per product, so a bad image rejects only its r
 still batches them all) → write metadata (marked "not indexed") → upsert vectors → mark indexed. A crash at
 any point leaves rows marked "not indexed", which the next run redoes; point ids are deterministic, so a redo
 never duplicates.
+
+A bulk ingest goes through :meth:`IngestService.upsert_stream`: while one batch is written, the next ones'
+images are fetched (per-host limit, retries: ``pipeline.image_fetch``) and encoded, so the encoder is not left
+waiting on downloads and writes. What a batch writes is still decided under the write lock, from a fresh read
+of its state, exactly as :meth:`IngestService.upsert` decides it; work done ahead is only reused when it is
+still what that decision asks for.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -22,9 +29,11 @@ import numpy as np
 from pipeline.catalog import Row, is_url, read_catalog
 from pipeline.config import IngestSettings, LimitsSettings
 from pipeline.encoders.base import Encoder
-from pipeline.errors import InvalidInput
+from pipeline.errors import PipelineError
+from pipeline.image_fetch import ImageFetcher, fetch_once
+from pipeline.product_vectors import Ahead, ProductVectors
 from pipeline.schemas import IngestReport, Outcome, Product
-from pipeline.stores.mongo import MongoStore
+from pipeline.stores.mongo import IngestState, MongoStore
 from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
 from pipeline.stores.write_lock import WriteLock
 
@@ -42,18 +51,18 @@ def image_identity(ref: str) -> str:
     return f"{ref}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _read_file(path: Path, limit: int) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise InvalidInput(f"image {path}: {size} bytes is over the limit of {limit}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"image {path}: cannot read ({exc.strerror or exc})") from exc
-
-
 def _content_hashes(products: Sequence[Product]) -> dict[str, str]:
     return {p.id: p.content_hash(",".join(map(image_identity, p.images))) for p in products}
+
+
+def _current(state: IngestState | None, content_hash: str, stamp: ModelStamp) -> bool:
+    """Whether ``state`` says this content's vectors, made by this model, are in the index."""
+    return (
+        state is not None
+        and state.content_hash == content_hash
+        and state.indexed_hash == content_hash
+        and state.fingerprint == stamp.fingerprint
+    )
 
 
 class IngestService:
@@ -69,6 +78,8 @@ class IngestService:
     ) -> None:
         self.encoder, self.index, self.mongo, self.http = encoder, index, mongo, http
         self.lock, self.settings, self.limits = lock, settings, limits
+        self.fetcher = ImageFetcher(http, settings, limits)
+        self.vectors = ProductVectors(encoder, self.fetcher)
 
     @property
     def stamp(self) -> ModelStamp:
@@ -78,52 +89,9 @@ class IngestService:
     # --- images ----------------------------------------------------------------------------------------------
 
     async def load_image(self, ref: str, http: httpx.AsyncClient | None = None) -> bytes:
-        """Bytes of a file or URL, refused past the size limit; a URL that hangs is cut off by a timeout."""
-        limit = self.limits.max_image_bytes
-        if not is_url(ref):
-            return await asyncio.to_thread(_read_file, Path(ref), limit)
-        client = http or self.http
-        try:
-            async with asyncio.timeout(self.settings.http_timeout_s), client.stream("GET", ref) as resp:
-                resp.raise_for_status()
-                chunks, total = [], 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > limit:
-                        raise InvalidInput(f"image {ref}: over the limit of {limit} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except TimeoutError:
-            raise InvalidInput(f"image {ref}: no answer within {self.settings.http_timeout_s:.0f} s") from None
-        except httpx.HTTPError as exc:
-            raise InvalidInput(f"image {ref}: download failed ({exc})") from exc
-
-    async def _embed_product(self, product: Product, http: httpx.AsyncClient | None = None) -> np.ndarray:
-        images = await asyncio.gather(*(self.load_image(ref, http) for ref in product.images))
-        try:
-            return await self.encoder.encode_images(list(images))
-        except InvalidInput as exc:
-            # The encoder names the image by position; say which file it was.
-            message = str(exc)
-            for i, ref in enumerate(product.images):
-                message = message.replace(f"image {i}:", f"image {ref}:")
-            raise InvalidInput(message) from exc
-
-    async def _encode(
-        self, products: Sequence[Product], http: httpx.AsyncClient | None = None
-    ) -> tuple[list[tuple[Product, np.ndarray, np.ndarray]], list[tuple[Product, str]]]:
-        """Vectors per product; products whose images fail are returned with the reason instead."""
-        image_results = await asyncio.gather(*(self._embed_product(p, http) for p in products), return_exceptions=True)
-        ok, failed = [], []
-        for product, result in zip(products, image_results, strict=True):
-            if isinstance(result, InvalidInput):
-                failed.append((product, str(result)))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                ok.append((product, result))
-        texts = await self.encoder.encode_texts([p.embedding_text() for p, _ in ok]) if ok else np.zeros((0, 0))
-        return [(p, img, texts[i]) for i, (p, img) in enumerate(ok)], failed
+        """Bytes of a file or URL in one try (a query's image), refused past the size limit; a URL that hangs
+        is cut off by a timeout. Ingestion fetches through ``self.fetcher`` (per-host limit, retries)."""
+        return await fetch_once(ref, http or self.http, self.settings.http_timeout_s, self.limits.max_image_bytes)
 
     @staticmethod
     def _points(product: Product, images: np.ndarray, text: np.ndarray) -> list[VectorPoint]:
@@ -177,6 +145,67 @@ class IngestService:
         async with self.lock.shared(self.settings.write_wait_s):
             return await self._upsert(products, http, job, force, source)
 
+    async def upsert_stream(
+        self,
+        batches: AsyncIterable[Sequence[Product]],
+        *,
+        http: httpx.AsyncClient | None = None,
+        job: str | None = None,
+        force: bool = False,
+        source: str | None = None,
+    ) -> AsyncGenerator[list[Outcome], None]:
+        """``upsert`` of each batch in turn, yielding its outcomes once it is written, while the images of up
+        to ``prefetch_batches`` batches ahead are fetched and encoded. Each batch is decided and written under
+        the write lock as ``upsert`` would (same outcomes); nothing ahead of the yielded batch is written.
+
+        Close it when you stop early (``async with contextlib.aclosing(svc.upsert_stream(...)) as s``): the
+        work under way ahead is then cancelled and awaited. ``batches`` is pulled by the caller's task, only
+        while the stream is iterated. Raises what ``upsert`` raises, at the batch it concerns.
+        """
+        source_batches = aiter(batches)
+        pending: deque[tuple[list[Product], asyncio.Task[Ahead]]] = deque()
+        last: asyncio.Task[Ahead] | None = None
+        more, source_error = True, None
+        try:
+            while True:
+                while more and len(pending) <= self.settings.prefetch_batches:
+                    try:
+                        products = list(await anext(source_batches))
+                    except StopAsyncIteration:
+                        more = False
+                        break
+                    except Exception as exc:  # raised once the batches read before it are written, as in a loop
+                        more, source_error = False, exc
+                        break
+                    last = asyncio.create_task(self._prepare(products, http, force, last), name="ingest ahead")
+                    pending.append((products, last))
+                if not pending:
+                    if source_error is not None:
+                        raise source_error
+                    return
+                products, task = pending[0]
+                try:
+                    ahead: Ahead | None = await task
+                except PipelineError:
+                    ahead = None  # the batch's own turn below redoes the work, and raises if it still applies
+                pending.popleft()
+                async with self.lock.shared(self.settings.write_wait_s):
+                    outcomes = await self._upsert(products, http, job, force, source, ahead)
+                yield outcomes
+        finally:
+            for _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    async def _prepare(
+        self, products: list[Product], http: httpx.AsyncClient | None, force: bool, after: asyncio.Task[Ahead] | None
+    ) -> Ahead:
+        """Fetch and encode, ahead of their turn, the products that need it as their state reads now."""
+        hashes = await asyncio.to_thread(_content_hashes, products)
+        states, stamp = await self.mongo.get_states(list(hashes)), self.stamp
+        todo = [p for p in products if force or not _current(states.get(p.id), hashes[p.id], stamp)]
+        return await self.vectors.encode_ahead(todo, hashes, http, after)
+
     async def _upsert(
         self,
         products: Sequence[Product],
@@ -184,6 +213,7 @@ class IngestService:
         job: str | None,
         force: bool,
         source: str | None,
+        ahead: Ahead | None = None,
     ) -> list[Outcome]:
         stamp = self.stamp
         hashes = await asyncio.to_thread(_content_hashes, products)  # a stat per image file: off the loop
@@ -198,14 +228,13 @@ class IngestService:
             mine = job is not None and state is not None and state.job == job and state.job_status is not None
             was_update = state is not None and (state.job_status == "updated" if mine else True)
             status[product.id] = "updated" if was_update else "added"
-            current = state and state.content_hash == h and state.indexed_hash == h
-            if current and state and state.fingerprint == stamp.fingerprint and not force:
+            if state is not None and _current(state, h, stamp) and not force:
                 outcomes[product.id] = Outcome(product.id, status[product.id] if mine else "unchanged")
                 if source is not None and state.source != source:
                     claimed.append(product.id)
             else:
                 todo.append(product)
-        encoded, failed = await self._encode(todo, http) if todo else ([], [])
+        encoded, failed = await self.vectors.encode_reusing(todo, hashes, http, ahead) if todo else ([], [])
         for product, reason in failed:
             outcomes[product.id] = Outcome(product.id, "rejected", reason)
         if encoded:
@@ -281,7 +310,7 @@ class IngestService:
         left_out: list[str],
     ) -> None:
         states = await self.mongo.get_states([p.id for p in batch])
-        encoded, failed = await self._encode(batch)
+        encoded, failed = await self.vectors.encode(batch)
         report.rejected.extend((0, f"{p.id}: {reason}") for p, reason in failed)
         left_out.extend(p.id for p, _ in failed)
         await staged.upsert([pt for p, img, txt in encoded for pt in self._points(p, img, txt)])
