@@ -3,7 +3,8 @@
 Encoders per runtime and precision (INT8 batched and per-row), end-to-end queries and ingestion (the stack vs
 eager + numpy + dict, at INT8 and FP32), bulk ingest over HTTP (pipelined and sequential) vs the raw encoder,
 the search stage (vs numpy), the soak, the HTTP service under load (and its variants, vs a seed-style FastAPI
-peer at FP32 and INT8), and Triton vs in-process, under a header naming the machine, its cores and the date.
+peer at FP32 and INT8), Triton vs in-process, and recommendations (buyer encoding + retrieval, over HTTP and
+in-process, vs numpy), under a header naming the machine, its cores and the date.
 Each ratio divides two rows of the same run that differ in one named thing. Under each table, the command that
 reproduces it. Written to bench/results/REPORT.md and printed.
 """
@@ -29,6 +30,7 @@ SECTIONS = [
     ("load", ["load"]),
     ("http", ["http", "http_ratios"]),
     ("triton", ["triton"]),
+    ("recommend", ["recommend"]),
 ]
 
 

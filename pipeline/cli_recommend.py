@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from pipeline.cli_common import JsonOption, RepoOption, app, dispatch, err, guarded, settings_for
+from pipeline.cli_common import JsonOption, RepoOption, app, dispatch, err, guarded, run_with_stack, settings_for
 from pipeline.errors import InvalidInput
 from pipeline.recommend.events import ShopperEvent
 from pipeline.recommend.models import EventsResult
@@ -162,3 +162,74 @@ def import_events(
         err.print(f"  line {line}: {reason}", markup=False, soft_wrap=True)
     if len(bad) > 20:
         err.print(f"  … and {len(bad) - 20} more (use --json)")
+
+
+@app.command("recommend-eval")
+@guarded
+def recommend_eval(
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            "--events",
+            help="A real events file (as `events import` reads) on the configured data; "
+            "default: simulated shoppers on the demo catalog",
+        ),
+    ] = None,
+    demo: Annotated[Path, typer.Option(help="The demo folder `make demo` filled (simulated shoppers)")] = Path(
+        "data/demo"
+    ),
+    shoppers: Annotated[int, typer.Option(min=1, help="Simulated shoppers")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated shoppers (and of the random method)")] = 1,
+    holdout: Annotated[int, typer.Option(min=1, help="Held-out last purchases per buyer")] = 1,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=100, help="Recommendations scored per buyer")] = 10,
+    sweep: Annotated[bool, typer.Option(help="Also score other half-lives and event weightings")] = False,
+    model_repository: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Offline evaluation: hold out each buyer's last purchase(s), recommend from the history before them with
+    the service's own code, and score recall@k and NDCG@k of the buyer vector (as configured, without event
+    weights, without recency), popularity and random. Opens the stores itself: stop a service running on them."""
+    from pipeline.recommend.evaluate import EvalReport, evaluate, evaluate_simulated
+
+    if events is None:
+        if not (demo / "model_repository").is_dir() or not (demo / "qdrant").is_dir():
+            raise InvalidInput(f"{demo}: no demo model and index; run `make demo` first, or give --events FILE")
+        settings = settings_for(model_repository or demo / "model_repository")
+        settings.qdrant.path, settings.mongo.data_dir = demo / "qdrant", demo / "mongo"
+    else:
+        settings = settings_for(model_repository)
+        rows = list(parse_events(events))
+        real = [e for _, e, _ in rows if e is not None]
+        if not real:
+            raise InvalidInput(f"{events}: no readable events ({len(rows)} rows)")
+    from pipeline.client import ServiceClient
+
+    client = ServiceClient.discover(settings)
+    if client is not None:
+        client.close()
+        raise InvalidInput("a service runs on this data; the evaluation opens the stores itself: stop it first")
+
+    async def work(stack: Stack) -> EvalReport:
+        if events is None:
+            return await evaluate_simulated(stack, shoppers, seed, k=top_k, holdout=holdout, sweep=sweep)
+        return await evaluate(stack, real, source=str(events), k=top_k, holdout=holdout, sweep=sweep, seed=seed)
+
+    report = run_with_stack(settings, work)
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+        return
+    print_report(report)
+
+
+def print_report(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    headers, rows = report.table()
+    table = Table(title=f"Recommendations, offline: {report.source}")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(120, Console().width)).print(table)
+    Console(highlight=False).print(report.summary(), markup=False, soft_wrap=True)

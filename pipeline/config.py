@@ -191,6 +191,9 @@ class RecommendSettings(BaseModel):
     # A buyer's vector is kept this long (events sent to this service refresh it at once).
     buyer_cache_s: float = Field(default=60.0, ge=0)
     buyer_cache_entries: int = Field(default=10_000, ge=0)
+    # Products whose vectors (one per space, ~4 KB each at 512-d) are kept in memory for buyer vectors; checked
+    # against MongoDB's ingest state on every use, so a changed or deleted product is never served stale (0: off).
+    vector_cache_entries: int = Field(default=10_000, ge=0)
     # Shopper events older than this are removed by MongoDB (0: kept forever).
     retention_days: float = Field(default=365.0, ge=0)
     # Events stamped further ahead than this (clock skew) are refused.

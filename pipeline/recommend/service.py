@@ -5,23 +5,25 @@ call → the buyer vector (``buyer.encode_buyer``) → a nearest search in the i
 search's filters, fused like a text query, the excluded products left out by the engine → optionally
 diversified (MMR) → metadata and a reason per hit. A buyer with no usable history gets the popular products
 of the last ``popular_window_days`` instead (``strategy: popular``). Buyer vectors are cached per buyer and
-model; events sent through this service drop the buyer's entry at once.
+model; events sent through this service drop the buyer's entry at once. Products' vectors are cached per product,
+content hash and model, and checked against MongoDB's ingest state on each use (``points``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Sequence
 
 import numpy as np
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from pipeline.config import RecommendSettings, SearchSettings
 from pipeline.encoders.base import Encoder
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, StoreUnavailable
 from pipeline.fusion import Fusion, best_per_product, fuse
-from pipeline.recommend.buyer import Buyer, closest, encode_buyer, mmr, product_point, reason
+from pipeline.recommend.buyer import Buyer, closest_many, encode_points, mmr, product_point, reason
 from pipeline.recommend.events import EventType, Interaction, ShopperEvent, ShopperEventStore, aware
 from pipeline.recommend.models import EventError, EventsResult, Exclude, Recommendations, RecommendHit
 from pipeline.schemas import Product, SearchFilters
@@ -66,6 +68,10 @@ class RecommendService:
         self._buyers: TTLCache[tuple[str, str], tuple[Buyer | None, list[Interaction]]] | None = None
         if settings.buyer_cache_entries and settings.buyer_cache_s:
             self._buyers = TTLCache(settings.buyer_cache_entries, settings.buyer_cache_s)
+        # (model fingerprint, product id, indexed content hash) -> the product's point (see ``points``).
+        self._points: LRUCache[tuple[str, str, str], dict[Modality, np.ndarray]] | None = None
+        if settings.vector_cache_entries:
+            self._points = LRUCache(settings.vector_cache_entries)
 
     # --- events ----------------------------------------------------------------------------------------------
 
@@ -91,14 +97,38 @@ class RecommendService:
 
     # --- buyers ----------------------------------------------------------------------------------------------
 
+    async def points(self, ids: Sequence[str]) -> dict[str, dict[Modality, np.ndarray]]:
+        """Each product's one unit vector per space (``product_point``); products the index no longer holds are
+        absent. With the vector cache on, a product whose MongoDB ingest state says its indexed vectors are
+        still the ones cached (same content hash, same model) is answered from memory, so only new or changed
+        products are read from the index (reading and converting stored vectors is most of the cost of a
+        buyer vector). Without MongoDB every product is read from the index."""
+        if self._points is None or not ids:
+            return {pid: product_point(v) for pid, v in (await self.index.vectors_of(ids)).items()}
+        fingerprint = self.encoder.info.fingerprint
+        try:
+            states = await self.mongo.get_states(ids)
+        except StoreUnavailable:
+            states = {}
+        keys = {pid: (fingerprint, pid, st.indexed_hash) for pid, st in states.items()
+                if st.indexed_hash and st.fingerprint == fingerprint}  # fmt: skip
+        out = {pid: point for pid, key in keys.items() if (point := self._points.get(key)) is not None}
+        missing = [pid for pid in ids if pid not in out]
+        if missing:
+            for pid, vectors in (await self.index.vectors_of(missing)).items():
+                out[pid] = product_point(vectors)
+                if pid in keys:
+                    self._points[keys[pid]] = out[pid]
+        return out
+
     async def encode(self, history: Sequence[Interaction]) -> Buyer | None:
         """The buyer vector of a history (newest first or not: order does not matter, time stamps do)."""
         history = list(history)[: self.settings.max_events] if history else []
         if not history:
             return None
-        stored = await self.index.vectors_of(list(dict.fromkeys(e.product_id for e in history)))
+        points = await self.points(list(dict.fromkeys(e.product_id for e in history)))
         s = self.settings
-        return encode_buyer(history, stored, s.weights, s.half_life_days, dt.datetime.now(dt.UTC))
+        return encode_points(history, points, s.weights, s.half_life_days, dt.datetime.now(dt.UTC))
 
     async def buyer(self, buyer_id: str) -> tuple[Buyer | None, list[Interaction]]:
         """A stored buyer's vector and recent history (cached)."""
@@ -173,18 +203,21 @@ class RecommendService:
                       Fusion(self.search.fusion), self.search.rrf_k)  # fmt: skip
         searched = time.perf_counter()
         ids = [r.product_id for r in ranked]
-        points = {pid: product_point(v) for pid, v in (await self.index.vectors_of(ids)).items()}
+        # The candidates' vectors (for the reasons, and MMR) and the metadata (candidates and history, for the
+        # reasons' names) in one round trip each, at the same time.
+        points, products = await asyncio.gather(
+            self.points(ids), self.mongo.get_products(list(dict.fromkeys([*ids, *buyer.points])))
+        )
         order = ids[:k]
         if diversify:
             relevance = {r.product_id: r.score for r in ranked}
             order = mmr(ids, relevance, {p: _joint(v) for p, v in points.items()}, k, self.settings.mmr_lambda)
-        products = await self.mongo.get_products(list(dict.fromkeys([*order, *buyer.points])))
         score = {r.product_id: r.score for r in ranked}
+        shown = [pid for pid in order if pid in products]  # the others were deleted since they were indexed
+        closest_of = dict(zip(shown, closest_many([points.get(pid, {}) for pid in shown], buyer), strict=True))
         hits = []
-        for pid in order:
-            if pid not in products:  # deleted since it was indexed
-                continue
-            because = closest(points[pid], buyer) if pid in points else None
+        for pid in shown:
+            because = closest_of[pid]
             why = "close to what you browsed"
             if because is not None and because in products:
                 why = reason(products[because].name, buyer.strongest.get(because, "view"))
