@@ -198,7 +198,8 @@ class ManagedMongod:
             (self.data_dir / PORT_FILE).unlink(missing_ok=True)
 
     def _terminate(self, pid: int) -> None:
-        """SIGTERM (mongod shuts down cleanly on it), SIGKILL after 15 s; reaps it when it is our child."""
+        """SIGTERM (mongod shuts down cleanly on it), SIGKILL after 15 s; returns once it is gone (reaped when
+        it is our child)."""
         proc, self._proc = self._proc, None
         child = proc is not None and proc.pid == pid
         with contextlib.suppress(ProcessLookupError):
@@ -212,6 +213,10 @@ class ManagedMongod:
             os.kill(pid, signal.SIGKILL)
         if child and proc:
             proc.wait()
+            return
+        deadline = time.monotonic() + 10  # not ours to reap: wait until it is gone (its port closed with it)
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     async def start(self) -> str:
         return await asyncio.to_thread(self.start_sync)
