@@ -127,22 +127,24 @@ async def test_popular_fallback_for_a_buyer_with_no_history(app_client, catalog)
     assert [h["id"] for h in shirts["hits"]] == ["shirt-red-1"]
 
 
-async def test_diversify_spreads_the_list(app_client, catalog):
+async def test_diversify_is_mmr_over_the_same_candidates(app_client, catalog):
     svc, client = await _ingested(app_client, catalog)
     await client.post("/v1/events", json={"events": [_event("mug-red-0", "purchase")]})
-    plain = (await client.get(f"/v1/buyers/{BUYER}/recommendations", params={"top_k": 6})).json()
-    mixed = (await client.get(f"/v1/buyers/{BUYER}/recommendations",
-                              params={"top_k": 6, "diversify": "true"})).json()  # fmt: skip
-
-    async def spread(ids):
-        vecs = await svc.stack.index.vectors_of(ids)
-        mat = np.stack([np.mean(vecs[p][Modality.IMAGE], 0) for p in ids])
-        mat /= np.linalg.norm(mat, axis=1, keepdims=True)
-        sims = mat @ mat.T
-        return float(sims[np.triu_indices(len(ids), 1)].mean())
-
-    assert len(mixed["hits"]) == 6
-    assert await spread([h["id"] for h in mixed["hits"]]) <= await spread([h["id"] for h in plain["hits"]])
+    url = f"/v1/buyers/{BUYER}/recommendations"
+    every = (await client.get(url, params={"top_k": 24})).json()["hits"]  # all candidates, exactly scored
+    mixed = (await client.get(url, params={"top_k": 6, "diversify": "true"})).json()["hits"]
+    # The reference: MMR (lambda from the settings) over the 24 candidates with their fused scores, similarity
+    # the mean cosine over both spaces of each product's vectors.
+    stored = await svc.stack.index.vectors_of([h["id"] for h in every])
+    joint = {}
+    for pid, spaces in stored.items():
+        image = np.mean(spaces[Modality.IMAGE], 0)
+        parts = [image / np.linalg.norm(image), spaces[Modality.TEXT][0]]
+        joint[pid] = np.concatenate(parts) / np.sqrt(2)
+    order, relevance = [h["id"] for h in every], {h["id"]: h["score"] for h in every}
+    want = mmr(order, relevance, joint, 6, svc.settings.recommend.mmr_lambda)
+    assert [h["id"] for h in mixed] == want
+    assert want != order[:6]  # diversity changed the list here, so the test shows it is applied
 
 
 async def test_bad_events_and_requests(app_client, catalog, mongo_uri):
@@ -229,3 +231,15 @@ def test_events_import_cli_reads_an_export_as_the_recommender_wrote_it(model_rep
     assert [r["line"] for r in got["rejected"]] == [6, 7] and "wishlist" in got["rejected"][0]["reason"], got
     again = json.loads(run("events", "import", str(export), "--json").stdout)
     assert (again["accepted"], again["duplicates"]) == (0, 3)  # ids from the rows' content: nothing twice
+
+
+async def test_a_long_session_keeps_its_most_recent_events_whatever_its_order(app_client, catalog):
+    svc, client = await _ingested(app_client, catalog)
+    cap = svc.settings.recommend.max_events
+    ago = [dt.timedelta(days=300 - i / 1000) for i in range(cap)]  # oldest first
+    old = [{"product_id": "poster-green-0", "type": "purchase", "ts": (NOW - a).isoformat()} for a in ago]
+    recent = {"product_id": "mug-blue-1", "type": "view", "ts": NOW.isoformat()}
+    got = (await client.post("/v1/buyers/encode", json={"interactions": [*old, recent]})).json()
+    old_only = (await client.post("/v1/buyers/encode", json={"interactions": old})).json()
+    assert got["events_used"] == cap  # the oldest purchase fell off, the newest view stayed
+    assert not np.allclose(got["vectors"]["image"], old_only["vectors"]["image"], atol=1e-2)  # the view counts

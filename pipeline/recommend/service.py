@@ -122,8 +122,10 @@ class RecommendService:
         return out
 
     async def encode(self, history: Sequence[Interaction]) -> Buyer | None:
-        """The buyer vector of a history (newest first or not: order does not matter, time stamps do)."""
-        history = list(history)[: self.settings.max_events] if history else []
+        """The buyer vector of a history, in any order: its ``max_events`` most recent events count (an event
+        without a time stamp counts as now)."""
+        now = dt.datetime.now(dt.UTC)
+        history = sorted(history, key=lambda e: aware(e.ts, now), reverse=True)[: self.settings.max_events]
         if not history:
             return None
         points = await self.points(list(dict.fromkeys(e.product_id for e in history)))
