@@ -73,7 +73,7 @@ async def test_embed_delete_and_reindex_jobs(app_client, catalog):
 async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_client, catalog, monkeypatch):
     svc, client = app_client
     monkeypatch.setattr(svc.stack.ingest.settings, "batch_size", 4)
-    upsert = svc.stack.ingest.upsert
+    upsert = svc.stack.ingest._upsert  # one batch's write, however the job feeds it (the stream or upsert)
     gate, started = asyncio.Event(), asyncio.Event()
 
     async def slow(*args, **kwargs):
@@ -81,7 +81,7 @@ async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_clie
         await gate.wait()
         return await upsert(*args, **kwargs)
 
-    monkeypatch.setattr(svc.stack.ingest, "upsert", slow)
+    monkeypatch.setattr(svc.stack.ingest, "_upsert", slow)
     job = await _submit(client, "ingest", path=str(catalog))
     await asyncio.wait_for(started.wait(), 60)  # the job runs its first batch
     cancelling = (await client.delete(f"/v1/jobs/{job['id']}")).json()

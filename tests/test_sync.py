@@ -195,25 +195,25 @@ async def test_a_sync_resumed_after_its_runner_stopped_counts_every_product_once
     url = _pg_table(pg, items)
     config = make_settings(model_repository, "edge", tmp_path, mongo_uri, ingest={"batch_size": 4})
     async with asgi_service(config) as (svc, client):
-        real = svc.stack.ingest.upsert
+        real = svc.stack.ingest._upsert  # one batch's write
         calls, stuck = 0, asyncio.Event()
 
-        async def upsert(products, **kw):
+        async def upsert(*args, **kw):
             nonlocal calls
             calls += 1
             if calls == 3:  # the third batch is written, then the process "dies" before it is reported
-                await real(products, **kw)
+                await real(*args, **kw)
                 stuck.set()
                 await asyncio.Event().wait()
-            return await real(products, **kw)
+            return await real(*args, **kw)
 
-        svc.stack.ingest.upsert = upsert
+        svc.stack.ingest._upsert = upsert
         r = await client.post("/v1/jobs", json={"kind": "sync", "params": {"source": _source(url, folder)}})
         await asyncio.wait_for(stuck.wait(), 60)
         await svc.runner.aclose()  # a shutdown under the job: it is handed back, to resume
         held = (await client.get(f"/v1/jobs/{r.json()['id']}")).json()
         assert held["state"] == "queued" and held["progress"]["done"] == 8, held
-        svc.stack.ingest.upsert = real
+        svc.stack.ingest._upsert = real
         await svc.runner.start()
         svc.runner.wake()
         done = await _wait(client, r.json()["id"])

@@ -9,15 +9,17 @@ left half-written; a re-index is cancelled as a whole (its new collection is dro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
-from pipeline.catalog import count_rows, read_catalog
+from pipeline.catalog import Row, count_rows, read_catalog
 from pipeline.errors import InvalidInput
 from pipeline.jobs.context import Cancelled, JobContext, ProgressHook, tally
 from pipeline.jobs.model import PARAMS, EmbedAllParams, IdsParams, IngestParams, JobKind, NoParams, RowError
@@ -101,20 +103,29 @@ async def _ingest_file(ctx: JobContext, p: IngestParams, path: Path) -> dict[str
     total = await asyncio.to_thread(count_rows, path)
     rows = read_catalog(path, ctx.stack.settings.ingest.strict_fields, p.url)
     http = None if (ctx.local or p.path) else ctx.http
-    size, consumed = ctx.stack.settings.ingest.batch_size, 0
+    size = ctx.stack.settings.ingest.batch_size
+    read: deque[tuple[int, list[Row]]] = deque()  # batches handed to the stream, oldest first
+
+    async def batches() -> AsyncIterator[list[Product]]:
+        consumed = 0
+        while chunk := await asyncio.to_thread(list, itertools.islice(rows, size)):
+            fresh = chunk[max(0, skip - consumed) :]  # rows before the checkpoint were done by an earlier run
+            consumed += len(chunk)
+            if fresh:
+                read.append((consumed, fresh))
+                yield [r.product for r in fresh if r.product is not None]
+
     ctx.begin(skip)
-    while chunk := await asyncio.to_thread(list, itertools.islice(rows, size)):
-        fresh = chunk[max(0, skip - consumed) :]  # rows before the checkpoint were done by an earlier run
-        consumed += len(chunk)
-        if not fresh:
-            continue
-        errors = [RowError(row=r.line, message=r.error or "invalid row") for r in fresh if r.product is None]
-        counts["rejected"] += len(errors)
-        good = [r.product for r in fresh if r.product is not None]
-        lines = {r.product.id: r.line for r in fresh if r.product is not None}
-        outcomes = await ctx.stack.ingest.upsert(good, http=http, job=ctx.job.id) if good else []
-        errors += tally(counts, outcomes, dict(lines))
-        await ctx.report(consumed, total or consumed, dict(counts), {"rows": consumed, "counts": counts}, errors)
+    # Images of the next batches are fetched and encoded while this one is written (upsert_stream); a batch
+    # is reported, and checkpointed, only once it is written.
+    stream = ctx.stack.ingest.upsert_stream(batches(), http=http, job=ctx.job.id)
+    async with contextlib.aclosing(stream):
+        async for outcomes in stream:
+            consumed, fresh = read.popleft()
+            errors = [RowError(row=r.line, message=r.error or "invalid row") for r in fresh if r.product is None]
+            counts["rejected"] += len(errors)
+            errors += tally(counts, outcomes, {r.product.id: r.line for r in fresh if r.product is not None})
+            await ctx.report(consumed, total or consumed, dict(counts), {"rows": consumed, "counts": counts}, errors)
     return counts
 
 

@@ -14,12 +14,15 @@ before that point is picked up by the next sync, which reads everything again).
 
 from __future__ import annotations
 
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pipeline.errors import InvalidInput
 from pipeline.jobs.context import JobContext
 from pipeline.jobs.model import RowError, SyncParams
-from pipeline.schemas import Outcome
+from pipeline.schemas import Outcome, Product
 from pipeline.sources import MongoSpec, SourceReader, SourceRow, SqlSpec, describe, open_source, spec_from_settings
 from pipeline.stores.sync_state import SyncStates, dump_mark, later, load_mark
 
@@ -79,27 +82,35 @@ async def _read(ctx: JobContext, reader: SourceReader, since: Any) -> tuple[dict
     total = None if total is None else total + (done - skip)
     ctx.begin(done)
     state = _Marks(start, dict(counts), done)
-    consumed = 0
-    async for chunk in reader.batches(ctx.stack.settings.ingest.batch_size, start):
-        fresh = chunk[max(0, skip - consumed) :]
-        consumed += len(chunk)
-        if not fresh:
-            continue
-        good = [r.product for r in fresh if r.product is not None]
-        outcomes = await ctx.stack.ingest.upsert(good, job=ctx.job.id, source=reader.key) if good else []
-        by_id = {o.id: o for o in outcomes}
-        errors: list[RowError] = []
-        for row in fresh:
+    read: deque[list[SourceRow]] = deque()  # batches handed to the stream, oldest first
+
+    async def batches() -> AsyncIterator[list[Product]]:
+        consumed = 0
+        async for chunk in reader.batches(ctx.stack.settings.ingest.batch_size, start):
+            fresh = chunk[max(0, skip - consumed) :]
+            consumed += len(chunk)
+            if fresh:
+                read.append(fresh)
+                yield [r.product for r in fresh if r.product is not None]
+
+    # The next batches' images are fetched and encoded while this one is written; reported once written.
+    stream = ctx.stack.ingest.upsert_stream(batches(), job=ctx.job.id, source=reader.key)
+    async with contextlib.aclosing(stream):
+        async for outcomes in stream:
+            fresh = read.popleft()
+            by_id = {o.id: o for o in outcomes}
+            errors: list[RowError] = []
+            for row in fresh:
+                if incremental:
+                    state.enter(row.changed, counts, done)
+                outcome = by_id.get(row.product.id) if row.product is not None else None
+                _count(counts, row, outcome, errors)
+                done += 1
+                high = later(high, row.changed)
+            point = {"since": dump_mark(since), "done": done, "counts": counts, "high": dump_mark(high)}
             if incremental:
-                state.enter(row.changed, counts, done)
-            outcome = by_id.get(row.product.id) if row.product is not None else None
-            _count(counts, row, outcome, errors)
-            done += 1
-            high = later(high, row.changed)
-        point = {"since": dump_mark(since), "done": done, "counts": counts, "high": dump_mark(high)}
-        if incremental:
-            point |= {"mark": dump_mark(state.mark), "base_counts": state.base_counts, "base_done": state.base_done}
-        await ctx.report(done, max(total or 0, done), dict(counts), point, errors)
+                point |= {"mark": dump_mark(state.mark), "base_counts": state.base_counts, "base_done": state.base_done}
+            await ctx.report(done, max(total or 0, done), dict(counts), point, errors)
     return counts, high
 
 
