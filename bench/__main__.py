@@ -50,13 +50,14 @@ def stage(
 def bulk_ingest(
     products: int = typer.Option(192, help="catalog size (one 640x480 JPEG per product)"),
     rounds: int = typer.Option(5, help="rounds, each running every run in turn; medians over them"),
-    delay_ms: float = typer.Option(20.0, help="the image host's delay before each answer, ms"),
-    precisions: str = typer.Option("int8,fp32", help="model precisions, comma separated"),
+    delays_ms: str = typer.Option("20,200", help="the image host's delays before each answer, ms, comma separated"),
+    precisions: str = typer.Option("int8", help="precisions, comma separated (int8: the service on CPU)"),
 ) -> None:
     """Bulk ingest (upsert_stream, images over HTTP) vs the raw batched encoder vs the sequential upsert() loop."""
     from bench.bulk_ingest import run
 
-    run(products, rounds, delay_ms, tuple(p.strip() for p in precisions.split(",") if p.strip()))
+    delays = tuple(float(d) for d in delays_ms.split(",") if d.strip())
+    run(products, rounds, delays, tuple(p.strip() for p in precisions.split(",") if p.strip()))
 
 
 @app.command()

@@ -43,9 +43,15 @@ class ProductVectors:
         return list(await asyncio.gather(*(self.fetcher.fetch(ref, http) for ref in product.images)))
 
     async def _embed_images(
-        self, product: Product, http: httpx.AsyncClient | None, loaded: list[bytes] | None
+        self,
+        product: Product,
+        http: httpx.AsyncClient | None,
+        loaded: list[bytes] | None,
+        after: asyncio.Task[Ahead] | None,
     ) -> np.ndarray:
         images = loaded if loaded is not None else await self.load(product, http)
+        if after is not None:
+            await asyncio.wait([after])  # its outcome is its own batch's business
         try:
             return await self.encoder.encode_images(images)
         except InvalidInput as exc:
@@ -60,12 +66,14 @@ class ProductVectors:
         products: Sequence[Product],
         http: httpx.AsyncClient | None = None,
         loaded: dict[str, list[bytes]] | None = None,
+        after: asyncio.Task[Ahead] | None = None,
     ) -> Encoded:
         """Vectors per product; products whose images fail come back with the reason instead. ``loaded``:
-        images already fetched, by product id (the others are fetched here)."""
+        images already fetched, by product id (the others are fetched here). Each product is encoded as soon
+        as its images are in (and, given ``after``, that task is done)."""
         loaded = loaded or {}
         image_results = await asyncio.gather(
-            *(self._embed_images(p, http, loaded.get(p.id)) for p in products), return_exceptions=True
+            *(self._embed_images(p, http, loaded.get(p.id), after) for p in products), return_exceptions=True
         )
         ok, failed = [], []
         for product, result in zip(products, image_results, strict=True):
@@ -85,23 +93,12 @@ class ProductVectors:
         http: httpx.AsyncClient | None,
         after: asyncio.Task[Ahead] | None,
     ) -> Ahead:
-        """Fetch every product's images at once, then encode them once ``after`` (the batch before) is done
-        encoding: batches encode one at a time, in order, so the next batch to be written is never kept
-        waiting behind later ones."""
-        fetched = await asyncio.gather(*(self.load(p, http) for p in products), return_exceptions=True)
-        encoded: dict[str, Vectors | str] = {}
-        loaded: dict[str, list[bytes]] = {}
-        for product, result in zip(products, fetched, strict=True):
-            if isinstance(result, InvalidInput):
-                encoded[product.id] = str(result)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                loaded[product.id] = result
-        if after is not None:
-            await asyncio.wait([after])  # its outcome is its own batch's business
-        ok, failed = await self.encode([p for p in products if p.id in loaded], http, loaded)
-        encoded.update({p.id: (img, txt) for p, img, txt in ok})
+        """``encode(products)`` ahead of the batch's turn. All images are fetched at once; each product is
+        encoded once its images are in and ``after`` (the batch before) is done: batches encode one at a time,
+        in order, so the next batch to be written is never kept waiting behind later ones, while one slow image
+        holds up only its own product."""
+        ok, failed = await self.encode(products, http, after=after)
+        encoded: dict[str, Vectors | str] = {p.id: (img, txt) for p, img, txt in ok}
         encoded.update({p.id: reason for p, reason in failed})
         return Ahead(hashes, encoded)
 
