@@ -111,6 +111,48 @@ def demo_queries(demo: str = typer.Option("data/demo", help="the folder make dem
 
 
 @app.command()
+def recommend(
+    products: int = typer.Option(10_000, help="catalog size"),
+    buyers: int = typer.Option(200, help="histories: timed requests per row"),
+    events: int = typer.Option(50, help="events per history"),
+) -> None:
+    """Recommendations: buyer encoding + retrieval p50/p99 over HTTP and in-process, beside a numpy baseline."""
+    from bench.recommend import run
+
+    run(products, buyers, events)
+
+
+@app.command("recommend-eval")
+def recommend_eval(
+    demo: str = typer.Option("data/demo", help="the folder make demo filled"),
+    shoppers: int = typer.Option(5000, help="simulated shoppers"),
+    seed: int = typer.Option(1, help="seed of the shoppers"),
+    sweep: bool = typer.Option(False, help="also other half-lives and event weightings"),
+) -> None:
+    """Offline recall@10 / NDCG@10 of the buyer vector (and variants), popularity and random, simulated shoppers."""
+    from pathlib import Path
+
+    from bench.recommend_eval import run
+
+    run(Path(demo), shoppers, seed, sweep)
+
+
+@app.command("recommend-tower")
+def recommend_tower(
+    demo: str = typer.Option("data/demo", help="the folder make demo filled"),
+    train_shoppers: int = typer.Option(20_000, help="simulated shoppers to train on (another seed)"),
+    shoppers: int = typer.Option(5000, help="simulated shoppers to evaluate on (the recommend-eval seed)"),
+    epochs: int = typer.Option(8, help="training epochs (the best on held-out shoppers is kept)"),
+) -> None:
+    """A learned buyer tower (attention, InfoNCE, ONNX) vs the weighted mean, on the recommend-eval protocol."""
+    from pathlib import Path
+
+    from bench.recommend_tower import run
+
+    run(Path(demo), train_shoppers, shoppers, epochs)
+
+
+@app.command()
 def report(
     only: str = typer.Option("", help="run only these commands, comma separated (the other tables: from earlier runs)"),
     http_seconds: float = typer.Option(60, help="seconds per mixed row of the http section"),
