@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -106,7 +106,7 @@ async def _ingest_file(ctx: JobContext, p: IngestParams, path: Path) -> dict[str
     size = ctx.stack.settings.ingest.batch_size
     read: deque[tuple[int, list[Row]]] = deque()  # batches handed to the stream, oldest first
 
-    async def batches() -> AsyncIterator[list[Product]]:
+    async def batches() -> AsyncGenerator[list[Product], None]:
         consumed = 0
         while chunk := await asyncio.to_thread(list, itertools.islice(rows, size)):
             fresh = chunk[max(0, skip - consumed) :]  # rows before the checkpoint were done by an earlier run
@@ -118,8 +118,9 @@ async def _ingest_file(ctx: JobContext, p: IngestParams, path: Path) -> dict[str
     ctx.begin(skip)
     # Images of the next batches are fetched and encoded while this one is written (upsert_stream); a batch
     # is reported, and checkpointed, only once it is written.
-    stream = ctx.stack.ingest.upsert_stream(batches(), http=http, job=ctx.job.id)
-    async with contextlib.aclosing(stream):
+    source = batches()
+    stream = ctx.stack.ingest.upsert_stream(source, http=http, job=ctx.job.id)
+    async with contextlib.aclosing(source), contextlib.aclosing(stream):
         async for outcomes in stream:
             consumed, fresh = read.popleft()
             errors = [RowError(row=r.line, message=r.error or "invalid row") for r in fresh if r.product is None]
@@ -156,23 +157,26 @@ async def run_embed_all(ctx: JobContext, p: EmbedAllParams) -> dict[str, Any]:
     counts: dict[str, int] = checkpoint.get("counts", {"added": 0, "updated": 0, "unchanged": 0, "rejected": 0})
     total = done + (await ctx.stack.mongo.counts_after(after))
     size = ctx.stack.settings.ingest.batch_size
-    batch: list[Product] = []
     ctx.begin(done)
 
-    async def flush() -> None:
-        nonlocal done
-        outcomes = await ctx.stack.ingest.upsert(batch, job=ctx.job.id, force=p.force)
-        errors = tally(counts, outcomes, {})
-        done += len(batch)
-        await ctx.report(done, total, dict(counts), {"after": batch[-1].id, "done": done, "counts": counts}, errors)
-        batch.clear()
+    async def batches() -> AsyncGenerator[list[Product], None]:
+        batch: list[Product] = []
+        async for product in ctx.stack.mongo.iter_products(after=after):
+            batch.append(product)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
-    async for product in ctx.stack.mongo.iter_products(after=after):
-        batch.append(product)
-        if len(batch) >= size:
-            await flush()
-    if batch:
-        await flush()
+    source = batches()
+    stream = ctx.stack.ingest.upsert_stream(source, job=ctx.job.id, force=p.force)
+    async with contextlib.aclosing(source), contextlib.aclosing(stream):
+        async for outcomes in stream:  # this batch is written now (checkpointed after it, never ahead)
+            errors = tally(counts, outcomes, {})
+            done += len(outcomes)
+            checkpoint = {"after": outcomes[-1].id, "done": done, "counts": counts}
+            await ctx.report(done, total, dict(counts), checkpoint, errors)
     return counts
 
 

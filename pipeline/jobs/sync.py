@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 from pipeline.errors import InvalidInput
@@ -84,7 +84,7 @@ async def _read(ctx: JobContext, reader: SourceReader, since: Any) -> tuple[dict
     state = _Marks(start, dict(counts), done)
     read: deque[list[SourceRow]] = deque()  # batches handed to the stream, oldest first
 
-    async def batches() -> AsyncIterator[list[Product]]:
+    async def batches() -> AsyncGenerator[list[Product], None]:
         consumed = 0
         async for chunk in reader.batches(ctx.stack.settings.ingest.batch_size, start):
             fresh = chunk[max(0, skip - consumed) :]
@@ -94,8 +94,9 @@ async def _read(ctx: JobContext, reader: SourceReader, since: Any) -> tuple[dict
                 yield [r.product for r in fresh if r.product is not None]
 
     # The next batches' images are fetched and encoded while this one is written; reported once written.
-    stream = ctx.stack.ingest.upsert_stream(batches(), job=ctx.job.id, source=reader.key)
-    async with contextlib.aclosing(stream):
+    rows = batches()
+    stream = ctx.stack.ingest.upsert_stream(rows, job=ctx.job.id, source=reader.key)
+    async with contextlib.aclosing(rows), contextlib.aclosing(stream):
         async for outcomes in stream:
             fresh = read.popleft()
             by_id = {o.id: o for o in outcomes}
