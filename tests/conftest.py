@@ -120,6 +120,21 @@ async def stack(model_repository, backend, tmp_path, mongo_uri):
 # --- the HTTP service ------------------------------------------------------------------------------------
 
 
+FINAL_JOB_STATES = {"succeeded", "failed", "cancelled"}
+
+
+async def wait_job(client, job_id: str, timeout_s: float = 120) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until the job has ended; its record."""
+    import asyncio
+
+    async with asyncio.timeout(timeout_s):
+        while True:
+            job = (await client.get(f"/v1/jobs/{job_id}")).json()
+            if job["state"] in FINAL_JOB_STATES:
+                return job
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def asgi_service(config):
     """The app for ``config`` in-process (its real lifespan and stack) over ASGI, as the service's own user."""

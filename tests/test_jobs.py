@@ -12,18 +12,8 @@ import pytest
 from pipeline.jobs.model import JobKind
 from pipeline.stores.keys import Scope
 from tests.catalogs import write_bad_catalog
+from tests.conftest import wait_job
 from tests.service import error_message
-
-FINAL = {"succeeded", "failed", "cancelled"}
-
-
-async def _wait(client, job_id: str, timeout_s: float = 120) -> dict:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            job = (await client.get(f"/v1/jobs/{job_id}")).json()
-            if job["state"] in FINAL:
-                return job
-            await asyncio.sleep(0.05)
 
 
 async def _submit(client, kind: str, **params) -> dict:
@@ -36,7 +26,7 @@ async def _submit(client, kind: str, **params) -> dict:
 async def test_ingest_job_runs_in_the_background_with_progress_and_row_errors(app_client, tmp_path, catalog):
     _, client = app_client
     bad, expected = write_bad_catalog(tmp_path / "bad")
-    job = await _wait(client, (await _submit(client, "ingest", path=str(bad)))["id"])
+    job = await wait_job(client, (await _submit(client, "ingest", path=str(bad)))["id"])
     assert job["state"] == "succeeded", job
     rows = {e["row"]: e["message"] for e in job["errors"]}
     assert set(rows) == set(expected) and job["error_count"] == len(expected)
@@ -46,9 +36,9 @@ async def test_ingest_job_runs_in_the_background_with_progress_and_row_errors(ap
     assert job["progress"]["done"] == job["progress"]["total"] and job["started"] and job["finished"]
 
     # The same catalog again: nothing to embed. Then every product, forced: each re-embedded once.
-    again = await _wait(client, (await _submit(client, "ingest", path=str(bad)))["id"])
+    again = await wait_job(client, (await _submit(client, "ingest", path=str(bad)))["id"])
     assert again["result"]["unchanged"] == job["result"]["added"] and again["result"]["added"] == 0
-    everything = await _wait(client, (await _submit(client, "embed-all", force=True))["id"])
+    everything = await wait_job(client, (await _submit(client, "embed-all", force=True))["id"])
     assert everything["result"]["updated"] == job["result"]["added"], everything
     listed = (await client.get("/v1/jobs", params={"state": "succeeded"})).json()["jobs"]
     assert [j["id"] for j in listed][:3] == [everything["id"], again["id"], job["id"]]
@@ -56,17 +46,17 @@ async def test_ingest_job_runs_in_the_background_with_progress_and_row_errors(ap
 
 async def test_embed_delete_and_reindex_jobs(app_client, catalog):
     svc, client = app_client
-    ingest = await _wait(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
+    ingest = await wait_job(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
     ids = sorted(await svc.stack.index.product_ids())
     assert ingest["result"]["added"] == len(ids)
-    embed = await _wait(client, (await _submit(client, "embed", ids=[ids[0], "no-such-id"]))["id"])
+    embed = await wait_job(client, (await _submit(client, "embed", ids=[ids[0], "no-such-id"]))["id"])
     assert embed["result"]["unchanged"] == 1 and embed["errors"] == [
         {"row": None, "id": "no-such-id", "message": "no such product"}
     ]
-    gone = await _wait(client, (await _submit(client, "delete", ids=ids[:3]))["id"])
+    gone = await wait_job(client, (await _submit(client, "delete", ids=ids[:3]))["id"])
     assert gone["result"] == {"deleted": 3, "unknown": 0}
     assert ids[0] not in await svc.stack.index.product_ids()
-    reindex = await _wait(client, (await _submit(client, "reindex"))["id"])
+    reindex = await wait_job(client, (await _submit(client, "reindex"))["id"])
     assert reindex["state"] == "succeeded" and reindex["result"]["reindexed"] == len(ids) - 3
 
 
@@ -87,7 +77,7 @@ async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_clie
     cancelling = (await client.delete(f"/v1/jobs/{job['id']}")).json()
     assert cancelling["state"] == "running" and cancelling["cancel_requested"]
     gate.set()
-    done = await _wait(client, job["id"])
+    done = await wait_job(client, job["id"])
     assert done["state"] == "cancelled" and done["progress"]["done"] == 4  # the batch in flight, then stop
     # What the first batch wrote is whole: metadata and vectors for the same four products.
     assert len(await svc.stack.index.product_ids()) == (await svc.stack.mongo.counts())["products"] == 4
@@ -96,7 +86,7 @@ async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_clie
 
 async def test_cancelling_a_reindex_drops_its_collection_and_the_runner_goes_on(app_client, catalog, monkeypatch):
     svc, client = app_client
-    await _wait(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
+    await wait_job(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
     before = sorted(await svc.stack.index.product_ids())
     monkeypatch.setattr(svc.stack.ingest.settings, "batch_size", 4)
     batch, started = svc.stack.ingest._reindex_batch, asyncio.Event()
@@ -110,18 +100,18 @@ async def test_cancelling_a_reindex_drops_its_collection_and_the_runner_goes_on(
     job = await _submit(client, "reindex")
     await asyncio.wait_for(started.wait(), 60)
     await client.delete(f"/v1/jobs/{job['id']}")
-    done = await _wait(client, job["id"])
+    done = await wait_job(client, job["id"])
     assert done["state"] == "cancelled" and "cancelled after" in done["message"], done
     assert done["progress"]["done"] < len(before)  # stopped part-way
     assert sorted(await svc.stack.index.product_ids()) == before and (await client.post(
         "/v1/search/text", json={"text": "red mug"})).json()["hits"]  # fmt: skip
-    again = await _wait(client, (await _submit(client, "embed-all"))["id"])  # the runner is still there
+    again = await wait_job(client, (await _submit(client, "embed-all"))["id"])  # the runner is still there
     assert again["state"] == "succeeded" and again["result"]["unchanged"] == len(before)
 
 
 async def test_a_resumed_delete_counts_a_batch_its_first_run_deleted(app_client, catalog):
     svc, client = app_client
-    await _wait(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
+    await wait_job(client, (await _submit(client, "ingest", path=str(catalog)))["id"])
     ids = sorted(await svc.stack.index.product_ids())[:3]
     await svc.runner.aclose()
     job = await svc.stack.jobs.create(JobKind.DELETE, {"ids": ids, "force": False}, "test")
@@ -129,7 +119,7 @@ async def test_a_resumed_delete_counts_a_batch_its_first_run_deleted(app_client,
     await svc.stack.jobs.save_checkpoint(job.id, {"next": 0, "counts": {"deleted": 0, "unknown": 0}, "pending": ids})
     await svc.runner.start()
     svc.runner.wake()
-    done = await _wait(client, job.id)
+    done = await wait_job(client, job.id)
     assert done["result"] == {"deleted": 3, "unknown": 0} and done["errors"] == [], done
 
 
@@ -166,7 +156,7 @@ async def test_bad_jobs_are_refused_clearly(app_client, tmp_path, catalog):
         ({"url": "http://127.0.0.1:9/catalog.jsonl"}, "download failed"),
         ({"source": "configured"}, "no catalog source is configured"),
     ):
-        job = await _wait(client, (await _submit(client, "ingest", **params))["id"])
+        job = await wait_job(client, (await _submit(client, "ingest", **params))["id"])
         assert job["state"] == "failed" and fragment in job["message"], job
     assert (await svc.stack.mongo.counts())["products"] == 0
 
@@ -184,9 +174,9 @@ async def test_bad_jobs_are_refused_clearly(app_client, tmp_path, catalog):
         assert "needs admin" in error_message(await client.post("/v1/jobs", json=body, headers=headers), 403)
     body = {"kind": "ingest", "params": {"url": "http://127.0.0.1:9/catalog.jsonl"}}
     r = await client.post("/v1/jobs", json=body, headers=headers)
-    job = await _wait(client, r.json()["id"])  # an API caller's URL must be public: no reaching in
+    job = await wait_job(client, r.json()["id"])  # an API caller's URL must be public: no reaching in
     assert job["state"] == "failed" and "fetches public URLs only" in job["message"], job
-    job = await _wait(client, (await client.post("/v1/jobs", json={"kind": "sync"}, headers=headers)).json()["id"])
+    job = await wait_job(client, (await client.post("/v1/jobs", json={"kind": "sync"}, headers=headers)).json()["id"])
     assert job["state"] == "failed" and "no catalog source is configured" in job["message"], job
     _, search_key = await svc.stack.keys.create("reader", Scope.SEARCH)
     r = await client.get("/v1/jobs", headers={"X-API-Key": search_key})
@@ -211,7 +201,7 @@ async def test_ingest_from_a_catalog_url_resolves_images_against_it(app_client, 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/catalog.jsonl"
-        job = await _wait(client, (await _submit(client, "ingest", url=url))["id"])
+        job = await wait_job(client, (await _submit(client, "ingest", url=url))["id"])
     finally:
         server.shutdown()
     assert job["state"] == "succeeded" and job["result"]["added"] == 3, job

@@ -12,6 +12,7 @@ import pytest
 from pipeline.recommend.buyer import encode_buyer, mmr
 from pipeline.recommend.events import EventType, Interaction
 from pipeline.types import Modality
+from tests.conftest import wait_job
 from tests.service import error_message
 
 BUYER = "shopper$1.example"  # `$` and `.` are just characters in a buyer id
@@ -21,14 +22,7 @@ NOW = dt.datetime.now(dt.UTC)
 async def _ingested(app_client, catalog):
     svc, client = app_client
     r = await client.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(catalog)}})
-    job_id = r.json()["id"]
-    for _ in range(2400):
-        job = (await client.get(f"/v1/jobs/{job_id}")).json()
-        if job["state"] in ("succeeded", "failed"):
-            break
-        import asyncio
-
-        await asyncio.sleep(0.05)
+    job = await wait_job(client, r.json()["id"])
     assert job["state"] == "succeeded", job
     return svc, client
 

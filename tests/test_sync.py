@@ -19,11 +19,10 @@ import pytest
 from pymongo import MongoClient
 
 from tests.catalogs import products
-from tests.conftest import asgi_service, make_settings
+from tests.conftest import asgi_service, make_settings, wait_job
 from tests.postgres import Postgres
 from tests.service import error_message
 
-FINAL = {"succeeded", "failed", "cancelled"}
 COLUMNS = "sku, title, description, brand, category, color, price, images, extra, updated_at"
 QUERY = f"SELECT {COLUMNS} FROM products"
 MAPPING = {"id": "sku", "name": "title"}
@@ -70,19 +69,10 @@ def _pg(url: str, sql: str, *params: object) -> None:
         conn.execute(sql, params)
 
 
-async def _wait(client, job_id: str, timeout_s: float = 120) -> dict:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            job = (await client.get(f"/v1/jobs/{job_id}")).json()
-            if job["state"] in FINAL:
-                return job
-            await asyncio.sleep(0.05)
-
-
 async def _run(client, kind: str, **params) -> dict:
     r = await client.post("/v1/jobs", json={"kind": kind, "params": params})
     assert r.status_code == 202, r.text
-    return await _wait(client, r.json()["id"])
+    return await wait_job(client, r.json()["id"])
 
 
 def _source(url: str, folder: Path, **extra) -> dict:
@@ -216,7 +206,7 @@ async def test_a_sync_resumed_after_its_runner_stopped_counts_every_product_once
         svc.stack.ingest._upsert = real
         await svc.runner.start()
         svc.runner.wake()
-        done = await _wait(client, r.json()["id"])
+        done = await wait_job(client, r.json()["id"])
         assert done["state"] == "succeeded", done
         result = done["result"]
         assert (result["added"], result["updated"], result["rejected"]) == (24, 0, 0), result

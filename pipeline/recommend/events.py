@@ -21,6 +21,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from pipeline.errors import StoreUnavailable
 from pipeline.schemas import ProductId
+from pipeline.stores.mongo import ts_index
 
 BuyerId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
 
@@ -69,14 +70,7 @@ class ShopperEventStore:
         try:
             await self.collection.create_index([("buyer_id", ASCENDING), ("ts", DESCENDING)])
             await self.collection.create_index([("product_id", ASCENDING)])
-            ttl = int(retention_days * 86400)
-            info = (await self.collection.index_information()).get("ts_1")
-            if info is not None and info.get("expireAfterSeconds") != (ttl or None):
-                await self.collection.drop_index("ts_1")
-            if ttl:
-                await self.collection.create_index([("ts", ASCENDING)], name="ts_1", expireAfterSeconds=ttl)
-            else:
-                await self.collection.create_index([("ts", ASCENDING)], name="ts_1")
+            await ts_index(self.collection, int(retention_days * 86400))
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
 

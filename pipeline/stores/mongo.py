@@ -13,6 +13,7 @@ from typing import Any
 
 from bson.errors import BSONError
 from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from pipeline.cache import ProductCache
@@ -46,6 +47,18 @@ def _state(doc: dict[str, Any]) -> IngestState:
         doc.get("job_status"),
         doc.get("source"),
     )
+
+
+async def ts_index(collection: AsyncCollection[dict[str, Any]], ttl_s: int) -> None:
+    """The ``ts`` index of a time-stamped collection, a TTL index when its documents expire. A changed retention
+    replaces it (drop and create need only readWrite; changing it in place would need collMod, a dbAdmin right)."""
+    current = (await collection.index_information()).get("ts_1")
+    if current is not None and current.get("expireAfterSeconds") != (ttl_s or None):
+        await collection.drop_index("ts_1")
+    if ttl_s:
+        await collection.create_index([("ts", ASCENDING)], name="ts_1", expireAfterSeconds=ttl_s)
+    else:
+        await collection.create_index([("ts", ASCENDING)], name="ts_1")
 
 
 class MongoStore:
@@ -85,21 +98,10 @@ class MongoStore:
                 await self.products.create_index([(field, ASCENDING)])
             await self.products.create_index([("indexed_hash", ASCENDING)])
             await self.products.create_index([("source", ASCENDING)], sparse=True)
-            await self._events_ts_index(int(events_retention_s))
+            await ts_index(self.events, int(events_retention_s))
             await self.events.create_index([("kind", ASCENDING), ("ts", ASCENDING)])
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
-
-    async def _events_ts_index(self, ttl_s: int) -> None:
-        """The ``ts`` index, a TTL index when events expire. A changed retention replaces it (drop and create
-        need only readWrite; changing it in place would need collMod, a dbAdmin right)."""
-        current = (await self.events.index_information()).get("ts_1")
-        if current is not None and current.get("expireAfterSeconds") != (ttl_s or None):
-            await self.events.drop_index("ts_1")
-        if ttl_s:
-            await self.events.create_index([("ts", ASCENDING)], name="ts_1", expireAfterSeconds=ttl_s)
-        else:
-            await self.events.create_index([("ts", ASCENDING)], name="ts_1")
 
     async def ping(self) -> None:
         try:
