@@ -273,7 +273,8 @@ def tower_ranker(session: Any, dim: int, k: int) -> Callable[[Any], Any]:
                       "mask": np.ones((1, len(products)), np.float32)}  # fmt: skip
             image, text = session.run(None, inputs)
             buyer = replace(base, spaces={Modality.IMAGE: image[0], Modality.TEXT: text[0]}, _history=None)
-            out = await service._recommend(buyer, list(case.history), k, None, Exclude.PURCHASED, False)
+            excluded = await service._excluded(None, case.history, Exclude.PURCHASED)
+            out = await service._recommend(buyer, excluded, k, None, False)
             return [h.id for h in out.hits]
 
         return rank

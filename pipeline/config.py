@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.errors import InvalidInput
 from pipeline.types import Precision
 
 
@@ -123,6 +124,13 @@ class SearchSettings(BaseModel):
     # A hit's score is the fused score the order follows. Measured by ``python -m bench demo-queries``.
     fusion: Literal["weighted", "dbsf", "rrf"] = "weighted"
     rrf_k: int = Field(default=60, ge=1)
+
+    def top_k(self, requested: int | None) -> int:
+        """How many results a request gets: its ``top_k``, or the default; refused beyond the service's max."""
+        k = self.default_top_k if requested is None else requested
+        if not 1 <= k <= self.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {self.max_top_k}, got {k}")
+        return k
 
 
 class IngestSettings(BaseModel):

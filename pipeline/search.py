@@ -170,12 +170,6 @@ class SearchService:
         image = np.mean(stored[Modality.IMAGE], axis=0)
         return {Modality.IMAGE: image / np.linalg.norm(image), Modality.TEXT: stored[Modality.TEXT][0]}, None
 
-    def _top_k(self, top_k: int | None) -> int:
-        top_k = self.settings.default_top_k if top_k is None else top_k
-        if not 1 <= top_k <= self.settings.max_top_k:
-            raise InvalidInput(f"top_k must be between 1 and {self.settings.max_top_k}, got {top_k}")
-        return top_k
-
     async def _run(
         self,
         kind: QueryKind,
@@ -204,7 +198,7 @@ class SearchService:
             clock = now
 
         try:
-            k = self._top_k(top_k)
+            k = self.settings.top_k(top_k)
             vectors, cache_hit = await embed()
             lap("embed")
             weights = WEIGHTS[kind]

@@ -73,6 +73,10 @@ async def test_buyer_vector_and_ranking_match_a_numpy_reference(app_client, cata
     assert all(h["reason"].startswith("similar to ") and h["because"] in {e["product_id"] for e in history}
                for h in rec["hits"])  # fmt: skip
     assert all(abs(h["score"] - scores[h["id"]]) < 1e-4 for h in rec["hits"])
+    verbs = {"purchase": "purchased", "add_to_cart": "added to your cart", "view": "viewed"}
+    names = {pid: p.name for pid, p in (await svc.stack.mongo.get_products([e["product_id"] for e in history])).items()}
+    kinds = {e["product_id"]: e["type"] for e in history}
+    assert all(h["reason"] == f"similar to {names[h['because']]} you {verbs[kinds[h['because']]]}" for h in rec["hits"])
 
     # Exclusions: seen leaves out all four, none may bring the purchase back.
     seen = (await client.get(f"/v1/buyers/{BUYER}/recommendations", params={"exclude": "seen", "top_k": 20})).json()
@@ -82,6 +86,11 @@ async def test_buyer_vector_and_ranking_match_a_numpy_reference(app_client, cata
     # Filters work as in search (a category level, a price cap).
     mugs = (await client.get(f"/v1/buyers/{BUYER}/recommendations", params={"category": "mug"})).json()
     assert mugs["hits"] and all(h["product"]["category"] == "mug" for h in mugs["hits"])
+    products = await svc.stack.mongo.get_products(all_ids)
+    cap = sorted(p.price for p in products.values() if p.price is not None)[len(products) // 2]
+    cheap = (await client.get(f"/v1/buyers/{BUYER}/recommendations", params={"max_price": cap, "top_k": 24})).json()
+    assert cheap["hits"] and all(h["product"]["price"] <= cap for h in cheap["hits"])
+    assert len(cheap["hits"]) < len(none["hits"])  # the cap left some out
 
     # The same interactions as an anonymous session: the same list, nothing stored.
     session = [{"product_id": e["product_id"], "type": e["type"], "ts": e["ts"]} for e in history]
@@ -161,15 +170,32 @@ async def test_bad_events_and_requests(app_client, catalog, mongo_uri):
     unknown = (await client.post("/v1/recommend", json={"interactions": [{"product_id": "ghost"}]})).json()
     assert unknown["strategy"] == "popular"  # nothing usable in the session
 
-    # A buyer with 100,000 events costs what one with max_events does: only the most recent count.
-    docs = [{"buyer_id": "heavy", "product_id": "shirt-green-0", "type": "view", "ts": NOW - dt.timedelta(minutes=i),
-             "received": NOW} for i in range(100_000)]  # fmt: skip
+    # A buyer with 100,000 events costs what one with max_events does: only the most recent count. The newest
+    # max_events name one product and every older one another (purchased), so the vector shows which were read.
+    cap = svc.settings.recommend.max_events
+    docs = [{"buyer_id": "heavy", "product_id": "shirt-green-0" if i < cap else "mug-red-0",
+             "type": "view" if i < cap else "purchase", "ts": NOW - dt.timedelta(minutes=i), "received": NOW}
+            for i in range(100_000)]  # fmt: skip
     from pymongo import AsyncMongoClient
 
     async with AsyncMongoClient(mongo_uri) as mongo:  # without the service's 1.5 s per-operation budget
         await mongo[svc.settings.mongo.database]["shopper_events"].insert_many(docs)
     got = (await client.post("/v1/buyers/encode", json={"buyer_id": "heavy"})).json()
-    assert got["events_used"] == svc.settings.recommend.max_events
+    assert got["events_used"] == cap
+    stored = (await svc.stack.index.vectors_of(["shirt-green-0"]))["shirt-green-0"][Modality.IMAGE]
+    shirt = np.mean(stored, 0) / np.linalg.norm(np.mean(stored, 0))
+    assert np.allclose(got["vectors"]["image"], shirt, atol=1e-5)  # the newest events only
+    # ...but a purchase older than those is still a purchase: exclude=purchased leaves it out.
+    url = "/v1/buyers/heavy/recommendations"
+    assert "mug-red-0" not in {h["id"] for h in (await client.get(url, params={"top_k": 24})).json()["hits"]}
+    every = (await client.get(url, params={"top_k": 24, "exclude": "none"})).json()["hits"]
+    assert "mug-red-0" in {h["id"] for h in every}
+
+    # An event older than the retention window would be deleted by MongoDB at once: refused, saying why.
+    old = {**_event("mug-red-1", "view"), "ts": (NOW - dt.timedelta(days=400)).isoformat()}
+    r = (await client.post("/v1/events", json={"events": [old, _event("mug-red-1", "view")]})).json()
+    assert r["accepted"] == 1 and [e["index"] for e in r["rejected"]] == [0], r
+    assert "retention" in r["rejected"][0]["message"]
 
 
 def test_mmr_at_one_is_the_relevance_order_and_at_zero_avoids_repeats():
@@ -209,20 +235,23 @@ def test_events_import_cli_reads_an_export_as_the_recommender_wrote_it(model_rep
                                        text=True, env=env, timeout=300)  # fmt: skip
     assert run("ingest", str(catalog)).returncode == 0
     export = tmp_path / "events.csv"
+    day = lambda n: (NOW - dt.timedelta(days=n)).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: E731
     export.write_text(
         "distinct_id,item_id,event_name,timestamp\n"
-        "u1,mug-red-0,Product Viewed,1764000000000\n"
-        "u1,mug-red-0,Order Completed,2026-11-20T10:00:00Z\n"
-        "u1,mug-red-1,addtocart,2026-11-21T10:00:00+00:00\n"
-        "u2,nope,view,2026-11-21T10:00:00Z\n"
-        "u2,mug-red-1,wishlist,2026-11-21T10:00:00Z\n"
+        f"u1,mug-red-0,Product Viewed,{int((NOW - dt.timedelta(days=15)).timestamp() * 1000)}\n"
+        f"u1,mug-red-0,Order Completed,{day(14)}Z\n"
+        f"u1,mug-red-1,addtocart,{day(13)}+00:00\n"
+        f"u2,nope,view,{day(13)}Z\n"
+        f"u2,mug-red-1,wishlist,{day(13)}Z\n"
         "u2,mug-red-1,view,yesterday\n"
+        f"u2,mug-red-1,view,{day(400)}Z\n"  # past the 365-day retention: MongoDB would drop it at once
     )
     proc = run("events", "import", str(export), "--json")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert (got["accepted"], got["unknown_products"]) == (3, 1), got
-    assert [r["line"] for r in got["rejected"]] == [6, 7] and "wishlist" in got["rejected"][0]["reason"], got
+    assert [r["line"] for r in got["rejected"]] == [6, 7, 8] and "wishlist" in got["rejected"][0]["reason"], got
+    assert "retention" in got["rejected"][2]["reason"]
     again = json.loads(run("events", "import", str(export), "--json").stdout)
     assert (again["accepted"], again["duplicates"]) == (0, 3)  # ids from the rows' content: nothing twice
 

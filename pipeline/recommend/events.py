@@ -105,6 +105,17 @@ class ShopperEventStore:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
         return [Interaction(product_id=d["product_id"], type=d["type"], ts=d["ts"]) for d in docs]
 
+    async def products_of(self, buyer_id: str, types: Sequence[EventType] | None = None) -> set[str]:
+        """Every product a buyer had an event with (of these types), however old: what an exclusion must cover,
+        where the buyer vector reads only the most recent events."""
+        query: dict[str, Any] = {"buyer_id": buyer_id}
+        if types is not None:
+            query["type"] = {"$in": [t.value for t in types]}
+        try:
+            return {str(p) for p in await self.collection.distinct("product_id", query)}
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
     async def popular(self, weights: Mapping[str, float], since: dt.datetime, limit: int) -> list[tuple[str, float]]:
         """Products by weighted event count since ``since``, most popular first."""
         branches = [{"case": {"$eq": ["$type", t]}, "then": float(w)} for t, w in weights.items()]

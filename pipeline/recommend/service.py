@@ -21,7 +21,7 @@ from cachetools import LRUCache, TTLCache
 
 from pipeline.config import RecommendSettings, SearchSettings
 from pipeline.encoders.base import Encoder
-from pipeline.errors import InvalidInput, StoreUnavailable
+from pipeline.errors import StoreUnavailable
 from pipeline.fusion import Fusion, best_per_product, fuse
 from pipeline.recommend.buyer import Buyer, closest_many, encode_points, mmr, product_point, reason
 from pipeline.recommend.events import EventType, Interaction, ShopperEvent, ShopperEventStore, aware
@@ -76,14 +76,21 @@ class RecommendService:
     # --- events ----------------------------------------------------------------------------------------------
 
     async def record(self, events: Sequence[ShopperEvent]) -> EventsResult:
-        """Store a batch: events naming no product are ignored and counted, ones stamped in the future refused."""
+        """Store a batch: events naming no product are ignored and counted; ones stamped in the future, or so
+        long ago that the retention setting would delete them at once, are refused with the reason."""
         now = dt.datetime.now(dt.UTC)
         limit = now + dt.timedelta(seconds=self.settings.max_future_s)
+        days = self.settings.retention_days
+        oldest = now - dt.timedelta(days=days) if days else None
         rejected, timely = [], []
         for i, event in enumerate(events):
             ts = aware(event.ts, now)
             if ts > limit:
                 rejected.append(EventError(index=i, message=f"ts {ts.isoformat()} is in the future"))
+            elif oldest is not None and ts < oldest:
+                message = (f"ts {ts.isoformat()} is older than the {days:g}-day retention "
+                           "(PIPELINE__RECOMMEND__RETENTION_DAYS): it would be deleted at once")  # fmt: skip
+                rejected.append(EventError(index=i, message=message))
             else:
                 timely.append((event, ts))
         known = await self.mongo.get_states(list({e.product_id for e, _ in timely}))
@@ -143,15 +150,26 @@ class RecommendService:
             self._buyers[key] = found
         return found
 
+    async def _excluded(self, buyer_id: str | None, history: Sequence[Interaction], exclude: Exclude) -> set[str]:
+        """What ``exclude`` leaves out: from a session, its interactions; from a stored buyer, the whole stored
+        history (a purchase older than the ``max_events`` the vector reads is still a purchase)."""
+        if exclude is Exclude.NONE:
+            return set()
+        types = None if exclude is Exclude.SEEN else [EventType.PURCHASE]
+        mine = {e.product_id for e in history if types is None or e.type in types}
+        if buyer_id is not None:
+            mine |= await self.store.products_of(buyer_id, types)
+        return mine
+
     # --- recommendations -------------------------------------------------------------------------------------
 
     async def for_buyer(
         self, buyer_id: str, top_k: int | None, filters: SearchFilters | None, exclude: Exclude, diversify: bool
     ) -> Recommendations:
         start = time.perf_counter()
-        buyer, history = await self.buyer(buyer_id)
+        (buyer, _), excluded = await asyncio.gather(self.buyer(buyer_id), self._excluded(buyer_id, (), exclude))
         encoded = time.perf_counter()
-        out = await self._recommend(buyer, history, top_k, filters, exclude, diversify)
+        out = await self._recommend(buyer, excluded, top_k, filters, diversify)
         return out.model_copy(update=self._took(buyer_id, start, encoded, out))
 
     async def for_session(
@@ -165,7 +183,7 @@ class RecommendService:
         start = time.perf_counter()
         buyer = await self.encode(interactions)
         encoded = time.perf_counter()
-        out = await self._recommend(buyer, list(interactions), top_k, filters, exclude, diversify)
+        out = await self._recommend(buyer, await self._excluded(None, interactions, exclude), top_k, filters, diversify)
         return out.model_copy(update=self._took(None, start, encoded, out))
 
     @staticmethod
@@ -174,27 +192,15 @@ class RecommendService:
         timings = {"encode": round((encoded - start) * 1000, 3), **out.timings_ms}
         return {"buyer_id": buyer_id, "took_ms": round((now - start) * 1000, 3), "timings_ms": timings}
 
-    def _top_k(self, top_k: int | None) -> int:
-        k = self.search.default_top_k if top_k is None else top_k
-        if not 1 <= k <= self.search.max_top_k:
-            raise InvalidInput(f"top_k must be between 1 and {self.search.max_top_k}, got {k}")
-        return k
-
     async def _recommend(
         self,
         buyer: Buyer | None,
-        history: list[Interaction],
+        excluded: set[str],
         top_k: int | None,
         filters: SearchFilters | None,
-        exclude: Exclude,
         diversify: bool,
     ) -> Recommendations:
-        k, filters = self._top_k(top_k), filters or SearchFilters()
-        excluded = {
-            e.product_id
-            for e in history
-            if exclude is Exclude.SEEN or (exclude is Exclude.PURCHASED and e.type is EventType.PURCHASE)
-        }
+        k, filters = self.search.top_k(top_k), filters or SearchFilters()
         if buyer is None:
             return await self._popular(k, filters, excluded)
         clock = time.perf_counter()
