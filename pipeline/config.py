@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import InvalidInput
+from pipeline.stores.index_config import IndexSpec
 from pipeline.types import Precision
 
 
@@ -82,6 +83,29 @@ class QdrantSettings(BaseModel):
     shard_number: int = Field(default=1, ge=1)
     # Server only: how many nodes keep a copy of each shard (2 or more survives losing a node).
     replication_factor: int = Field(default=1, ge=1)
+
+
+class IndexSettings(BaseModel):
+    """How new vector collections are indexed (``PIPELINE__INDEX__...``), on Qdrant Edge and on a server alike.
+    A collection keeps what it was built with: a change applies through a re-index (``python -m pipeline
+    reindex``, a job), and ``status`` says when the live collection differs from these settings."""
+
+    # Segments with fewer vectors per space than this are searched exactly (a scan: ~1 ms at 20k); larger ones
+    # get an HNSW graph. Also the filtered-search cut-off: a filter matching fewer points scans them.
+    exact_below: int = Field(default=20_000, ge=1)
+    m: int = Field(default=16, ge=4, le=128)  # graph edges per node: more = better recall, more memory
+    ef_construct: int = Field(default=100, ge=4, le=4096)
+    ef: int = Field(default=128, ge=1, le=4096)  # candidates per search: more = better recall, slower
+    # "int8": a scalar INT8 copy of every vector in RAM is searched first (4x less memory than FP32) and the
+    # best oversampling x limit candidates are rescored with the originals.
+    quantization: Literal["none", "int8"] = "none"
+    rescore: bool = True
+    oversampling: float = Field(default=2.0, ge=1.0, le=16.0)
+    # Original vectors memory-mapped from disk rather than held in RAM (pair it with int8).
+    on_disk: bool = False
+
+    def spec(self) -> IndexSpec:
+        return IndexSpec(**self.model_dump())
 
 
 class MongoSettings(BaseModel):
@@ -213,6 +237,10 @@ class JobSettings(BaseModel):
     # (``python -m pipeline worker``) through a Redis broker; the service only queues them.
     runner: Literal["local", "celery"] = "local"
     broker_url: SecretStr | None = None  # redis://host:6379/0 (required with the celery runner)
+    # Celery workers: how often a running worker looks for jobs whose process died, and for queued jobs whose
+    # message Redis lost (queued this long while Redis holds no message at all: published again).
+    recover_s: float = Field(default=30.0, gt=0)
+    lost_message_s: float = Field(default=60.0, gt=0)
 
 
 class ApiSettings(BaseModel):
@@ -261,6 +289,7 @@ class Settings(BaseSettings):
     triton: TritonSettings = TritonSettings()
     limits: LimitsSettings = LimitsSettings()
     qdrant: QdrantSettings = QdrantSettings()
+    index: IndexSettings = IndexSettings()
     mongo: MongoSettings = MongoSettings()
     cache: CacheSettings = CacheSettings()
     events: EventSettings = EventSettings()

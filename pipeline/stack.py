@@ -26,11 +26,13 @@ from pipeline.jobs.store import JobStore
 from pipeline.recommend.events import ShopperEventStore
 from pipeline.recommend.service import RecommendService
 from pipeline.search import SearchService
+from pipeline.stores.index_config import IndexSpec, memory_estimate
 from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.mongod import ManagedMongod
-from pipeline.stores.vectors import ModelStamp, VectorIndex
+from pipeline.stores.vectors import IndexInfo, ModelStamp, VectorIndex
 from pipeline.stores.write_lock import WriteLock
+from pipeline.types import Modality
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class Stack:
                 "points": index.points,
                 "fingerprint": stamp.fingerprint if stamp else None,
                 "model_matches": stamp is None or stamp.fingerprint == info.fingerprint,
+                "index": index_status(index, self.settings.index.spec(), len(Modality), info.dim),
             }
             if qdrant_ids is not None:
                 out["qdrant"]["products"] = len(qdrant_ids)
@@ -101,6 +104,24 @@ class Stack:
         return out
 
 
+def index_status(index: IndexInfo, configured: IndexSpec, spaces: int, dim: int) -> dict[str, Any]:
+    """What the live collection is built with beside what the settings ask for (a difference applies through
+    a re-index), how much of it is in graphs, and an estimate of its vectors' memory."""
+    built = index.index
+    note = None
+    if built != configured:
+        note = "the settings differ from the live collection's: run `python -m pipeline reindex` to apply them"
+    return {
+        "configured": configured.as_record(),
+        "collection": built.as_record() if built else None,
+        "uses": built.describe() if built else "Qdrant's defaults (created before index settings)",
+        "note": note,
+        "indexed_vectors": index.indexed_vectors,
+        "vectors": index.points * spaces,
+        "memory_estimate": memory_estimate(index.points, spaces, dim, built),
+    }
+
+
 def create_index(settings: Settings) -> VectorIndex:
     q = settings.qdrant
     if q.url:
@@ -108,10 +129,10 @@ def create_index(settings: Settings) -> VectorIndex:
 
         key = q.api_key.get_secret_value() if q.api_key else None
         return ServerIndex(q.url, q.collection, api_key=key, timeout_s=q.timeout_s, shard_number=q.shard_number,
-                           replication_factor=q.replication_factor)  # fmt: skip
+                           replication_factor=q.replication_factor, spec=settings.index.spec())  # fmt: skip
     from pipeline.stores.qdrant_edge import EdgeIndex
 
-    return EdgeIndex(q.path, q.collection)
+    return EdgeIndex(q.path, q.collection, settings.index.spec())
 
 
 async def open_mongo(

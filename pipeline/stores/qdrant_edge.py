@@ -26,8 +26,11 @@ import numpy as np
 from pipeline.errors import StoreUnavailable
 from pipeline.fusion import PointHit
 from pipeline.schemas import MAX_IMAGES, SearchFilters
+from pipeline.stores.edge_objects import build_filter, search_params, shard_config
+from pipeline.stores.edge_objects import edge as _edge
+from pipeline.stores.edge_optimize import optimize_in_child
+from pipeline.stores.index_config import IndexSpec
 from pipeline.stores.vectors import (
-    FILTER_FIELDS,
     INDEXED_FIELDS,
     IndexInfo,
     ModelStamp,
@@ -40,39 +43,15 @@ from pipeline.stores.vectors import (
 from pipeline.types import Modality
 
 
-def _edge() -> Any:
-    import qdrant_edge
-
-    return qdrant_edge
-
-
-def build_filter(
-    filters: SearchFilters, exclude: Sequence[str] = (), products: Sequence[str] = (), from_image: int = 0
-) -> Any:
-    q = _edge()
-    must: list[Any] = [
-        q.FieldCondition(key=f, match=q.MatchValue(str(getattr(filters, f))))
-        for f in FILTER_FIELDS
-        if getattr(filters, f) is not None
-    ]
-    if filters.min_price is not None or filters.max_price is not None:
-        must.append(q.FieldCondition(key="price", range=q.RangeFloat(gte=filters.min_price, lte=filters.max_price)))
-    if products:
-        must.append(q.FieldCondition(key="product_id", match=q.MatchAny([str(p) for p in products])))
-    if from_image:
-        must.append(q.FieldCondition(key="image_index", range=q.RangeFloat(gte=float(from_image))))
-    must_not = [q.FieldCondition(key="product_id", match=q.MatchAny([str(p) for p in exclude]))] if exclude else None
-    if not must and not must_not:
-        return None
-    return q.Filter(must=must or None, must_not=must_not)
-
-
 class _Shard:
-    """One open EdgeShard plus a count of calls in flight, so a swap closes it only when idle."""
+    """One open EdgeShard, the index settings it was built with, and a count of calls in flight, so a swap
+    closes it only when idle."""
 
-    def __init__(self, shard: Any, path: Path) -> None:
+    def __init__(self, shard: Any, path: Path, spec: IndexSpec | None) -> None:
         self.shard = shard
         self.path = path
+        self.spec = spec
+        self.params = search_params(spec)
         self.users = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -81,9 +60,10 @@ class _Shard:
 class EdgeIndex:
     backend = "qdrant-edge"
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, spec: IndexSpec | None = None) -> None:
         self.root = Path(root)
         self.name = name
+        self.spec = spec  # for the shards this handle creates (the first one, and every re-index)
         self._lock_fh: Any = None
         self._live: _Shard | None = None
         self._stamp: ModelStamp | None = None
@@ -115,11 +95,11 @@ class EdgeIndex:
         except ValueError as exc:
             raise StoreUnavailable(f"{self._pointer()} is corrupt ({exc})") from exc
 
-    def _write_pointer(self, shard_dir: str, stamp: ModelStamp) -> None:
+    def _write_pointer(self, live: _Shard, stamp: ModelStamp) -> None:
         tmp = self._pointer().with_suffix(".json.tmp")
-        tmp.write_text(
-            json.dumps({"shard": shard_dir, "fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model})
-        )
+        index = live.spec.as_record() if live.spec else None
+        tmp.write_text(json.dumps({"shard": live.path.name, "fingerprint": stamp.fingerprint, "dim": stamp.dim,
+                                   "model": stamp.model, "index": index}))  # fmt: skip
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self._pointer())
@@ -127,8 +107,7 @@ class EdgeIndex:
     def _create_shard(self, stamp: ModelStamp) -> _Shard:
         q = _edge()
         path = self.root / f"{self.name}-{uuid.uuid4().hex[:12]}"
-        params = q.EdgeVectorParams(size=stamp.dim, distance=q.Distance.Cosine)
-        shard = q.EdgeShard.create(str(path), q.EdgeConfig(vectors={m.value: params for m in Modality}))
+        shard = q.EdgeShard.create(str(path), shard_config(stamp.dim, self.spec))
         kinds = {
             "keyword": q.PayloadSchemaType.Keyword,
             "float": q.PayloadSchemaType.Float,
@@ -136,7 +115,7 @@ class EdgeIndex:
         }
         for field, kind in INDEXED_FIELDS.items():
             shard.update(q.UpdateOperation.create_field_index(field, kinds[kind]))
-        return _Shard(shard, path)
+        return _Shard(shard, path, self.spec)
 
     def _open_sync(self, stamp: ModelStamp) -> None:
         self._acquire()
@@ -145,11 +124,12 @@ class EdgeIndex:
             if pointer is None:
                 self._live = self._create_shard(stamp)
                 self._live.shard.flush()
-                self._write_pointer(self._live.path.name, stamp)
+                self._write_pointer(self._live, stamp)
                 self._stamp = stamp
             else:
                 path = self.root / pointer["shard"]
-                self._live = _Shard(_edge().EdgeShard.load(str(path)), path)
+                spec = IndexSpec.from_record(pointer.get("index"))
+                self._live = _Shard(_edge().EdgeShard.load(str(path)), path, spec)
                 self._stamp = ModelStamp(pointer["fingerprint"], int(pointer["dim"]), pointer["model"])
         except (OSError, RuntimeError, ValueError) as exc:
             raise StoreUnavailable(f"Qdrant Edge at {self.root}: {exc}") from exc
@@ -170,6 +150,21 @@ class EdgeIndex:
     async def open(self, stamp: ModelStamp) -> None:
         self._expected = stamp
         await asyncio.to_thread(self._open_sync, stamp)
+
+    async def _build_index(self, filled: _Shard) -> _Shard:
+        """Close a filled shard nobody else uses, build its indexes in a child process (``optimize()`` holds
+        the GIL: here it would stop the service for the whole build), and open it again. Without index
+        settings (a shard of Qdrant's defaults) it is only flushed."""
+        if filled.spec is None:
+            await asyncio.to_thread(filled.shard.flush)
+            return filled
+        await asyncio.to_thread(self._close_shard, filled)
+        try:
+            await optimize_in_child(filled.path)
+        finally:
+            reopened = await asyncio.to_thread(_edge().EdgeShard.load, str(filled.path))
+            filled.shard = reopened
+        return filled
 
     async def aclose(self) -> None:
         if self._live is not None:
@@ -197,7 +192,7 @@ class EdgeIndex:
         live.users += 1
         live.idle.clear()
         try:
-            yield live.shard
+            yield live
         except (OSError, RuntimeError, ValueError) as exc:
             raise StoreUnavailable(f"Qdrant Edge at {self.root}: {exc}") from exc
         finally:
@@ -213,7 +208,8 @@ class EdgeIndex:
             q.Point(p.id, {Modality.IMAGE.value: p.image.tolist(), Modality.TEXT.value: p.text.tolist()}, p.payload)
             for p in points
         ]
-        async with self._use() as shard:
+        async with self._use() as live:
+            shard = live.shard
             await asyncio.to_thread(lambda: (shard.update(q.UpdateOperation.upsert_points(batch)), shard.flush()))
 
     async def delete_products(self, product_ids: Sequence[str], from_image: int = 0) -> None:
@@ -221,7 +217,8 @@ class EdgeIndex:
             return
         q = _edge()
         flt = build_filter(SearchFilters(), products=product_ids, from_image=from_image)
-        async with self._use(check=False) as shard:
+        async with self._use(check=False) as live:
+            shard = live.shard
             await asyncio.to_thread(
                 lambda: (shard.update(q.UpdateOperation.delete_points_by_filter(flt)), shard.flush())
             )
@@ -236,19 +233,20 @@ class EdgeIndex:
     ) -> list[list[PointHit]]:
         q = _edge()
         flt = build_filter(filters, exclude=exclude)
-        requests = [
-            q.QueryRequest(
-                limit=limit,
-                query=q.Query.Nearest(sq.vector.astype(np.float32).tolist(), using=sq.using.value),
-                filter=flt,
-                score_threshold=min_similarity,
-                with_payload=True,
-                with_vector=False,
-            )
-            for sq in queries
-        ]
-        async with self._use() as shard:
-            results = await asyncio.to_thread(shard.query_batch, q.QueryBatchRequest(requests))
+        async with self._use() as live:
+            requests = [
+                q.QueryRequest(
+                    limit=limit,
+                    query=q.Query.Nearest(sq.vector.astype(np.float32).tolist(), using=sq.using.value),
+                    filter=flt,
+                    score_threshold=min_similarity,
+                    with_payload=True,
+                    with_vector=False,
+                    params=live.params,
+                )
+                for sq in queries
+            ]
+            results = await asyncio.to_thread(live.shard.query_batch, q.QueryBatchRequest(requests))
         return [[hit_of(p.payload, p.score, sq.using) for p in res] for sq, res in zip(queries, results, strict=True)]
 
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
@@ -257,9 +255,9 @@ class EdgeIndex:
     async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
         q = _edge()
         flt, limit = build_filter(SearchFilters(), products=product_ids), MAX_IMAGES * max(1, len(product_ids))
-        async with self._use() as shard:
+        async with self._use() as live:
             records, _ = await asyncio.to_thread(
-                shard.scroll, q.ScrollRequest(filter=flt, limit=limit, with_payload=True, with_vector=True)
+                live.shard.scroll, q.ScrollRequest(filter=flt, limit=limit, with_payload=True, with_vector=True)
             )
         return vectors_by_product(records)
 
@@ -267,10 +265,10 @@ class EdgeIndex:
         q = _edge()
         ids: set[str] = set()
         offset = None
-        async with self._use(check=False) as shard:
+        async with self._use(check=False) as live:
             while True:
                 records, offset = await asyncio.to_thread(
-                    shard.scroll,
+                    live.shard.scroll,
                     q.ScrollRequest(
                         offset=offset,
                         limit=2048,
@@ -283,27 +281,28 @@ class EdgeIndex:
                     return ids
 
     async def info(self) -> IndexInfo:
-        async with self._use(check=False) as shard:
-            points = await asyncio.to_thread(lambda: shard.info().points_count)
-        return IndexInfo(self.backend, str(self.root / self.name), int(points), self._stamp)
+        async with self._use(check=False) as live:
+            info = await asyncio.to_thread(live.shard.info)
+            return IndexInfo(self.backend, str(self.root / self.name), int(info.points_count), self._stamp,
+                             live.spec, int(info.indexed_vectors_count))  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def rebuild(self, stamp: ModelStamp) -> AsyncIterator[EdgeIndex]:
-        """Fill a new shard; on success point at it atomically, then retire the old one once idle."""
+        """Fill a new shard (with this handle's index settings), build its indexes once it is full, then point
+        at it atomically and retire the old one once idle. A failure or cancel before the swap drops it."""
         if self._live is None:
             raise StoreUnavailable("Qdrant Edge index is not open")
-        staged = EdgeIndex(self.root, self.name)
+        staged = EdgeIndex(self.root, self.name, self.spec)
         staged._live = await asyncio.to_thread(self._create_shard, stamp)
         staged._stamp = staged._expected = stamp
         try:
             yield staged
+            new = await self._build_index(staged._live)
         except BaseException:
             await asyncio.to_thread(self._close_shard, staged._live)
             shutil.rmtree(staged._live.path, ignore_errors=True)
             raise
-        new = staged._live
-        await asyncio.to_thread(new.shard.flush)
-        await asyncio.to_thread(self._write_pointer, new.path.name, stamp)
+        await asyncio.to_thread(self._write_pointer, new, stamp)
         old, self._live, self._stamp = self._live, new, stamp
         self._expected = stamp
         await old.idle.wait()  # queries already running on the old shard finish there

@@ -12,6 +12,7 @@ the call back to the alias); writes read the alias every time, so none lands in 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -26,8 +27,9 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 from pipeline.errors import StoreUnavailable
 from pipeline.fusion import PointHit
 from pipeline.schemas import MAX_IMAGES, SearchFilters
+from pipeline.stores.index_config import IndexSpec
+from pipeline.stores.server_objects import build_filter, search_params
 from pipeline.stores.vectors import (
-    FILTER_FIELDS,
     INDEXED_FIELDS,
     IndexInfo,
     ModelStamp,
@@ -55,32 +57,6 @@ def _missing(exc: BaseException | None) -> bool:
     return isinstance(exc, ValueError) and "not found" in str(exc)
 
 
-def build_filter(
-    filters: SearchFilters, exclude: Sequence[str] = (), products: Sequence[str] = (), from_image: int = 0
-) -> models.Filter | None:
-    must: list[Any] = [
-        models.FieldCondition(key=f, match=models.MatchValue(value=str(getattr(filters, f))))
-        for f in FILTER_FIELDS
-        if getattr(filters, f) is not None
-    ]
-    if filters.min_price is not None or filters.max_price is not None:
-        must.append(
-            models.FieldCondition(key="price", range=models.Range(gte=filters.min_price, lte=filters.max_price))
-        )
-    if products:
-        must.append(models.FieldCondition(key="product_id", match=models.MatchAny(any=[str(p) for p in products])))
-    if from_image:
-        must.append(models.FieldCondition(key="image_index", range=models.Range(gte=from_image)))
-    must_not: list[Any] = (
-        [models.FieldCondition(key="product_id", match=models.MatchAny(any=[str(p) for p in exclude]))]
-        if exclude
-        else []
-    )
-    if not must and not must_not:
-        return None
-    return models.Filter(must=must or None, must_not=must_not or None)
-
-
 class ServerIndex:
     backend = "qdrant-server"
 
@@ -93,6 +69,7 @@ class ServerIndex:
         client: AsyncQdrantClient | None = None,  # share another handle's connections
         shard_number: int = 1,  # of each collection this handle creates (first open, every re-index)
         replication_factor: int = 1,
+        spec: IndexSpec | None = None,  # index settings of the collections this handle creates
     ) -> None:
         if url == ":memory:":
             self.backend = "qdrant-local"
@@ -107,7 +84,10 @@ class ServerIndex:
         self.url = url
         self.alias = alias
         self.shard_number, self.replication_factor = shard_number, replication_factor
+        self.spec = spec
         self._stamp: ModelStamp | None = None  # of the collection named by _live
+        self._index: IndexSpec | None = None  # what the collection named by _live was built with
+        self._params: models.SearchParams | None = None
         self._expected: ModelStamp | None = None
         self._live: str | None = None  # the collection the alias named when last read
         self._read_at = 0.0
@@ -120,14 +100,30 @@ class ServerIndex:
         except _ERRORS as exc:
             raise StoreUnavailable(f"Qdrant at {self.url}: {what} failed ({exc})") from exc
 
-    async def _create_collection(self, name: str, stamp: ModelStamp) -> None:
-        params = models.VectorParams(size=stamp.dim, distance=models.Distance.COSINE)
+    async def _create_collection(self, name: str, stamp: ModelStamp, bulk: bool = False) -> None:
+        """``bulk``: indexing off until :meth:`_index_now` (a re-index fills the collection first, then builds
+        each graph once, as Qdrant advises for bulk uploads)."""
+        spec = self.spec
+        on_disk = spec.on_disk if spec else None
+        params = models.VectorParams(size=stamp.dim, distance=models.Distance.COSINE, on_disk=on_disk)
+        hnsw = optimizers = quantization = None
+        if spec is not None:
+            kb = spec.threshold_kb(stamp.dim)
+            hnsw = models.HnswConfigDiff(m=spec.m, ef_construct=spec.ef_construct, full_scan_threshold=kb)
+            optimizers = models.OptimizersConfigDiff(indexing_threshold=0 if bulk else kb)
+            if spec.quantization == "int8":
+                quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True))  # fmt: skip
+        index = spec.as_record() if spec else None
         await self._client.create_collection(
             name,
             vectors_config={m.value: params for m in Modality},
-            shard_number=self.shard_number,  # local mode ignores both
+            shard_number=self.shard_number,  # local mode ignores these and the index settings
             replication_factor=self.replication_factor,
-            metadata={"fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model},
+            hnsw_config=hnsw,
+            optimizers_config=optimizers,
+            quantization_config=quantization,
+            metadata={"fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model, "index": index},
         )
         if self.backend != "qdrant-local":  # local mode ignores payload indexes (and warns)
             for field, kind in INDEXED_FIELDS.items():
@@ -159,6 +155,8 @@ class ServerIndex:
             raise StoreUnavailable(f"Qdrant at {self.url}: alias {self.alias!r} names no collection")
         meta = (await self._client.get_collection(target)).config.metadata or {}
         self._stamp = ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"]) if meta else None
+        self._index = IndexSpec.from_record(meta.get("index"))
+        self._params = search_params(self._index)
         self._live, self._read_at = target, time.monotonic()
         return target
 
@@ -228,6 +226,7 @@ class ServerIndex:
                 limit=limit,
                 score_threshold=min_similarity,
                 with_payload=True,
+                params=self._params,
             )
             for sq in queries
         ]
@@ -266,7 +265,11 @@ class ServerIndex:
     async def info(self) -> IndexInfo:
         points = await self._on("count", lambda name: self._client.count(name, exact=True), write=True, check=False)
         target = self._staged or self._live
-        return IndexInfo(self.backend, f"{self.alias} → {target}", int(points.count), self._stamp)
+        assert target is not None
+        async with self._call("collection info"):
+            indexed = (await self._client.get_collection(target)).indexed_vectors_count
+        return IndexInfo(self.backend, f"{self.alias} → {target}", int(points.count), self._stamp, self._index,
+                         None if indexed is None else int(indexed))  # fmt: skip
 
     def _sharing_client(self, target: str, stamp: ModelStamp) -> ServerIndex:
         """A view on this client that writes to collection ``target`` (the staged re-index)."""
@@ -279,11 +282,12 @@ class ServerIndex:
         """Fill a new collection; on success move the alias to it in one call and drop the old one."""
         name = f"{self.alias}_{uuid.uuid4().hex[:12]}"
         async with self._call("create collection"):
-            await self._create_collection(name, stamp)
+            await self._create_collection(name, stamp, bulk=True)
             old = await self._alias_target()
         staged = self._sharing_client(name, stamp)
         try:
             yield staged
+            await self._index_now(name, stamp)
         except BaseException:
             async with self._call("drop staged collection"):
                 await self._client.delete_collection(name)
@@ -299,6 +303,21 @@ class ServerIndex:
             await self._resolve()
             if old is not None:
                 await self._client.delete_collection(old)
+
+    async def _index_now(self, name: str, stamp: ModelStamp) -> None:
+        """Turn indexing on for a bulk-filled collection and wait until the server has built it (status green),
+        so the swap never puts an unindexed collection live."""
+        if self.spec is None or self.backend == "qdrant-local":
+            return
+        kb = self.spec.threshold_kb(stamp.dim)
+        async with self._call("build index"):
+            await self._client.update_collection(
+                name, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=kb)
+            )
+            while True:  # a remote state: polled (a graph of millions of vectors takes minutes)
+                if (await self._client.get_collection(name)).status == models.CollectionStatus.GREEN:
+                    return
+                await asyncio.sleep(1.0)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.errors import ModelMismatch
 from pipeline.fusion import PointHit
 from pipeline.schemas import Product, SearchFilters
+from pipeline.stores.index_config import IndexSpec
 from pipeline.types import Modality
 
 _NAMESPACE = uuid.UUID("6f1c1a9e-3d4b-5c8e-9a7f-2b1d0c4e5f60")
@@ -92,6 +93,8 @@ class IndexInfo:
     collection: str
     points: int
     stamp: ModelStamp | None
+    index: IndexSpec | None = None  # what the live collection was built with (None: before index settings)
+    indexed_vectors: int | None = None  # vectors in HNSW graphs (all spaces); the rest are scanned
 
 
 def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> None:

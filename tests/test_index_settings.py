@@ -1,0 +1,154 @@
+"""Index settings (PIPELINE__INDEX__...): HNSW + INT8 with rescoring keeps recall against exact search on a
+20k-vector clustered set, filtered and not, on Qdrant Edge (graph built in a child process) and through the
+server adapter (qdrant-client's local mode: it takes the same configuration but always scans); and a change of
+settings is a re-index that queries never notice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+
+from pipeline.schemas import SearchFilters
+from pipeline.stores.index_config import IndexSpec, memory_estimate
+from pipeline.stores.vectors import ModelStamp, SpaceQuery, VectorPoint
+from pipeline.types import Modality
+from tests.conftest import make_settings
+
+N, DIM, CLUSTERS = 20_000, 512, 200
+HNSW_INT8 = IndexSpec(exact_below=2_000, quantization="int8")
+STAMP = ModelStamp("f" * 64, DIM, "synthetic")
+
+
+def _clustered(n: int, seed: int, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around ``CLUSTERS`` random centres (like embeddings of a catalog: near-duplicates in
+    groups), and the cluster of each."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+    labels = rng.integers(0, CLUSTERS, n)
+    x = centres[labels] + spread * rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def _index(backend: str, tmp_path, spec: IndexSpec):
+    if backend == "edge":
+        from pipeline.stores.qdrant_edge import EdgeIndex
+
+        return EdgeIndex(tmp_path / "qdrant", "products", spec)
+    from pipeline.stores.qdrant_server import ServerIndex
+
+    return ServerIndex(":memory:", "products", spec=spec)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning")
+@pytest.mark.parametrize("backend", ["edge", "local"])
+async def test_hnsw_int8_recall_against_exact_search(backend, tmp_path):
+    images, _ = _clustered(N, seed=1)
+    texts, _ = _clustered(N, seed=2)
+    category = [f"c{i % 8}" for i in range(N)]  # 1/8 of the catalog
+    brand = [f"b{i % 100}" for i in range(N)]  # 1/100
+    points = [
+        VectorPoint(f"p{i}", 0, images[i], texts[i], {"product_id": f"p{i}", "image_index": 0,
+                                                      "category": [category[i]], "brand": brand[i]})
+        for i in range(N)
+    ]  # fmt: skip
+    index = _index(backend, tmp_path, HNSW_INT8)
+    await index.open(STAMP)
+    try:
+        # Bulk load: a new collection filled, then indexed once, then swapped in.
+        async with index.rebuild(STAMP) as staged:
+            for first in range(0, N, 2_000):
+                await staged.upsert(points[first : first + 2_000])
+        info = await index.info()
+        assert info.points == N and info.index == HNSW_INT8
+        if backend == "edge":  # the graph and the INT8 copy were built (local mode has neither)
+            assert info.indexed_vectors == 2 * N, info
+
+        rng = np.random.default_rng(3)
+        n = 60 if backend == "edge" else 10  # local mode scans in Python: exact by construction, and slow
+        # A query lands near a product (a shopper's photo of it: cosine ~0.9 to its stored vector), not at a
+        # random point of the sphere, where every neighbour is as far as the next.
+        noise = 0.5 / np.sqrt(DIM) * rng.standard_normal((n, DIM)).astype(np.float32)
+        queries = images[rng.integers(0, N, n)] + noise
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        cases = {
+            "unfiltered": (SearchFilters(), np.ones(N, bool)),
+            "1/8": (SearchFilters(category="c3"), np.array([c == "c3" for c in category])),
+            "1/100": (SearchFilters(brand="b7"), np.array([b == "b7" for b in brand])),
+        }
+        for name, (filters, mask) in cases.items():
+            recalls = []
+            for q in queries:
+                sims = np.where(mask, images @ q, -np.inf)
+                exact = {f"p{i}" for i in np.argsort(-sims)[:10]}
+                hits = (await index.search([SpaceQuery(q, Modality.IMAGE)], filters, 10))[0]
+                got = [h.product_id for h in hits]
+                assert all(mask[int(p[1:])] for p in got), name  # the filter holds
+                recalls.append(len(exact & set(got)) / 10)
+            assert np.mean(recalls) >= 0.95, (name, np.mean(recalls))
+    finally:
+        await index.aclose()
+
+
+async def test_settings_apply_to_new_collections_and_a_reindex_switches_them_under_queries(
+    model_repository, catalog, tmp_path, mongo_uri
+):
+    from pipeline.stack import open_stack
+
+    database = {"database": f"t_{uuid.uuid4().hex[:10]}"}
+    plain = make_settings(model_repository, "edge", tmp_path, mongo_uri, mongo=database)
+    async with open_stack(plain) as stack:
+        assert (await stack.ingest.ingest(catalog)).added == 24
+        before = await stack.search.search_text("red mug", top_k=5)
+        status = await stack.status(deep=False)
+        assert status["qdrant"]["index"]["configured"] == status["qdrant"]["index"]["collection"]
+
+    wanted = {"exact_below": 10, "quantization": "int8", "m": 8}
+    changed = make_settings(model_repository, "edge", tmp_path, mongo_uri, mongo=database, index=wanted)
+    async with open_stack(changed) as stack:
+        status = await stack.status(deep=False)
+        # The live collection keeps what it was built with until a re-index; status says so.
+        assert status["qdrant"]["index"]["collection"]["quantization"] == "none"
+        assert "reindex" in status["qdrant"]["index"]["note"]
+
+        errors: list[BaseException] = []
+        answered = 0
+        stop = asyncio.Event()
+
+        async def ask() -> None:
+            nonlocal answered
+            while not stop.is_set():
+                try:
+                    got = await stack.search.search_text("red mug", top_k=5)
+                    assert got.hits
+                    answered += 1
+                except BaseException as exc:  # every failure counts
+                    errors.append(exc)
+                await asyncio.sleep(0)
+
+        asker = asyncio.create_task(ask())
+        report = await stack.ingest.reindex()
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asker
+        assert errors == [] and answered > 0 and report.updated == 24
+        status = await stack.status(deep=False)
+        assert status["qdrant"]["index"]["collection"] == {**IndexSpec().as_record(), **wanted}
+        assert status["qdrant"]["index"]["note"] is None
+        index = status["qdrant"]["index"]
+        assert index["indexed_vectors"] == index["vectors"] > 0  # the new collection's graph was built
+        assert "INT8" in index["uses"] and index["memory_estimate"]["quantized_ram"] > 0
+        after = await stack.search.search_text("red mug", top_k=5)
+        assert [h.product_id for h in after.hits] == [h.product_id for h in before.hits]
+
+
+def test_memory_estimate_follows_the_layout():
+    plain = memory_estimate(1_000_000, 2, 512, IndexSpec())
+    assert plain["vectors_ram"] == 2 * 512 * 4 * 1_000_000 and plain["quantized_ram"] == 0
+    int8_disk = memory_estimate(1_000_000, 2, 512, IndexSpec(quantization="int8", on_disk=True))
+    assert int8_disk["vectors_ram"] == 0 and int8_disk["quantized_ram"] == 2 * 512 * 1_000_000
+    assert int8_disk["total_ram"] < plain["total_ram"] / 3
+    assert memory_estimate(100, 2, 512, IndexSpec())["graph"] == 0  # below exact_below: no graph
