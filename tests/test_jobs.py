@@ -60,6 +60,22 @@ async def test_embed_delete_and_reindex_jobs(app_client, catalog):
     assert reindex["state"] == "succeeded" and reindex["result"]["reindexed"] == len(ids) - 3
 
 
+async def test_jobs_on_the_same_collection_submitted_at_once_run_one_after_another(app_client, catalog):
+    """An ingest, a re-index and a delete submitted together: the runner takes them one at a time in order
+    (the write lock would keep them apart across processes too), and the end state is what running them in
+    that order gives: every product in both stores once, the deleted ones nowhere."""
+    _, client = app_client
+    ids = [json.loads(line)["id"] for line in catalog.read_text().splitlines() if line.strip()]
+    jobs = [await _submit(client, "ingest", path=str(catalog)), await _submit(client, "reindex"),
+            await _submit(client, "delete", ids=ids[:2])]  # fmt: skip
+    done = [await wait_job(client, j["id"]) for j in jobs]
+    assert [d["state"] for d in done] == ["succeeded"] * 3, done
+    assert done[0]["finished"] <= done[1]["started"] and done[1]["finished"] <= done[2]["started"], done
+    assert done[1]["result"]["reindexed"] == len(ids) and done[2]["result"]["deleted"] == 2
+    stats = (await client.get("/v1/stats")).json()
+    assert stats["in_agreement"] and stats["qdrant"]["products"] == len(ids) - 2, stats
+
+
 async def test_cancel_stops_between_batches_and_nothing_is_half_written(app_client, catalog, monkeypatch):
     svc, client = app_client
     monkeypatch.setattr(svc.stack.ingest.settings, "batch_size", 4)
@@ -230,3 +246,27 @@ def test_jobs_cli_in_the_foreground_without_a_service(kind, model_repository, mo
     listed = subprocess.run([sys.executable, "-m", "pipeline", "jobs", "list", "--json"], capture_output=True,
                             text=True, env=env, timeout=300)  # fmt: skip
     assert [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
+
+    cli = lambda *args: subprocess.run([sys.executable, "-m", "pipeline", "jobs", *args], capture_output=True,  # noqa: E731
+                                       text=True, env=env, timeout=300)  # fmt: skip
+    # `jobs watch` on an ended job answers at once with its record; `jobs cancel` on it says why not.
+    watched = cli("watch", job["id"], "--json")
+    assert watched.returncode == 0 and json.loads(watched.stdout)["state"] == "succeeded", watched.stderr
+    refused = cli("cancel", job["id"])
+    assert refused.returncode != 0 and "already succeeded" in refused.stderr and "Traceback" not in refused.stderr
+
+    # A job queued for a service that is not running: `jobs cancel` ends it at once, `jobs watch` sees that.
+    from pymongo import AsyncMongoClient
+
+    from pipeline.jobs.store import JobStore
+
+    async def queue() -> str:
+        async with AsyncMongoClient(mongo_uri, tz_aware=True) as client:
+            return (await JobStore(client["t_jobs_cli"]["jobs"]).create(JobKind.EMBED_ALL, {}, "test")).id
+
+    queued = asyncio.run(queue())
+    cancelled = cli("cancel", queued, "--json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["state"] == "cancelled", cancelled.stderr
+    assert json.loads(cli("watch", queued, "--json").stdout)["state"] == "cancelled"
+    unknown = cli("cancel", "no-such-job")
+    assert unknown.returncode != 0 and "no job 'no-such-job'" in unknown.stderr

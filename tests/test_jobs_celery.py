@@ -160,8 +160,8 @@ class Deployment:
         live = [w for w in self.workers if w.proc.poll() is None]
         return live[-1] if live else None
 
-    def start_worker(self) -> Worker:
-        worker = Worker(self.worker_env, self.root / f"worker-{len(self.workers)}.log")
+    def start_worker(self, **env: str) -> Worker:
+        worker = Worker({**self.worker_env, **env}, self.root / f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker
 
@@ -265,8 +265,8 @@ def _until(service: RunningService, job_id: str, done: Any, timeout_s: float = 6
     return job
 
 
-def _final(service: RunningService, job_id: str) -> dict[str, Any]:
-    return _until(service, job_id, lambda j: j["state"] in FINAL)
+def _final(service: RunningService, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    return _until(service, job_id, lambda j: j["state"] in FINAL, timeout_s)
 
 
 # --- the tests ----------------------------------------------------------------------------------------------
@@ -334,6 +334,32 @@ def test_a_stopped_or_killed_worker_leaves_its_job_to_the_next(deployment, gate,
     assert (done["result"]["added"], done["result"]["rejected"]) == (24, 0), done  # exact, nothing twice
     assert deployment.products("moved") == 24 and running["started"]
     assert f"job {job['id']} (ingest) was interrupted; now queued" in third.logs()
+
+
+@needs_redis
+@pytest.mark.slow
+def test_a_job_whose_message_redis_lost_runs_without_a_worker_restart(deployment, gate, tmp_path):
+    """Redis loses a waiting job's message (restarted without its data) while a worker stays up: the worker's
+    periodic sweep sees the job queued with Redis's queue empty and publishes it again."""
+    import redis
+
+    from pipeline.jobs.celery_app import QUEUE
+
+    deployment.stop_worker()
+    worker = deployment.start_worker(PIPELINE__JOBS__RECOVER_S="0.5", PIPELINE__JOBS__LOST_MESSAGE_S="2")
+    gate.hold()
+    busy = _submit(deployment.service, "ingest", path=str(_catalog(tmp_path, "busy", gate.url)))
+    _until(deployment.service, busy["id"], lambda j: j["state"] == "running" and gate.requests > 0)
+    waiting = _submit(deployment.service, "ingest", path=str(_catalog(tmp_path, "lost", None)))
+    client = redis.Redis.from_url(deployment.redis.url)
+    assert client.llen(QUEUE) == 1  # the waiting job's message, behind the running one
+    client.delete(QUEUE)  # gone, as after a restart without persistence
+    gate.release()
+    assert _final(deployment.service, busy["id"])["state"] == "succeeded"
+    done = _final(deployment.service, waiting["id"], timeout_s=90)
+    assert done["state"] == "succeeded" and done["result"]["added"] == 24, done
+    assert f"job {waiting['id']} has been queued with no message in Redis" in worker.logs()
+    deployment.stop_worker()  # the next test starts one with the usual settings
 
 
 @needs_redis

@@ -106,11 +106,16 @@ async def test_postgres_sync_adds_updates_and_deletes_only_what_changed(
         _pg(url, "DELETE FROM products WHERE sku = 'poster-blue-1'")
         _pg(url, "INSERT INTO products SELECT 'mug-new', 'new mug', description, brand, category, color, price, "
                  "images, extra, now() FROM products WHERE sku = 'mug-blue-0'")  # fmt: skip
-        second = await _run(client, "sync", delete_missing=True)
+        # A plain sync adds and updates; a row gone from the source stays until a sync is asked to delete.
+        second = await _run(client, "sync")
         assert second["state"] == "succeeded", second
         got = second["result"]
-        assert (got["added"], got["updated"], got["deleted"], got["rejected"]) == (1, 1, 1, 0), got
+        assert (got["added"], got["updated"], got["rejected"]) == (1, 1, 0) and "deleted" not in got, got
         assert got["unchanged"] <= 1  # only the rows at the last watermark are read again
+        assert (await client.get("/v1/products/poster-blue-1")).status_code == 200
+        third = await _run(client, "sync", delete_missing=True)
+        got = third["result"]
+        assert (third["state"], got["added"], got["updated"], got["deleted"]) == ("succeeded", 0, 0, 1), third
         assert (await client.get("/v1/products/mug-red-0")).json()["product"]["name"] == "crimson mug"
         assert (await client.get("/v1/products/poster-blue-1")).status_code == 404
         assert (await client.get("/v1/products/mug-new")).status_code == 200
@@ -220,10 +225,11 @@ async def test_mongodb_collection_source_with_the_design_cards_sample(app_client
     database = f"shop_{uuid.uuid4().hex[:8]}"
     with MongoClient(mongo_uri) as mongo:
         coll = mongo[database]["product_metadata"]
-        coll.insert_many([sample, {"title": "green shirt", "image": str(folder / items[1]["images"][0]), "sku": "g1"},
+        # The second document names its fields as no alias does: the mapping is what makes it a product.
+        coll.insert_many([sample, {"label": "green shirt", "picture": str(folder / items[1]["images"][0]), "sku": "g1"},
                           {"title": "hidden", "image": "x.jpg", "draft": True}])  # fmt: skip
         source = {"type": "mongo", "url": mongo_uri, "database": database, "collection": "product_metadata",
-                  "filter": {"draft": {"$ne": True}}, "mapping": {"name": "title"}}  # fmt: skip
+                  "filter": {"draft": {"$ne": True}}, "mapping": {"name": "label", "images": "picture"}}  # fmt: skip
         _, client = app_client
         job = await _run(client, "ingest", source=source)
         assert job["state"] == "succeeded" and job["result"]["added"] == 2 and job["result"]["rejected"] == 0, job
@@ -231,7 +237,8 @@ async def test_mongodb_collection_source_with_the_design_cards_sample(app_client
         assert got["attributes"]["SKU"] == "SKU-SONY-WH1000XM5-BEIGE" and got["category"].startswith("Electronics")
         second = coll.find_one({"sku": "g1"})
         assert second is not None
-        assert (await client.get(f"/v1/products/{second['_id']}")).status_code == 200  # no id field: its _id
+        mapped = (await client.get(f"/v1/products/{second['_id']}")).json()["product"]  # no id field: its _id
+        assert mapped["name"] == "green shirt" and len(mapped["images"]) == 1, mapped
         hits = await client.post("/v1/search/text", json={"text": "headphones", "filters": {"category": "Audio"}})
         assert hits.status_code == 200 and [h["id"] for h in hits.json()["hits"]] == ["1"], hits.text
 
@@ -239,6 +246,12 @@ async def test_mongodb_collection_source_with_the_design_cards_sample(app_client
         synced = await _run(client, "sync", source=source, delete_missing=True)
         assert synced["state"] == "succeeded" and synced["result"]["deleted"] == 1, synced
         assert (await client.get(f"/v1/products/{second['_id']}")).status_code == 404
+
+        # A source that answers with nothing at all (an emptied collection, a wrong filter) deletes nothing.
+        coll.delete_many({})
+        emptied = await _run(client, "sync", source=source, delete_missing=True)
+        assert emptied["state"] == "failed" and "refusing to delete" in emptied["message"], emptied
+        assert (await client.get("/v1/products/1")).status_code == 200
 
 
 def test_cli_ingests_a_sqlite_query_without_a_service(model_repository, mongo_uri, tmp_path, rows):

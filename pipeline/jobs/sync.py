@@ -27,8 +27,8 @@ from pipeline.sources import MongoSpec, SourceReader, SourceRow, SqlSpec, descri
 from pipeline.stores.sync_state import SyncStates, dump_mark, later, load_mark
 
 _COUNTS = ("added", "updated", "unchanged", "rejected")
-# A sync that would delete more than this share of its source's products while the source returned no rows at
-# all is refused: an empty answer is far more often a wrong query or an emptied view than a closed shop.
+# A sync asked to delete what its source no longer has is refused when the source returned no rows at all: an
+# empty answer is far more often a wrong query or an emptied view than a closed shop.
 _EMPTY_SOURCE = "the source returned no products; refusing to delete all {n} it supplied (a wrong query?)"
 
 

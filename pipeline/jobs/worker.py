@@ -10,10 +10,13 @@ and a threads pool would run several jobs against one encoder for no gain. Scale
 ended, so a worker that dies before claiming it leaves it to be delivered again); the claim in MongoDB makes
 it run at most once at a time (a message for a job that is running elsewhere, ended or unknown does nothing).
 A worker killed under a job leaves the record running with no heartbeat: every worker runs
-:meth:`JobStore.recover` when it is ready (and every ``RECOVER_S`` after, for jobs silent ``SILENT_S``),
+:meth:`JobStore.recover` when it is ready (and every ``PIPELINE__JOBS__RECOVER_S`` after, for jobs silent ``SILENT_S``),
 which queues such a job again (resumable kinds go on from their checkpoint) and publishes it. When ready, a
 worker also publishes every queued job, so a job whose message was lost (Redis restarted without
-persistence) still runs.
+persistence) still runs; a running worker does the same for jobs queued longer than
+``PIPELINE__JOBS__LOST_MESSAGE_S`` while Redis's queue is empty (with one message prefetched per worker and
+acknowledged only at the end, a waiting job's message stays in that list until a worker takes it, so an empty
+list beside an old queued job means its message is gone).
 
 **Stopping.** SIGTERM (a warm shutdown) stops the running job at once: it is handed back (queued again and
 published: a resumable job goes on elsewhere from its checkpoint; a re-index is left ``interrupted``).
@@ -30,12 +33,15 @@ import socket
 import threading
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
 from pipeline.errors import PipelineError, StoreUnavailable
-from pipeline.jobs.celery_app import TASK, check_celery, create_celery, enqueue
+from pipeline.jobs.celery_app import PUBLISH_TIMEOUT_S, QUEUE, TASK, check_celery, create_celery, enqueue
 from pipeline.jobs.context import JobContext
 from pipeline.jobs.model import JobState
 from pipeline.jobs.runner import execute
@@ -47,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline.jobs")
 
-RECOVER_S = 30.0  # how often a running worker looks for jobs whose process died
 # A running worker takes a job for dead only after this long without a heartbeat: a MongoDB outage stops
 # heartbeats too, and a live job taken for dead would run twice. A starting worker, like the service's own
 # runner, waits three heartbeats (15 s): a process it replaces has usually just died.
@@ -145,13 +150,32 @@ class JobWorker:
         for job_id in dict.fromkeys(queued):
             await self._publish(job_id)
 
+    async def lost(self) -> list[str]:
+        """Queued jobs whose message is gone: queued longer than ``lost_message_s`` while Redis's queue is
+        empty (see the module's docstring)."""
+        since = datetime.now(UTC) - timedelta(seconds=self.settings.jobs.lost_message_s)
+        waiting = [j.id for j in await self.stack.jobs.recent(JobState.QUEUED, _SWEEP_LIMIT) if j.created < since]
+        if not waiting:
+            return []
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            if await asyncio.to_thread(self._queue_length):
+                return []
+        return waiting
+
+    def _queue_length(self) -> int:
+        with self.app.connection_for_read() as conn:
+            return int(conn.default_channel.client.llen(QUEUE))
+
     async def _recover_every(self) -> None:
         while True:
-            await asyncio.sleep(RECOVER_S)
+            await asyncio.sleep(self.settings.jobs.recover_s)
             try:
                 await self.recover(sweep=False)
-            except StoreUnavailable as exc:
-                log.warning("jobs: cannot look for interrupted jobs now: %s", exc)
+                for job_id in await self.lost():
+                    log.warning("job %s has been queued with no message in Redis: publishing it again", job_id)
+                    await self._publish(job_id)
+            except (StoreUnavailable, TimeoutError, KombuError, RedisError, OSError) as exc:
+                log.warning("jobs: cannot look for interrupted jobs or lost messages now: %s", exc)
 
     def _on_ready(self, **_: Any) -> None:
         """Celery's worker_ready (connected to Redis): recover and publish what waits, before the first task."""
