@@ -86,23 +86,25 @@ class QdrantSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    """How new vector collections are indexed (``PIPELINE__INDEX__...``), on Qdrant Edge and on a server alike.
-    A collection keeps what it was built with: a change applies through a re-index (``python -m pipeline
-    reindex``, a job), and ``status`` says when the live collection differs from these settings."""
+    """How new vector collections are indexed (``PIPELINE__INDEX__...``; defaults: :class:`IndexSpec`'s), on
+    Qdrant Edge and on a server alike. A collection keeps what it was built with: a change applies through a
+    re-index (``python -m pipeline reindex``, a job), and ``status`` says when the live collection differs."""
 
     # Segments with fewer vectors per space than this are searched exactly (a scan: ~1 ms at 20k); larger ones
     # get an HNSW graph. Also the filtered-search cut-off: a filter matching fewer points scans them.
-    exact_below: int = Field(default=20_000, ge=1)
-    m: int = Field(default=16, ge=4, le=128)  # graph edges per node: more = better recall, more memory
-    ef_construct: int = Field(default=100, ge=4, le=4096)
-    ef: int = Field(default=128, ge=1, le=4096)  # candidates per search: more = better recall, slower
+    exact_below: int = Field(default=IndexSpec.exact_below, ge=1)
+    m: int = Field(default=IndexSpec.m, ge=4, le=128)  # graph edges per node: more = better recall, more memory
+    ef_construct: int = Field(default=IndexSpec.ef_construct, ge=4, le=4096)
+    ef: int = Field(default=IndexSpec.ef, ge=1, le=4096)  # candidates per search: more = better recall, slower
+    # Under a filter (category, price, an exclusion list): the walk must go past neighbours the filter drops.
+    ef_filtered: int = Field(default=IndexSpec.ef_filtered, ge=1, le=4096)
     # "int8": a scalar INT8 copy of every vector in RAM is searched first (4x less memory than FP32) and the
     # best oversampling x limit candidates are rescored with the originals.
-    quantization: Literal["none", "int8"] = "none"
-    rescore: bool = True
-    oversampling: float = Field(default=2.0, ge=1.0, le=16.0)
+    quantization: Literal["none", "int8"] = IndexSpec.quantization
+    rescore: bool = IndexSpec.rescore
+    oversampling: float = Field(default=IndexSpec.oversampling, ge=1.0, le=16.0)
     # Original vectors memory-mapped from disk rather than held in RAM (pair it with int8).
-    on_disk: bool = False
+    on_disk: bool = IndexSpec.on_disk
 
     def spec(self) -> IndexSpec:
         return IndexSpec(**self.model_dump())

@@ -108,9 +108,14 @@ def index_status(index: IndexInfo, configured: IndexSpec, spaces: int, dim: int)
     """What the live collection is built with beside what the settings ask for (a difference applies through
     a re-index), how much of it is in graphs, and an estimate of its vectors' memory."""
     built = index.index
+    dim = index.stamp.dim if index.stamp else dim
     note = None
     if built != configured:
         note = "the settings differ from the live collection's: run `python -m pipeline reindex` to apply them"
+    elif (index.backend == "qdrant-edge" and built is not None
+          and index.points - (index.indexed_vectors or 0) / spaces >= built.exact_below):  # fmt: skip
+        note = ("over exact_below points written since the last re-index are scanned, not in a graph (Qdrant "
+                "Edge builds graphs in a re-index): run `python -m pipeline reindex` after a bulk ingest")  # fmt: skip
     return {
         "configured": configured.as_record(),
         "collection": built.as_record() if built else None,

@@ -347,19 +347,22 @@ def test_a_job_whose_message_redis_lost_runs_without_a_worker_restart(deployment
 
     deployment.stop_worker()
     worker = deployment.start_worker(PIPELINE__JOBS__RECOVER_S="0.5", PIPELINE__JOBS__LOST_MESSAGE_S="2")
-    gate.hold()
-    busy = _submit(deployment.service, "ingest", path=str(_catalog(tmp_path, "busy", gate.url)))
-    _until(deployment.service, busy["id"], lambda j: j["state"] == "running" and gate.requests > 0)
-    waiting = _submit(deployment.service, "ingest", path=str(_catalog(tmp_path, "lost", None)))
-    client = redis.Redis.from_url(deployment.redis.url)
-    assert client.llen(QUEUE) == 1  # the waiting job's message, behind the running one
-    client.delete(QUEUE)  # gone, as after a restart without persistence
-    gate.release()
-    assert _final(deployment.service, busy["id"])["state"] == "succeeded"
-    done = _final(deployment.service, waiting["id"], timeout_s=90)
-    assert done["state"] == "succeeded" and done["result"]["added"] == 24, done
-    assert f"job {waiting['id']} has been queued with no message in Redis" in worker.logs()
-    deployment.stop_worker()  # the next test starts one with the usual settings
+    try:
+        gate.hold()
+        busy = _submit(deployment.service, "ingest", path=str(_catalog(tmp_path, "busy", gate.url)))
+        _until(deployment.service, busy["id"], lambda j: j["state"] == "running" and gate.requests > 0)
+        waiting = _submit(deployment.service, "ingest", path=str(_catalog(tmp_path, "lost", None)))
+        client = redis.Redis.from_url(deployment.redis.url)
+        assert client.llen(QUEUE) == 1  # the waiting job's message, behind the running one
+        client.delete(QUEUE)  # gone, as after a restart without persistence
+        gate.release()
+        assert _final(deployment.service, busy["id"])["state"] == "succeeded"
+        done = _final(deployment.service, waiting["id"], timeout_s=90)
+        assert done["state"] == "succeeded" and done["result"]["added"] == 24, done
+        assert worker.logs().count(f"job {waiting['id']} has been queued with no message in Redis") == 1
+    finally:
+        gate.release()
+        deployment.stop_worker()  # the next test starts one with the usual settings
 
 
 @needs_redis

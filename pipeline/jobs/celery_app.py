@@ -143,6 +143,8 @@ class CeleryRunner:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.finish(job.id, JobState.FAILED, f"not queued: {exc}")
             raise StoreUnavailable(f"{exc}; the job was not queued: submit it again later") from exc
+        with contextlib.suppress(StoreUnavailable):  # only the lost-message sweep reads the mark
+            await self.store.mark_published(job.id)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.app.close)

@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -21,7 +22,7 @@ from pipeline.errors import Conflict, NotFound, StoreUnavailable
 from pipeline.jobs.model import FINAL, RESUMABLE, Job, JobKind, JobState, RowError
 
 ERRORS_KEPT = 1000
-_HIDDEN = {"owner": 0, "checkpoint": 0}  # heartbeat is read, then dropped by Job
+_HIDDEN = {"owner": 0, "checkpoint": 0, "published": 0}  # heartbeat is read, then dropped by Job
 
 
 def _now() -> datetime:
@@ -180,6 +181,27 @@ class JobStore:
         if state is JobState.QUEUED:
             changes["$inc"] = {"resumed": 1}
         await self._do(lambda: self._jobs.update_one({"_id": job_id}, changes))
+
+    async def mark_published(self, job_id: str) -> None:
+        """Its message was handed to the broker now (the Celery runner: see :meth:`take_lost`)."""
+        await self._do(lambda: self._jobs.update_one({"_id": job_id}, {"$set": {"published": _now()}}))
+
+    async def take_lost(self, before: datetime, limit: int) -> list[str]:
+        """Queued jobs last published before ``before`` (or never), oldest first, each now marked published by
+        this caller alone (a compare-and-set on the mark: of several workers sweeping at once, one republishes
+        a job, not all)."""
+        query = {"state": JobState.QUEUED.value, "published": {"$not": {"$gte": before}}}
+        docs = await self._do(
+            lambda: self._jobs.find(query, {"published": 1}).sort("created", ASCENDING).limit(limit).to_list(None)
+        )
+        taken = []
+        for doc in docs:
+            mark: dict[str, Any] = {"_id": doc["_id"], "state": JobState.QUEUED.value,
+                                    "published": doc.get("published")}  # fmt: skip
+            won = await self._do(partial(self._jobs.update_one, mark, {"$set": {"published": _now()}}))
+            if won.modified_count:
+                taken.append(str(doc["_id"]))
+        return taken
 
     async def cancel(self, job_id: str) -> Job:
         """A queued (or interrupted) job is cancelled at once; a running one stops after its current batch."""

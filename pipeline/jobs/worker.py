@@ -134,6 +134,7 @@ class JobWorker:
     async def _publish(self, job_id: str) -> None:
         try:
             await enqueue(self.app, job_id)
+            await self.stack.jobs.mark_published(job_id)
         except StoreUnavailable as exc:  # the record stays queued: the next worker to start publishes it
             log.warning("job %s is queued but could not be published: %s", job_id, exc)
 
@@ -151,16 +152,13 @@ class JobWorker:
             await self._publish(job_id)
 
     async def lost(self) -> list[str]:
-        """Queued jobs whose message is gone: queued longer than ``lost_message_s`` while Redis's queue is
-        empty (see the module's docstring)."""
-        since = datetime.now(UTC) - timedelta(seconds=self.settings.jobs.lost_message_s)
-        waiting = [j.id for j in await self.stack.jobs.recent(JobState.QUEUED, _SWEEP_LIMIT) if j.created < since]
-        if not waiting:
-            return []
+        """Queued jobs whose message is gone: last published over ``lost_message_s`` ago while Redis's queue
+        is empty (see the module's docstring); each taken by this worker alone (:meth:`JobStore.take_lost`)."""
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             if await asyncio.to_thread(self._queue_length):
                 return []
-        return waiting
+        before = datetime.now(UTC) - timedelta(seconds=self.settings.jobs.lost_message_s)
+        return await self.stack.jobs.take_lost(before, _SWEEP_LIMIT)
 
     def _queue_length(self) -> int:
         with self.app.connection_for_read() as conn:

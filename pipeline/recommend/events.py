@@ -69,6 +69,10 @@ class ShopperEventStore:
     async def ensure_indexes(self, retention_days: float) -> None:
         try:
             await self.collection.create_index([("buyer_id", ASCENDING), ("ts", DESCENDING)])
+            # Covers a buyer's exclusions (distinct products per event type) without reading their events.
+            await self.collection.create_index(
+                [("buyer_id", ASCENDING), ("type", ASCENDING), ("product_id", ASCENDING)]
+            )
             await self.collection.create_index([("product_id", ASCENDING)])
             await ts_index(self.collection, int(retention_days * 86400))
         except PyMongoError as exc:

@@ -66,8 +66,11 @@ class RecommendService:
         self.index, self.mongo, self.store, self.encoder = index, mongo, store, encoder
         self.settings, self.search, self.overfetch = settings, search, overfetch
         self._buyers: TTLCache[tuple[str, str], tuple[Buyer | None, list[Interaction]]] | None = None
+        # What a stored buyer's exclusions leave out (their whole history), kept and dropped with the vector.
+        self._exclusions: TTLCache[tuple[str, Exclude], set[str]] | None = None
         if settings.buyer_cache_entries and settings.buyer_cache_s:
             self._buyers = TTLCache(settings.buyer_cache_entries, settings.buyer_cache_s)
+            self._exclusions = TTLCache(settings.buyer_cache_entries, settings.buyer_cache_s)
         # (model fingerprint, product id, indexed content hash) -> the product's point (see ``points``).
         self._points: LRUCache[tuple[str, str, str], dict[Modality, np.ndarray]] | None = None
         if settings.vector_cache_entries:
@@ -96,9 +99,11 @@ class RecommendService:
         known = await self.mongo.get_states(list({e.product_id for e, _ in timely}))
         kept = [(e, ts) for e, ts in timely if e.product_id in known]
         stored, duplicates = await self.store.insert(kept)
-        if self._buyers is not None:
+        if self._buyers is not None and self._exclusions is not None:
             for event, _ in kept:
                 self._buyers.pop((event.buyer_id, self.encoder.info.fingerprint), None)
+                for exclude in Exclude:
+                    self._exclusions.pop((event.buyer_id, exclude), None)
         return EventsResult(accepted=stored, duplicates=duplicates, unknown_products=len(timely) - len(kept),
                             rejected=rejected)  # fmt: skip
 
@@ -157,9 +162,14 @@ class RecommendService:
             return set()
         types = None if exclude is Exclude.SEEN else [EventType.PURCHASE]
         mine = {e.product_id for e in history if types is None or e.type in types}
-        if buyer_id is not None:
-            mine |= await self.store.products_of(buyer_id, types)
-        return mine
+        if buyer_id is None:
+            return mine
+        cached = self._exclusions.get((buyer_id, exclude)) if self._exclusions is not None else None
+        if cached is None:
+            cached = await self.store.products_of(buyer_id, types)
+            if self._exclusions is not None:
+                self._exclusions[(buyer_id, exclude)] = cached
+        return mine | cached
 
     # --- recommendations -------------------------------------------------------------------------------------
 

@@ -63,11 +63,11 @@ def shard_config(dim: int, spec: IndexSpec | None) -> Any:
     )
 
 
-def search_params(spec: IndexSpec | None) -> Any:
+def search_params(spec: IndexSpec | None, filtered: bool = False) -> Any:
     if spec is None:
         return None
     q = edge()
     quantization = None
     if spec.quantization == "int8":
         quantization = q.QuantizationSearchParams(rescore=spec.rescore, oversampling=spec.oversampling)
-    return q.SearchParams(hnsw_ef=spec.ef, quantization=quantization)
+    return q.SearchParams(hnsw_ef=spec.search_ef(filtered), quantization=quantization)

@@ -28,6 +28,7 @@ class IndexSpec:
     m: int = 16
     ef_construct: int = 100
     ef: int = 128
+    ef_filtered: int = 512
     quantization: Quantization = "none"
     rescore: bool = True
     oversampling: float = 2.0
@@ -36,6 +37,13 @@ class IndexSpec:
     def threshold_kb(self, dim: int) -> int:
         """``exact_below`` vectors of ``dim`` FP32 values, in Qdrant's unit (KB, at least 1)."""
         return max(1, self.exact_below * dim * 4 // 1024)
+
+    def search_ef(self, filtered: bool) -> int:
+        return self.ef_filtered if filtered else self.ef
+
+    def __post_init__(self) -> None:
+        if self.quantization not in ("none", "int8"):  # e.g. recorded by a newer version: never guess
+            raise ValueError(f"unknown quantization {self.quantization!r}")
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +57,8 @@ class IndexSpec:
         return cls(**known)
 
     def describe(self) -> str:
-        graph = f"HNSW m={self.m} ef_construct={self.ef_construct} ef={self.ef} from {self.exact_below:,} vectors"
+        graph = (f"HNSW m={self.m} ef_construct={self.ef_construct} ef={self.ef} (filtered {self.ef_filtered}) "
+                 f"from {self.exact_below:,} vectors")  # fmt: skip
         quant = ""
         if self.quantization == "int8":
             quant = f", INT8 in RAM + rescore ×{self.oversampling:g}" if self.rescore else ", INT8 in RAM (no rescore)"
@@ -64,7 +73,7 @@ def memory_estimate(points: int, spaces: int, dim: int, spec: IndexSpec | None) 
     vectors = points * spaces
     original = vectors * dim * 4
     quantized = vectors * dim if spec is not None and spec.quantization == "int8" else 0
-    graph = vectors * (spec.m * 2) * 4 if spec is not None and vectors >= spec.exact_below else 0
+    graph = vectors * (spec.m * 2) * 4 if spec is not None and points >= spec.exact_below else 0
     on_disk = spec is not None and spec.on_disk
     return {
         "vectors_ram": 0 if on_disk else original,

@@ -51,7 +51,7 @@ class _Shard:
         self.shard = shard
         self.path = path
         self.spec = spec
-        self.params = search_params(spec)
+        self.params = {f: search_params(spec, f) for f in (False, True)}  # unfiltered / filtered
         self.users = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -154,16 +154,15 @@ class EdgeIndex:
     async def _build_index(self, filled: _Shard) -> _Shard:
         """Close a filled shard nobody else uses, build its indexes in a child process (``optimize()`` holds
         the GIL: here it would stop the service for the whole build), and open it again. Without index
-        settings (a shard of Qdrant's defaults) it is only flushed."""
-        if filled.spec is None:
+        settings (a shard of Qdrant's defaults), or below their ``exact_below``, it is only flushed."""
+        points = (await asyncio.to_thread(filled.shard.info)).points_count
+        if filled.spec is None or points < filled.spec.exact_below:  # nothing to build: scanned anyway
             await asyncio.to_thread(filled.shard.flush)
             return filled
         await asyncio.to_thread(self._close_shard, filled)
-        try:
-            await optimize_in_child(filled.path)
-        finally:
-            reopened = await asyncio.to_thread(_edge().EdgeShard.load, str(filled.path))
-            filled.shard = reopened
+        filled.shard = None  # closed: a failure from here on leaves nothing to close, only the folder to drop
+        await optimize_in_child(filled.path)
+        filled.shard = await asyncio.to_thread(_edge().EdgeShard.load, str(filled.path))
         return filled
 
     async def aclose(self) -> None:
@@ -177,13 +176,14 @@ class EdgeIndex:
 
     @staticmethod
     def _close_shard(live: _Shard) -> None:
-        live.shard.flush()
-        live.shard.close()
+        if live.shard is not None:
+            live.shard.flush()
+            live.shard.close()
 
     # --- calls ---------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _use(self, check: bool = True) -> AsyncIterator[Any]:
+    async def _use(self, check: bool = True) -> AsyncIterator[_Shard]:
         if self._live is None:
             raise StoreUnavailable("Qdrant Edge index is not open")
         if check and self._expected is not None:
@@ -242,7 +242,7 @@ class EdgeIndex:
                     score_threshold=min_similarity,
                     with_payload=True,
                     with_vector=False,
-                    params=live.params,
+                    params=live.params[flt is not None],
                 )
                 for sq in queries
             ]
@@ -299,7 +299,9 @@ class EdgeIndex:
             yield staged
             new = await self._build_index(staged._live)
         except BaseException:
-            await asyncio.to_thread(self._close_shard, staged._live)
+            # The original error (or cancel) is what the caller must see, whatever closing the staged shard says.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(self._close_shard, staged._live))
             shutil.rmtree(staged._live.path, ignore_errors=True)
             raise
         await asyncio.to_thread(self._write_pointer, new, stamp)

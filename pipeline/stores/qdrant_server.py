@@ -28,7 +28,7 @@ from pipeline.errors import StoreUnavailable
 from pipeline.fusion import PointHit
 from pipeline.schemas import MAX_IMAGES, SearchFilters
 from pipeline.stores.index_config import IndexSpec
-from pipeline.stores.server_objects import build_filter, search_params
+from pipeline.stores.server_objects import build_filter, collection_config, search_params
 from pipeline.stores.vectors import (
     INDEXED_FIELDS,
     IndexInfo,
@@ -87,7 +87,7 @@ class ServerIndex:
         self.spec = spec
         self._stamp: ModelStamp | None = None  # of the collection named by _live
         self._index: IndexSpec | None = None  # what the collection named by _live was built with
-        self._params: models.SearchParams | None = None
+        self._params: dict[bool, models.SearchParams | None] = {False: None, True: None}
         self._expected: ModelStamp | None = None
         self._live: str | None = None  # the collection the alias named when last read
         self._read_at = 0.0
@@ -103,27 +103,13 @@ class ServerIndex:
     async def _create_collection(self, name: str, stamp: ModelStamp, bulk: bool = False) -> None:
         """``bulk``: indexing off until :meth:`_index_now` (a re-index fills the collection first, then builds
         each graph once, as Qdrant advises for bulk uploads)."""
-        spec = self.spec
-        on_disk = spec.on_disk if spec else None
-        params = models.VectorParams(size=stamp.dim, distance=models.Distance.COSINE, on_disk=on_disk)
-        hnsw = optimizers = quantization = None
-        if spec is not None:
-            kb = spec.threshold_kb(stamp.dim)
-            hnsw = models.HnswConfigDiff(m=spec.m, ef_construct=spec.ef_construct, full_scan_threshold=kb)
-            optimizers = models.OptimizersConfigDiff(indexing_threshold=0 if bulk else kb)
-            if spec.quantization == "int8":
-                quantization = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True))  # fmt: skip
-        index = spec.as_record() if spec else None
+        index = self.spec.as_record() if self.spec else None
         await self._client.create_collection(
             name,
-            vectors_config={m.value: params for m in Modality},
             shard_number=self.shard_number,  # local mode ignores these and the index settings
             replication_factor=self.replication_factor,
-            hnsw_config=hnsw,
-            optimizers_config=optimizers,
-            quantization_config=quantization,
             metadata={"fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model, "index": index},
+            **collection_config(stamp.dim, self.spec, bulk),
         )
         if self.backend != "qdrant-local":  # local mode ignores payload indexes (and warns)
             for field, kind in INDEXED_FIELDS.items():
@@ -156,7 +142,7 @@ class ServerIndex:
         meta = (await self._client.get_collection(target)).config.metadata or {}
         self._stamp = ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"]) if meta else None
         self._index = IndexSpec.from_record(meta.get("index"))
-        self._params = search_params(self._index)
+        self._params = {f: search_params(self._index, f) for f in (False, True)}
         self._live, self._read_at = target, time.monotonic()
         return target
 
@@ -218,19 +204,19 @@ class ServerIndex:
         exclude: Sequence[str] = (),
     ) -> list[list[PointHit]]:
         flt = build_filter(filters, exclude=exclude)
-        requests = [
-            models.QueryRequest(
-                query=sq.vector.astype(np.float32).tolist(),
-                using=sq.using.value,
-                filter=flt,
-                limit=limit,
-                score_threshold=min_similarity,
-                with_payload=True,
-                params=self._params,
-            )
-            for sq in queries
-        ]
-        results = await self._on("search", lambda name: self._client.query_batch_points(name, requests))
+        vectors = [sq.vector.astype(np.float32).tolist() for sq in queries]
+
+        def batch(name: str) -> Any:
+            # Built once the alias is resolved: the search parameters are those of the collection called.
+            requests = [
+                models.QueryRequest(query=v, using=sq.using.value, filter=flt, limit=limit,
+                                    score_threshold=min_similarity, with_payload=True,
+                                    params=self._params[flt is not None])
+                for v, sq in zip(vectors, queries, strict=True)
+            ]  # fmt: skip
+            return self._client.query_batch_points(name, requests)
+
+        results = await self._on("search", batch)
         return [
             [hit_of(p.payload, p.score, sq.using) for p in r.points] for sq, r in zip(queries, results, strict=True)
         ]
@@ -310,14 +296,25 @@ class ServerIndex:
         if self.spec is None or self.backend == "qdrant-local":
             return
         kb = self.spec.threshold_kb(stamp.dim)
+        optimizers = models.OptimizersConfigDiff(indexing_threshold=kb)
         async with self._call("build index"):
-            await self._client.update_collection(
-                name, optimizers_config=models.OptimizersConfigDiff(indexing_threshold=kb)
-            )
-            while True:  # a remote state: polled (a graph of millions of vectors takes minutes)
-                if (await self._client.get_collection(name)).status == models.CollectionStatus.GREEN:
+            await self._client.update_collection(name, optimizers_config=optimizers)
+            # A remote state, polled: a graph of millions of vectors takes minutes. Bounded by a generous
+            # rate (2,000 vectors/s per space); red (an optimizer error) fails the re-index at once; grey
+            # (optimizers idle after a server restart) is nudged again.
+            points = (await self._client.count(name, exact=True)).count
+            deadline = time.monotonic() + 600 + points / 1000
+            while time.monotonic() < deadline:
+                info = await self._client.get_collection(name)
+                if info.status == models.CollectionStatus.GREEN:
                     return
+                if info.status == models.CollectionStatus.RED:
+                    raise StoreUnavailable(f"Qdrant at {self.url}: building the index of {name} failed "
+                                           f"({info.optimizer_status})")  # fmt: skip
+                if info.status == models.CollectionStatus.GREY:
+                    await self._client.update_collection(name, optimizers_config=optimizers)
                 await asyncio.sleep(1.0)
+        raise StoreUnavailable(f"Qdrant at {self.url}: the index of {name} was not built in time; re-index again")
 
     async def aclose(self) -> None:
         await self._client.close()
