@@ -46,6 +46,24 @@ def stage(
     run_stage(tuple(int(s) for s in sizes.split(",")), repeat)
 
 
+@app.command()
+def scale(
+    sizes: str = typer.Option("10000,100000", help="catalog sizes in products, comma separated (1000000: ~1 h)"),
+) -> None:
+    """The vector index as the catalog grows: Qdrant Edge exact / HNSW / HNSW+INT8 vs FAISS HNSW and IVF."""
+    from bench.scale import run
+
+    run(tuple(int(s) for s in sizes.split(",")))
+
+
+@app.command("int8-kernels")
+def int8_kernels(repeat: int = typer.Option(20, help="timed calls per row")) -> None:
+    """Dynamic INT8 with signed (U8S8) vs unsigned (U8U8, export's) weights: per-row latency, cosine to FP32."""
+    from bench.int8_kernels import run
+
+    run(repeat)
+
+
 @app.command("bulk-ingest")
 def bulk_ingest(
     products: int = typer.Option(192, help="catalog size (one 640x480 JPEG per product)"),

@@ -135,7 +135,7 @@ def run(repeat_small: int = 20, repeat_large: int = 5, threads: int = 0) -> None
     import torch
 
     from bench.peer import eager_clip
-    from pipeline.manifest import load_manifest
+    from pipeline.manifest import file_for_this_cpu, load_manifest
     from pipeline.preprocess import TextTokenizer, load_image_tensor
     from pipeline.types import Modality, Precision
 
@@ -166,8 +166,9 @@ def run(repeat_small: int = 20, repeat_large: int = 5, threads: int = 0) -> None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     for p in Precision:
-        vis = ort.InferenceSession(str(repo / manifest.variant(Modality.IMAGE, p).file), options)
-        txt = ort.InferenceSession(str(repo / manifest.variant(Modality.TEXT, p).file), options)
+        # The files the service's encoder loads on this CPU (INT8: the no-VNNI kernel where it needs one).
+        vis = ort.InferenceSession(str(repo / file_for_this_cpu(manifest.variant(Modality.IMAGE, p)).file), options)
+        txt = ort.InferenceSession(str(repo / file_for_this_cpu(manifest.variant(Modality.TEXT, p)).file), options)
         rows += _rows(
             f"ONNX Runtime {p.upper()}",
             "onnx",

@@ -24,9 +24,11 @@ from bench.common import RESULTS
 # (command, the tables it writes to bench/results/), in report order.
 SECTIONS = [
     ("encoders", ["encoders"]),
+    ("int8-kernels", ["int8_kernels"]),
     ("search", ["search", "search_ingest"]),
     ("bulk-ingest", ["bulk_ingest"]),
     ("stage", ["search_stage"]),
+    ("scale", ["scale"]),
     ("load", ["load"]),
     ("http", ["http", "http_ratios"]),
     ("triton", ["triton"]),

@@ -90,7 +90,7 @@ class IndexSettings(BaseModel):
     Qdrant Edge and on a server alike. A collection keeps what it was built with: a change applies through a
     re-index (``python -m pipeline reindex``, a job), and ``status`` says when the live collection differs."""
 
-    # Segments with fewer vectors per space than this are searched exactly (a scan: ~1 ms at 20k); larger ones
+    # Segments with fewer vectors per space than this are searched exactly (a scan: ~4 ms at 20k here); larger ones
     # get an HNSW graph. Also the filtered-search cut-off: a filter matching fewer points scans them.
     exact_below: int = Field(default=IndexSpec.exact_below, ge=1)
     m: int = Field(default=IndexSpec.m, ge=4, le=128)  # graph edges per node: more = better recall, more memory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pipeline.manifest import load_manifest
+from pipeline.manifest import file_for_this_cpu, load_manifest, verify_model_file
 from pipeline.types import Modality, Precision
 from tests.conftest import run_cli
 
@@ -55,8 +56,24 @@ def _within(out: np.ndarray, ref: np.ndarray, max_abs: float, min_centred_cos: f
 
 def _run(repo, modality, precision, feeds):
     manifest = load_manifest(repo)
-    session = ort.InferenceSession(str(repo / manifest.variant(modality, precision).file))
+    session = ort.InferenceSession(str(repo / file_for_this_cpu(manifest.variant(modality, precision)).file))
     return session.run(None, feeds)[0]
+
+
+def test_each_cpu_loads_the_int8_kernel_it_runs_exactly(model_repository, golden, monkeypatch):
+    """Signed-weight INT8 saturates on x86 CPUs without VNNI: there the unsigned-weight file is loaded, else
+    the signed one; whichever this machine picks stays within the INT8 bounds of the reference."""
+    import pipeline.manifest as manifest_module
+
+    manifest = load_manifest(model_repository)
+    variant = manifest.variant(Modality.IMAGE, Precision.INT8)
+    for needs, want in ((True, variant.no_vnni.file), (False, variant.file)):
+        monkeypatch.setattr(manifest_module, "cpu_needs_unsigned_int8", lambda n=needs: n)
+        assert manifest_module.file_for_this_cpu(variant).file == want
+    monkeypatch.undo()
+    max_abs, min_cos = BOUNDS[Precision.INT8]
+    image = _run(model_repository, Modality.IMAGE, Precision.INT8, {"pixel_values": golden["pixels"]})
+    assert _within(image, golden["image"], max_abs, min_cos), np.abs(image - golden["image"]).max()
 
 
 @pytest.mark.parametrize("precision", list(Precision))
@@ -131,6 +148,11 @@ def test_manifest_and_layout(model_repository, tiny_checkpoint):
         assert manifest.triton_model(modality, Precision.FP16) == (model, 2)
         assert manifest.triton_model(modality, Precision.INT8) == (f"{model}_int8", 1)
         assert manifest.variant(modality, Precision.INT8).file == f"{model}_int8/1/model.onnx"
+        # Beside it, the same quantisation with unsigned weights for x86 CPUs without VNNI, checked like it.
+        no_vnni = manifest.variant(modality, Precision.INT8).no_vnni
+        assert no_vnni is not None and no_vnni.file == f"{model}_int8/1/model.no_vnni.onnx"
+        verify_model_file(model_repository, manifest.variant(modality, Precision.INT8).model_copy(
+            update=no_vnni.model_dump()))  # fmt: skip
     assert (model_repository / "tokenizer.json").is_file()
     # Sizes: FP16 about half of FP32, INT8 smaller still.
     sizes = {p: manifest.variant(Modality.IMAGE, p).size_bytes for p in Precision}
@@ -322,12 +344,13 @@ def test_damaged_model_file_is_refused_by_name_and_rebuilt_by_export(tiny_checkp
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "clip_visual/1/model.onnx" in proc.stderr and "re-export" in proc.stderr
 
-    # Same size, one byte changed: only the sha256 can tell.
-    altered = repo / "clip_text_int8" / "1" / "model.onnx"
+    # Same size, one byte changed: only the sha256 can tell (in the INT8 file this CPU loads).
+    rel = file_for_this_cpu(load_manifest(repo).variant(Modality.TEXT, Precision.INT8)).file
+    altered = repo / rel
     data = bytearray(altered.read_bytes())
     data[len(data) // 2] ^= 0xFF
     altered.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match=r"clip_text_int8/1/model\.onnx: sha256 .* differs from the manifest"):
+    with pytest.raises(ModelError, match=re.escape(rel) + r": sha256 .* differs from the manifest"):
         OnnxEncoder.load(repo, precision=Precision.INT8)
 
     # A re-export does not keep either damaged file as "up to date": both are rebuilt, the rest kept.
@@ -384,6 +407,7 @@ def _as_format_1(repo):
         for variant in spec["variants"].values():
             variant.pop("triton_model")
         int8 = spec["variants"]["int8"]
+        int8.pop("no_vnni")  # format 1 had one INT8 file
         old = repo / spec["name"] / "3"
         old.mkdir()
         shutil.move(repo / int8["file"], old / "model.onnx")

@@ -18,7 +18,7 @@ from pipeline.config import EncoderSettings, LimitsSettings
 from pipeline.encoders.base import EncoderInfo
 from pipeline.encoders.batching import MicroBatcher
 from pipeline.errors import ModelMismatch
-from pipeline.manifest import Manifest, load_manifest, verify_model_file
+from pipeline.manifest import Manifest, file_for_this_cpu, load_manifest, verify_model_file
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 from pipeline.types import Modality, Precision
 
@@ -109,7 +109,7 @@ class OnnxEncoder:
         manifest.check_servable(precision, settings.force_precision)
         sessions = {}
         for modality in Modality:
-            path = verify_model_file(repository, manifest.variant(modality, precision))
+            path = verify_model_file(repository, file_for_this_cpu(manifest.variant(modality, precision)))
             sessions[modality] = _session(path, settings, providers)
             _check_contract(sessions[modality], manifest, modality, path)
         return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings())

@@ -17,13 +17,14 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def to_int8(src: Path, dst: Path) -> None:
+def to_int8(src: Path, dst: Path, signed_weights: bool = True) -> None:
     """Dynamic INT8 quantisation with per-channel weight scales; activations are quantised at run time.
 
-    Weights are unsigned (U8U8), not onnxruntime's default signed (U8S8): on x86 CPUs without VNNI (AVX2 only,
-    e.g. AMD EPYC before Zen 4) the U8S8 kernel multiplies with ``vpmaddubsw``, whose 16-bit intermediate sums
-    saturate. Measured on such a CPU with the tests' tiny CLIP: image cosine to FP32 0.62 with U8S8 (the gate
-    refuses it), 0.95 with 7-bit weights (``reduce_range``), 0.98 with U8U8; text 0.95 / 0.999 / 0.999."""
+    ``signed_weights``: onnxruntime's default (U8S8), exact and fastest on CPUs with VNNI and on Arm. Unsigned
+    (U8U8) is for x86 CPUs without VNNI, where the U8S8 kernel saturates (see
+    :func:`pipeline.manifest.cpu_needs_unsigned_int8`); export writes both and the encoder picks at load time.
+    Measured on the tests' tiny CLIP on an AVX2-only CPU, cosine to FP32 image / text: U8S8 0.62 / 0.95,
+    7-bit weights (``reduce_range``) 0.947 / 0.999, U8U8 0.98 / 0.999."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -31,7 +32,8 @@ def to_int8(src: Path, dst: Path) -> None:
         prepared = Path(tmp) / "prepared.onnx"
         # Symbolic shape inference does not understand the dynamo exporter's graphs; ONNX's own inference does.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=QuantType.QUInt8)
+        weights = QuantType.QInt8 if signed_weights else QuantType.QUInt8
+        quantize_dynamic(str(prepared), str(dst), per_channel=True, weight_type=weights)
 
 
 def to_int8_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:

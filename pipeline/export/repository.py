@@ -44,11 +44,13 @@ from pipeline.manifest import (
     TEXT_OUTPUT,
     TOKENIZER_FILE,
     ImageSpec,
+    KernelFile,
     Manifest,
     ModelSpec,
     TensorSpec,
     TextSpec,
     VariantSpec,
+    file_for_this_cpu,
     load_manifest,
     sha256_file,
     verify_model_file,
@@ -56,6 +58,7 @@ from pipeline.manifest import (
 from pipeline.types import Modality, Precision
 
 Log = Callable[[str], None]
+NO_VNNI_FILE = "model.no_vnni.onnx"  # beside an INT8 variant's model.onnx: unsigned weights (see quantize.to_int8)
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
 _MODEL_NAMES = {Modality.TEXT: TEXT_MODEL, Modality.IMAGE: IMAGE_MODEL}
@@ -169,8 +172,12 @@ def _reusable(existing: Manifest | None, out: Path, digest: str, versions: dict[
     keep = {}
     for modality, spec in existing.models.items():
         for precision, variant in spec.variants.items():
+            if precision is Precision.INT8 and variant.no_vnni is None:
+                continue  # exported before INT8 had a file per CPU kind: rebuilt with both
             try:
                 verify_model_file(out, variant)
+                if variant.no_vnni is not None:
+                    verify_model_file(out, variant.model_copy(update=variant.no_vnni.model_dump()))
             except ModelError:
                 continue  # damaged or missing: rebuilt
             keep[(modality, precision)] = variant
@@ -311,8 +318,14 @@ def _build(
                 shutil.copyfile(fp32[modality], dst)
             elif precision is Precision.FP16:
                 to_fp16(fp32[modality], dst)
-            else:
+            no_vnni = None
+            if precision is Precision.INT8:
                 to_int8(fp32[modality], dst)
+                rel = str(Path(_rel(modality, precision)).with_name(NO_VNNI_FILE))
+                to_int8(fp32[modality], staging / rel, signed_weights=False)
+                no_vnni = KernelFile(
+                    file=rel, sha256=sha256_file(staging / rel), size_bytes=(staging / rel).stat().st_size
+                )
             variants[precision] = VariantSpec(
                 precision=precision,
                 file=_rel(modality, precision),
@@ -320,6 +333,7 @@ def _build(
                 size_bytes=dst.stat().st_size,
                 triton_model=triton_placement(modality, precision)[0],
                 triton_version=triton_placement(modality, precision)[1],
+                no_vnni=no_vnni,
             )
         models[modality] = ModelSpec(name=_MODEL_NAMES[modality], inputs=inputs, outputs=outputs, variants=variants)
     tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
@@ -360,7 +374,8 @@ def _gate(
     for precision in (Precision.INT8,):
         paths = []
         for modality in (Modality.TEXT, Modality.IMAGE):
-            rel = manifest.models[modality].variants[precision].file
+            # The file this machine's encoder would load (the no-VNNI one on a CPU that needs it).
+            rel = file_for_this_cpu(manifest.models[modality].variants[precision]).file
             paths.append(staging / rel if (staging / rel).exists() else out / rel)
         files[precision.value] = (paths[0], paths[1])
     log(f"int8: measuring against fp32 on {calib.source}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.manifest import PER_ITEM, Manifest
+from pipeline.manifest import PER_ITEM, Manifest, file_for_this_cpu
 
 
 class TritonPythonModel:
@@ -27,22 +27,26 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         model_dir = Path(args["model_repository"])
-        self.session = ort.InferenceSession(
-            str(model_dir / args["model_version"] / "model.onnx"), providers=["CPUExecutionProvider"]
-        )
-        self.inputs = [t["name"] for t in config["input"]]
-        self.outputs = [t["name"] for t in config["output"]]
         manifest = Manifest.model_validate(json.loads((model_dir.parent / "manifest.json").read_text()))
-        # Padding values per input: pad id for token ids, 0 for masks; images never need padding.
-        self.pad = {"input_ids": manifest.text.pad_token_id, "attention_mask": 0}
         version = int(args["model_version"])
         served = [
-            variant.precision
+            variant
             for spec in manifest.models.values()
             for variant in spec.variants.values()
             if variant.triton_model == config["name"] and variant.triton_version == version
         ]
-        self.per_item = any(precision in PER_ITEM for precision in served)
+        # The file the in-process encoder would load on this CPU (INT8: the no-VNNI kernel where needed).
+        path = (
+            model_dir.parent / file_for_this_cpu(served[0]).file
+            if served
+            else model_dir / args["model_version"] / "model.onnx"
+        )
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.inputs = [t["name"] for t in config["input"]]
+        self.outputs = [t["name"] for t in config["output"]]
+        # Padding values per input: pad id for token ids, 0 for masks; images never need padding.
+        self.pad = {"input_ids": manifest.text.pad_token_id, "attention_mask": 0}
+        self.per_item = any(variant.precision in PER_ITEM for variant in served)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
