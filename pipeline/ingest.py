@@ -36,6 +36,7 @@ from pipeline.schemas import IngestReport, Outcome, Product
 from pipeline.stores.mongo import IngestState, MongoStore
 from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
 from pipeline.stores.write_lock import WriteLock
+from pipeline.types import Modality
 
 Progress = Callable[[int], None]
 
@@ -265,10 +266,13 @@ class IngestService:
         return known, [i for i in ids if i not in known]
 
     async def reindex(self, progress: Progress | None = None) -> IngestReport:
-        """Re-embed every product in MongoDB into a new collection and swap it in atomically.
+        """Rebuild the collection from every product in MongoDB (with the index settings of now) and swap it
+        in atomically. With another model than the live collection's, every product is embedded again; with
+        the same model, a product whose stored vectors are those of its current content is copied instead
+        (an index-settings change costs no model call), and only the others are embedded.
 
-        The live collection keeps answering until the swap. Products whose images can no longer be read
-        are reported and left out of the new collection (their metadata stays). Product writes wait until
+        The live collection keeps answering until the swap. Products embedded again whose images can no
+        longer be read are reported and left out of the new collection (their metadata stays). Product writes wait until
         it is done (raises Busy when another re-index runs). ``progress`` is called after each batch, before
         the swap; an exception it raises abandons the re-index (the new collection is dropped).
         """
@@ -281,17 +285,20 @@ class IngestService:
         stamp = self.stamp
         indexed: list[tuple[str, str]] = []
         left_out: list[str] = []
+        # With the same model (an index-settings change, a repair), a product whose stored vectors are those of
+        # its current content is copied from the live collection instead of embedded again.
+        reuse = (await self.index.info()).stamp == stamp
         async with self.index.rebuild(stamp) as staged:
             batch: list[Product] = []
             async for product in self.mongo.iter_products():
                 batch.append(product)
                 if len(batch) >= self.settings.batch_size:
-                    await self._reindex_batch(batch, staged, report, indexed, left_out)
+                    await self._reindex_batch(batch, staged, report, indexed, left_out, reuse)
                     if progress:
                         progress(len(batch))
                     batch = []
             if batch:
-                await self._reindex_batch(batch, staged, report, indexed, left_out)
+                await self._reindex_batch(batch, staged, report, indexed, left_out, reuse)
                 if progress:
                     progress(len(batch))
         # Only now is the new collection live: record which model made whose vectors.
@@ -308,11 +315,33 @@ class IngestService:
         report: IngestReport,
         indexed: list[tuple[str, str]],
         left_out: list[str],
+        reuse: bool,
     ) -> None:
         states = await self.mongo.get_states([p.id for p in batch])
-        encoded, failed = await self.vectors.encode(batch)
+        copied = await self._stored_vectors(batch, states) if reuse else []
+        done = {p.id for p, _, _ in copied}
+        encoded, failed = await self.vectors.encode([p for p in batch if p.id not in done])
+        encoded = [*copied, *encoded]
         report.rejected.extend((0, f"{p.id}: {reason}") for p, reason in failed)
         left_out.extend(p.id for p, _ in failed)
         await staged.upsert([pt for p, img, txt in encoded for pt in self._points(p, img, txt)])
         indexed.extend((p.id, states[p.id].content_hash or "") for p, _, _ in encoded if p.id in states)
         report.updated += len(encoded)
+        report.copied += len(copied)
+
+    async def _stored_vectors(
+        self, batch: list[Product], states: dict[str, IngestState]
+    ) -> list[tuple[Product, np.ndarray, np.ndarray]]:
+        """The products of ``batch`` whose live vectors are current (this model, this content, every image),
+        with those vectors."""
+        fingerprint = self.stamp.fingerprint
+        current = [p for p in batch if (st := states.get(p.id)) is not None and st.fingerprint == fingerprint
+                   and st.indexed_hash is not None and st.indexed_hash == st.content_hash]  # fmt: skip
+        stored = await self.index.vectors_of([p.id for p in current]) if current else {}
+        out = []
+        for product in current:
+            spaces = stored.get(product.id, {})
+            images, text = spaces.get(Modality.IMAGE, []), spaces.get(Modality.TEXT, [])
+            if len(images) == len(product.images) and text:
+                out.append((product, np.stack(images), text[0]))
+        return out

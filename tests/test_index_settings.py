@@ -148,7 +148,8 @@ async def test_settings_apply_to_new_collections_and_a_reindex_switches_them_und
         await asyncio.sleep(0.2)
         stop.set()
         await asker
-        assert errors == [] and report.updated == 24
+        # Same model: every product's current vectors are copied from the live collection, none re-embedded.
+        assert errors == [] and report.updated == report.copied == 24
         assert len(during) == 1 and during[0] > 0, during  # built once, with answers arriving meanwhile
         status = await stack.status(deep=False)
         assert status["qdrant"]["index"]["collection"] == {**IndexSpec().as_record(), **wanted}

@@ -244,6 +244,7 @@ async def test_fingerprint_refusal_then_reindex_fixes_it(
             await stack.ingest.ingest(catalog)
         assert (await stack.status())["qdrant"]["model_matches"] is False
         report = await stack.ingest.reindex()
+        assert report.copied == 0  # another model: every product embedded again
         assert report.updated == N_PRODUCTS
         assert len((await stack.search.search_text("red mug")).hits) == 10
         assert (await stack.status())["qdrant"]["model_matches"] is True

@@ -232,6 +232,7 @@ async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
         await asyncio.gather(*pending, return_exceptions=True)
     return {
         "reindexed": report.updated,
+        "copied": report.copied,
         "left_out": len(report.rejected),
         "seconds": round(report.seconds, 2),
     }
