@@ -254,6 +254,7 @@ def report_of(job: Any) -> IngestReport:
 
 def main() -> None:
     import pipeline.cli_jobs
+    import pipeline.cli_lifecycle
     import pipeline.cli_models
     import pipeline.cli_recommend
     import pipeline.cli_service  # noqa: F401  (they register their commands)

@@ -114,8 +114,11 @@ def demo_catalog(
 @guarded
 def train(
     model: Annotated[str, typer.Option(help="'small' (a compact CLIP from a config), a hub id or a folder")],
-    catalog: Annotated[Path, typer.Option(help="Catalog whose image-title pairs to learn")],
     out: Annotated[Path, typer.Option(help="Output folder (export takes it)")],
+    catalog: Annotated[Path | None, typer.Option(help="Catalog whose image-title pairs to learn")] = None,
+    pairs: Annotated[
+        Path | None, typer.Option(help="Or a pairs file (JSON lines: image, text, negatives, split)")
+    ] = None,
     heldout: Annotated[Path | None, typer.Option(help="Held-out pairs (default: heldout.jsonl beside)")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 12,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
@@ -125,8 +128,10 @@ def train(
     """Contrastive fine-tuning on the catalog; prints held-out recall@1/5/10 before and after."""
     from pipeline.export.finetune import train as run_training
 
+    if (catalog is None) == (pairs is None):
+        raise InvalidInput("give either --catalog or --pairs")
     report = run_training(model, catalog, out, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,
-                          seed=seed, log=lambda m: err.print(m, markup=False))  # fmt: skip
+                          seed=seed, log=lambda m: err.print(m, markup=False), pairs=pairs)  # fmt: skip
     err.print(f"[green]trained[/green] {report.pairs} pairs in {report.seconds:.0f} s → {out}")
     if report.after:
         err.print(f"held-out recall before {report.before} → after {report.after}", markup=False)

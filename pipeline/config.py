@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import InvalidInput
+from pipeline.lifecycle.settings import ModelsSettings
 from pipeline.stores.index_config import IndexSpec
 from pipeline.types import Precision
 
@@ -301,6 +302,11 @@ class Settings(BaseSettings):
     source: SourceSettings = SourceSettings()
     jobs: JobSettings = JobSettings()
     recommend: RecommendSettings = RecommendSettings()
+    models: ModelsSettings = ModelsSettings()
+
+    def models_root(self) -> Path:
+        """Where model versions keep their files: the setting, or ``models/`` beside the data."""
+        return self.models.root or self.qdrant.path.parent / "models"
 
     def service_file(self) -> Path:
         """Where the running service announces itself: the setting, or ``service.json`` beside the data."""

@@ -16,12 +16,13 @@ still what that decision asks for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import numpy as np
@@ -37,6 +38,9 @@ from pipeline.stores.mongo import IngestState, MongoStore
 from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
 from pipeline.stores.write_lock import WriteLock
 from pipeline.types import Modality
+
+if TYPE_CHECKING:
+    from pipeline.lifecycle.generation import Generation
 
 Progress = Callable[[int], None]
 
@@ -67,25 +71,49 @@ def _current(state: IngestState | None, content_hash: str, stamp: ModelStamp) ->
 
 
 class IngestService:
+    """Writes go to the stack's current generation, resolved under the write lock: a switch holds the lock
+    alone, so a write is decided, encoded and stored with one generation's model and collection. A switch made
+    by another process is followed (``follow``) before writing."""
+
     def __init__(
         self,
-        encoder: Encoder,
-        index: VectorIndex,
+        current: Callable[[], Generation],
         mongo: MongoStore,
         http: httpx.AsyncClient,
+        fetcher: ImageFetcher,
         lock: WriteLock,
         settings: IngestSettings,
         limits: LimitsSettings,
+        follow: Callable[[str | None], Awaitable[None]] | None = None,
     ) -> None:
-        self.encoder, self.index, self.mongo, self.http = encoder, index, mongo, http
+        self._current, self._follow = current, follow
+        self.mongo, self.http, self.fetcher = mongo, http, fetcher
         self.lock, self.settings, self.limits = lock, settings, limits
-        self.fetcher = ImageFetcher(http, settings, limits)
-        self.vectors = ProductVectors(encoder, self.fetcher)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._current().encoder
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._current().index
+
+    @property
+    def vectors(self) -> ProductVectors:
+        return self._current().vectors
 
     @property
     def stamp(self) -> ModelStamp:
         info = self.encoder.info
         return ModelStamp(info.fingerprint, info.dim, info.model)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """The shared write lock, on the generation writes go to now."""
+        async with self.lock.shared(self.settings.write_wait_s) as generation:
+            if self._follow is not None:
+                await self._follow(generation)
+            yield
 
     # --- images ----------------------------------------------------------------------------------------------
 
@@ -143,7 +171,7 @@ class IngestService:
         marks what it writes, so when it is resumed a product it already wrote counts as it did then; a
         ``source`` (a catalog source's key) marks where the products came from, for a sync's deletions.
         Waits for a running re-index."""
-        async with self.lock.shared(self.settings.write_wait_s):
+        async with self._writing():
             return await self._upsert(products, http, job, force, source)
 
     async def upsert_stream(
@@ -190,7 +218,7 @@ class IngestService:
                 except PipelineError:
                     ahead = None  # the batch's own turn below redoes the work, and raises if it still applies
                 pending.popleft()
-                async with self.lock.shared(self.settings.write_wait_s):
+                async with self._writing():
                     outcomes = await self._upsert(products, http, job, force, source, ahead)
                 yield outcomes
         finally:
@@ -256,7 +284,7 @@ class IngestService:
     async def delete(self, product_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Delete products everywhere; returns (deleted ids, unknown ids). Waits for a running re-index."""
         ids = list(dict.fromkeys(str(i) for i in product_ids))
-        async with self.lock.shared(self.settings.write_wait_s):
+        async with self._writing():
             states = await self.mongo.get_states(ids)  # one read, not one per id
             known = [i for i in ids if i in states]
             if known:

@@ -32,6 +32,7 @@ class Ahead:
 
     hashes: dict[str, str]
     encoded: dict[str, Vectors | str]
+    fingerprint: str = ""  # the model that made them (a switch in between makes them useless)
 
 
 class ProductVectors:
@@ -100,12 +101,15 @@ class ProductVectors:
         ok, failed = await self.encode(products, http, after=after)
         encoded: dict[str, Vectors | str] = {p.id: (img, txt) for p, img, txt in ok}
         encoded.update({p.id: reason for p, reason in failed})
-        return Ahead(hashes, encoded)
+        return Ahead(hashes, encoded, self.encoder.info.fingerprint)
 
     async def encode_reusing(
         self, products: Sequence[Product], hashes: dict[str, str], http: httpx.AsyncClient | None, ahead: Ahead | None
     ) -> Encoded:
-        """``encode(products)``, reusing what ``ahead`` holds for a product whose content hash is unchanged."""
+        """``encode(products)``, reusing what ``ahead`` holds for a product whose content hash is unchanged (and
+        only when this model made it)."""
+        if ahead is not None and ahead.fingerprint != self.encoder.info.fingerprint:
+            ahead = None
         done = {
             p.id: ahead.encoded[p.id]
             for p in products

@@ -112,6 +112,8 @@ class SearchResponse(BaseModel):
     cache_hit: bool | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     model: str = ""
+    generation: str = ""  # the model version that answered (its generation: that model + its collection)
+    query_id: str = ""  # names this answer in a click event
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]], whole: str = "body", limit: int = 5) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from pipeline.encoders.base import Encoder
 from pipeline.errors import InvalidInput, NotFound, PipelineError, StoreUnavailable
 from pipeline.events import EventLog
 from pipeline.fusion import Fusion, best_per_product, fuse
+from pipeline.lifecycle.queries import RecentQueries
 from pipeline.preprocess import check_text
 from pipeline.schemas import Hit, QueryKind, SearchFilters, SearchResponse
 from pipeline.stores.mongo import MongoStore
@@ -60,8 +62,12 @@ class SearchService:
         settings: SearchSettings,
         limits: LimitsSettings,
         overfetch: int,
+        generation: str = "",
+        recent: RecentQueries | None = None,
     ) -> None:
         self.encoder, self.index, self.mongo, self.cache, self.events = encoder, index, mongo, cache, events
+        self.generation = generation  # the model version whose generation this serves (named in every answer)
+        self.recent = recent  # answers a click may name
         self.settings, self.limits, self.overfetch = settings, limits, overfetch
         # A query (or a rank candidate) is held to the query limit, not the general text limit.
         self.query_limits = limits.model_copy(update={"max_text_chars": limits.max_query_chars})
@@ -182,7 +188,10 @@ class SearchService:
     ) -> SearchResponse:
         filters = filters or SearchFilters()
         timings: dict[str, float] = {}
+        query_id = uuid.uuid4().hex
         event: dict[str, Any] = {
+            "query_id": query_id,  # a click names it (POST /v1/events): a training pair, a click-through
+            "generation": self.generation,
             "kind": str(kind),
             "query": query,
             "filters": filters.model_dump(exclude_none=True),
@@ -245,10 +254,13 @@ class SearchService:
             timings_ms=timings,
             cache_hit=cache_hit,
             top_ids=[h.product_id for h in hits],
+            top_similarity=hits[0].similarity if hits else None,
             metadata_missing=metadata_missing,
             error=None,
         )
         self.events.record(event)
+        if self.recent is not None:
+            self.recent.add(query_id, self.generation, event["top_ids"])
         return SearchResponse(
             kind=kind,
             hits=hits,
@@ -256,4 +268,6 @@ class SearchService:
             cache_hit=cache_hit,
             timings_ms=timings,
             model=self.encoder.info.model,
+            generation=self.generation,
+            query_id=query_id,
         )

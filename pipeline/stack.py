@@ -6,11 +6,12 @@ embedded: onnxruntime in-process, Qdrant Edge under ``./data/qdrant``, and a mon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -18,11 +19,15 @@ import httpx
 from pipeline.cache import EmbeddingCache, ProductCache
 from pipeline.config import Settings
 from pipeline.encoders.base import Encoder
-from pipeline.encoders.factory import create_encoder
-from pipeline.errors import StoreUnavailable
+from pipeline.errors import PipelineError, StoreUnavailable
 from pipeline.events import EventLog
+from pipeline.image_fetch import ImageFetcher
 from pipeline.ingest import IngestService
 from pipeline.jobs.store import JobStore
+from pipeline.lifecycle.generation import Generation, Shared, open_generation
+from pipeline.lifecycle.queries import RecentQueries
+from pipeline.lifecycle.registry import ModelRegistry, ModelVersion, checkpoint_of
+from pipeline.manifest import load_manifest
 from pipeline.recommend.events import ShopperEventStore
 from pipeline.recommend.service import RecommendService
 from pipeline.search import SearchService
@@ -30,7 +35,7 @@ from pipeline.stores.index_config import IndexSpec, memory_estimate
 from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.mongod import ManagedMongod
-from pipeline.stores.vectors import IndexInfo, ModelStamp, VectorIndex
+from pipeline.stores.vectors import IndexInfo, VectorIndex
 from pipeline.stores.write_lock import WriteLock
 from pipeline.types import Modality
 
@@ -40,23 +45,104 @@ log = logging.getLogger(__name__)
 @dataclass
 class Stack:
     settings: Settings
-    encoder: Encoder
-    index: VectorIndex
-    mongo: MongoStore
-    cache: EmbeddingCache
-    events: EventLog
-    search: SearchService
+    shared: Shared
+    gen: Generation  # the current generation: read it once per request (the properties below do)
     ingest: IngestService
     keys: KeyStore
     mongod: ManagedMongod | None
     jobs: JobStore
-    recommend: RecommendService
+    registry: ModelRegistry
+    generations: dict[str, Generation] = field(default_factory=dict)  # open ones, by version
+    _switching: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def mongo(self) -> MongoStore:
+        return self.shared.mongo
+
+    @property
+    def events(self) -> EventLog:
+        return self.shared.events
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.gen.encoder
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.gen.index
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        return self.gen.cache
+
+    @property
+    def search(self) -> SearchService:
+        return self.gen.search
+
+    @property
+    def recommend(self) -> RecommendService:
+        return self.gen.recommend
+
+    # --- generations -------------------------------------------------------------------------------------
+
+    async def open_version(self, version: ModelVersion) -> Generation:
+        """``version``'s generation, opened once per process (its collection is created empty when absent)."""
+        gen = self.generations.get(version.version)
+        if gen is None or gen.version.fingerprint != version.fingerprint:
+            gen = await open_generation(self.shared, version)
+            self.generations[version.version] = gen
+        gen.version = version
+        return gen
+
+    def switch(self, gen: Generation) -> None:
+        """Serve ``gen`` from now on (the caller holds ``switching``). The previous generation stays open for a
+        rollback; any older one is closed once requests that started on it are done."""
+        previous, self.gen = self.gen, gen
+        keep = {gen.name, previous.name}
+        for name in [n for n in self.generations if n not in keep]:
+            old = self.generations.pop(name)
+            task = asyncio.create_task(self._close_later(old), name=f"close generation {name}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        log.info("serving generation %s (%s)", gen.name, gen.encoder.info.model)
+
+    async def _close_later(self, gen: Generation) -> None:
+        await asyncio.sleep(self.settings.models.drain_s)
+        try:
+            await gen.aclose()
+        except PipelineError as exc:
+            log.warning("closing generation %s: %s", gen.name, exc)
+
+    @property
+    def switching(self) -> asyncio.Lock:
+        """Held across a switch, and by a follower reading which generation is active."""
+        return self._switching
+
+    async def follow(self, generation: str | None = None) -> None:
+        """Serve the active generation when another process switched it: ``generation`` as the write lock
+        records it (a writer, under the lock), or, with none, as the registry says (the service's poll)."""
+        if generation is not None and generation == self.gen.name:
+            return
+        async with self._switching:
+            name = generation or await self.registry.active_version()
+            if name is None or name == self.gen.name:
+                return
+            self.switch(await self.open_version(await self.registry.get(name)))
+
+    async def aclose_generations(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*(g.aclose() for g in self.generations.values()), return_exceptions=True)
+        self.generations.clear()
 
     async def status(self, deep: bool = True) -> dict[str, Any]:
         """Counts in MongoDB and Qdrant, the model, cache and event-log figures, health; with ``deep``, also
         whether the two stores hold the same product ids (reads every id: for the CLI, not for a page that
         refreshes every few seconds)."""
-        info = self.encoder.info
+        gen = self.gen
+        info = gen.encoder.info
         out: dict[str, Any] = {
             "encoder": {
                 "backend": info.backend,
@@ -65,7 +151,8 @@ class Stack:
                 "dim": info.dim,
                 "fingerprint": info.fingerprint,
             },
-            "cache": vars(self.cache.stats()) | {"hit_rate": round(self.cache.stats().hit_rate, 3)},
+            "generation": gen.name,
+            "cache": vars(gen.cache.stats()) | {"hit_rate": round(gen.cache.stats().hit_rate, 3)},
             "events": {"written": self.events.written, "dropped": self.events.dropped, "pending": self.events.pending},
         }
         mongo_ids: set[str] | None = None
@@ -81,8 +168,8 @@ class Stack:
         except StoreUnavailable as exc:
             out["mongo"] = {"healthy": False, "error": str(exc)}
         try:
-            index = await self.index.info()
-            qdrant_ids = await self.index.product_ids() if deep else None
+            index = await gen.index.info()
+            qdrant_ids = await gen.index.product_ids() if deep else None
             stamp = index.stamp
             out["qdrant"] = {
                 "healthy": True,
@@ -166,13 +253,11 @@ async def open_mongo(
 async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
     """Build and open every part; close them all, in reverse, however the block ends."""
     async with contextlib.AsyncExitStack() as exit_stack:
-        encoder = await create_encoder(settings)
-        exit_stack.push_async_callback(encoder.aclose)
-
         mongo, mongod = await open_mongo(settings, exit_stack)
         keys = KeyStore(mongo.api_keys)
         jobs = JobStore(mongo.jobs)
         shopper_events = ShopperEventStore(mongo.shopper_events)
+        registry = ModelRegistry(mongo.model_versions)
         try:
             await mongo.ensure_indexes(settings.events.retention_days * 86400)
             await keys.ensure_indexes()
@@ -180,11 +265,7 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
             await shopper_events.ensure_indexes(settings.recommend.retention_days)
         except StoreUnavailable as exc:  # searches still answer without metadata; say so once
             log.warning("MongoDB is not reachable at start-up: %s", exc)
-
-        index = create_index(settings)
-        exit_stack.push_async_callback(index.aclose)
-        info = encoder.info
-        await index.open(ModelStamp(info.fingerprint, info.dim, info.model))
+        active = await active_version(settings, registry)
 
         ev = settings.events
         events = EventLog(mongo.insert_events, ev.queue_size, ev.batch_size, ev.flush_interval_s)
@@ -192,13 +273,28 @@ async def open_stack(settings: Settings) -> AsyncIterator[Stack]:
         exit_stack.push_async_callback(functools.partial(events.aclose, settings.events.flush_timeout_s))
         http = httpx.AsyncClient(timeout=settings.ingest.http_timeout_s, follow_redirects=True)
         exit_stack.push_async_callback(http.aclose)
+        fetcher = ImageFetcher(http, settings.ingest, settings.limits)
+        shared = Shared(settings, mongo, events, shopper_events, fetcher, RecentQueries(mongo.events))
 
-        cache = EmbeddingCache(settings.cache.max_entries, settings.cache.ttl_s)
-        search = SearchService(
-            encoder, index, mongo, cache, events, settings.search, settings.limits, settings.qdrant.overfetch
-        )
+        gen = await open_generation(shared, active)
         lock = WriteLock(mongo.write_locks, settings.qdrant.collection)
-        ingest = IngestService(encoder, index, mongo, http, lock, settings.ingest, settings.limits)
-        recommend = RecommendService(index, mongo, shopper_events, encoder, settings.recommend, settings.search,
-                                     settings.qdrant.overfetch)  # fmt: skip
-        yield Stack(settings, encoder, index, mongo, cache, events, search, ingest, keys, mongod, jobs, recommend)
+        holder: list[Stack] = []
+        ingest = IngestService(lambda: holder[0].gen, mongo, http, fetcher, lock, settings.ingest, settings.limits,
+                               follow=lambda name: holder[0].follow(name))  # fmt: skip
+        stack = Stack(settings, shared, gen, ingest, keys, mongod, jobs, registry, {gen.name: gen})
+        holder.append(stack)
+        exit_stack.push_async_callback(stack.aclose_generations)
+        yield stack
+
+
+async def active_version(settings: Settings, registry: ModelRegistry) -> ModelVersion:
+    """The version to serve: the registry's active one (the configured repository registered as the first
+    version when the registry is empty). With MongoDB down at start-up, the configured repository with the
+    configured collection (the first generation; the service follows the registry once MongoDB answers)."""
+    repository = await asyncio.to_thread(settings.encoder.model_repository.resolve)
+    manifest = await asyncio.to_thread(load_manifest, repository)
+    try:
+        return await registry.ensure_initial(manifest, repository, await asyncio.to_thread(checkpoint_of, manifest))
+    except StoreUnavailable as exc:
+        log.warning("model registry unreachable (%s): serving %s with the configured collection", exc, repository)
+        return ModelVersion.of("v1", manifest, repository, None, base=True, built=True)

@@ -50,6 +50,8 @@ class WireSearch(BaseModel):
     took_ms: float
     cached: bool | None = Field(description="Query embedding from the cache; null for stored vectors")
     model: str
+    generation: str = Field(default="", description="The model version that answered, entirely")
+    query_id: str = Field(default="", description="Names this answer in a click event (POST /v1/events)")
     kind: QueryKind
     metadata_missing: bool = False
     timings_ms: dict[str, float] = Field(default_factory=dict)
@@ -59,12 +61,14 @@ class WireSearch(BaseModel):
         hits = [WireHit(id=h.product_id, **h.model_dump(exclude={"product_id", "product"}), product=h.product)
                 for h in r.hits]  # fmt: skip
         return cls(hits=hits, took_ms=r.timings_ms.get("total", 0.0), cached=r.cache_hit, model=r.model,
-                   kind=r.kind, metadata_missing=r.metadata_missing, timings_ms=r.timings_ms)  # fmt: skip
+                   generation=r.generation, query_id=r.query_id, kind=r.kind,
+                   metadata_missing=r.metadata_missing, timings_ms=r.timings_ms)  # fmt: skip
 
     def to_response(self) -> SearchResponse:
         hits = [Hit(product_id=h.id, **h.model_dump(exclude={"id", "product"}), product=h.product) for h in self.hits]
         return SearchResponse(kind=self.kind, hits=hits, metadata_missing=self.metadata_missing,
-                              cache_hit=self.cached, timings_ms=self.timings_ms, model=self.model)  # fmt: skip
+                              cache_hit=self.cached, timings_ms=self.timings_ms, model=self.model,
+                              generation=self.generation, query_id=self.query_id)  # fmt: skip
 
 
 class RankRequest(BaseModel):

@@ -7,6 +7,7 @@ lets in-flight requests finish, then the lifespan closes the stack, which gives 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from pipeline.api.deps import Service
 from pipeline.api.fetch import url_client
 from pipeline.api.metrics import Metrics
 from pipeline.api.middleware import RequestContext
-from pipeline.api.routes import buyers, dev, health, jobs, keys, products, rank, search
+from pipeline.api.routes import buyers, dev, health, jobs, keys, models, products, rank, search
 from pipeline.config import Settings
 from pipeline.errors import ModelError, PipelineError
 from pipeline.jobs.celery_app import CeleryRunner, check_celery
@@ -58,6 +59,22 @@ def _runner(settings: Settings, stack: Stack, urls: httpx.AsyncClient) -> JobRun
     return LocalRunner(stack, stack.jobs, urls)
 
 
+async def _follow(stack: Stack) -> None:
+    """Switch to the active generation when another process (a Celery worker's activation) changed it."""
+    while True:
+        await asyncio.sleep(stack.settings.models.follow_s)
+        try:
+            await stack.follow()
+        except PipelineError as exc:
+            log.warning("following the active model version: %s", exc)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
     """The service. ``public_url``: where it listens, announced in the service file for local clients (none
     is written without it)."""
@@ -88,6 +105,8 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
             metrics.attach(stack)
             runner = _runner(settings, stack, urls)
             await runner.start()
+            follower = asyncio.create_task(_follow(stack), name="follow the active generation")
+            exits.push_async_callback(_stop, follower)
             exits.push_async_callback(runner.aclose)  # before the stack closes: a running job is handed back
             app.state.service = Service(settings, stack, auth, metrics, urls, uploads, runner)
             if announce:
@@ -104,7 +123,8 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    routers = (health.router, search.router, rank.router, products.router, keys.router, jobs.router, buyers.router)
+    routers = (health.router, search.router, rank.router, products.router, keys.router, jobs.router, buyers.router,
+               models.router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     if settings.environment != "production":

@@ -55,16 +55,34 @@ class Metrics:
         self.queries = Counter("search_queries", "Queries answered", ["kind"], registry=r)
         self.products = Gauge("catalog_products", "Products in each store", ["store"], registry=r)
         self.model = Info("model", "The model being served", registry=r)
+        # Per generation (model version): queries, their top-1 similarity, clicks on their results within
+        # the top 1/5/10 (click-through rate at k = clicks within k / queries).
+        self.gen_queries = Counter("generation_queries", "Queries answered, by generation", ["generation"],
+                                   registry=r)  # fmt: skip
+        self.gen_top1 = Histogram("generation_top1_similarity", "Top-1 similarity by generation", ["generation"],
+                                  registry=r, buckets=_SIMILARITY_BUCKETS)  # fmt: skip
+        self.gen_clicks = Counter("generation_clicks", "Clicks on a result, by generation and rank reached",
+                                  ["generation", "within"], registry=r)  # fmt: skip
 
     def attach(self, stack: Stack) -> None:
         info = stack.encoder.info
         self.model.info({"name": info.model, "fingerprint": info.fingerprint, "precision": str(info.precision),
                          "backend": info.backend, "dim": str(info.dim)})  # fmt: skip
         self.registry.register(_StackCollector(stack))
+        stack.shared.on_click.append(self.click)
+
+    def click(self, generation: str, rank: int | None) -> None:
+        for k in (1, 5, 10):
+            if rank is not None and rank <= k:
+                self.gen_clicks.labels(generation, str(k)).inc()
+        self.gen_clicks.labels(generation, "any").inc()
 
     def observe(self, response: SearchResponse) -> None:
         kind = str(response.kind)
         self.queries.labels(kind).inc()
+        self.gen_queries.labels(response.generation).inc()
+        if response.hits:
+            self.gen_top1.labels(response.generation).observe(response.hits[0].similarity)
         for stage, ms in response.timings_ms.items():
             if stage != "total":
                 self.stage.labels(kind, stage).observe(ms / 1000)
@@ -75,6 +93,9 @@ class Metrics:
 
     async def render(self, stack: Stack) -> bytes:
         """The exposition text; product counts are read fresh (bounded by a short timeout)."""
+        info = stack.encoder.info
+        self.model.info({"name": info.model, "fingerprint": info.fingerprint, "precision": str(info.precision),
+                         "backend": info.backend, "dim": str(info.dim), "generation": stack.gen.name})  # fmt: skip
         try:
             async with asyncio.timeout(5.0):
                 counts = await stack.mongo.counts()

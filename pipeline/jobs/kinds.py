@@ -22,7 +22,17 @@ import httpx
 from pipeline.catalog import Row, count_rows, read_catalog
 from pipeline.errors import InvalidInput
 from pipeline.jobs.context import Cancelled, JobContext, ProgressHook, tally
-from pipeline.jobs.model import PARAMS, EmbedAllParams, IdsParams, IngestParams, JobKind, NoParams, RowError
+from pipeline.jobs.model import (
+    PARAMS,
+    ActivateParams,
+    EmbedAllParams,
+    IdsParams,
+    IngestParams,
+    JobKind,
+    NoParams,
+    RowError,
+    TrainParams,
+)
 from pipeline.jobs.sync import run_source_ingest, run_sync
 from pipeline.schemas import Product
 
@@ -238,6 +248,18 @@ async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
     }
 
 
+async def run_train_kind(ctx: JobContext, p: TrainParams) -> dict[str, Any]:
+    from pipeline.lifecycle.train_job import run_train
+
+    return await run_train(ctx, p)
+
+
+async def run_activate_kind(ctx: JobContext, p: ActivateParams) -> dict[str, Any]:
+    from pipeline.lifecycle.train_job import run_activate
+
+    return await run_activate(ctx, p.version, p.force)
+
+
 _Kind = Callable[[JobContext, Any], Awaitable[dict[str, Any]]]
 KINDS: dict[JobKind, _Kind] = {
     JobKind.INGEST: run_ingest,
@@ -246,6 +268,8 @@ KINDS: dict[JobKind, _Kind] = {
     JobKind.EMBED_ALL: run_embed_all,
     JobKind.DELETE: run_delete,
     JobKind.REINDEX: run_reindex,
+    JobKind.TRAIN: run_train_kind,
+    JobKind.ACTIVATE: run_activate_kind,
 }
 
 

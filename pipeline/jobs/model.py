@@ -31,6 +31,8 @@ class JobKind(StrEnum):
     EMBED_ALL = "embed-all"  # every product, in id order
     DELETE = "delete"  # products by id
     REINDEX = "reindex"  # a new collection with the current model, swapped in atomically
+    TRAIN = "train"  # fine-tune a version on the catalog and on clicks; export it as a candidate version
+    ACTIVATE = "activate"  # build a version's collection in the background, validate it, switch to it
 
 
 # Kinds that pick up where they stopped after an interruption (the rest stay interrupted: submit them again).
@@ -74,6 +76,23 @@ class NoParams(_Params):
     pass
 
 
+class TrainParams(_Params):
+    base: str | None = Field(default=None, description="The version to fine-tune (default: the active one)")
+    checkpoint: str | None = Field(default=None, description="Or a checkpoint folder on the service's machine")
+    catalog: bool = Field(default=True, description="Train on the catalog's image-title pairs")
+    clicks: bool = Field(default=True, description="Train on pairs mined from shoppers' clicks")
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    batch_size: int | None = Field(default=None, ge=2, le=4096)
+    lr: float | None = Field(default=None, gt=0, le=1)
+    activate: bool = Field(default=False, description="Then build, validate and switch to the candidate")
+    force: bool = Field(default=False, description="With activate: switch even when validation refuses it")
+
+
+class ActivateParams(_Params):
+    version: str = Field(min_length=1, max_length=64)
+    force: bool = Field(default=False, description="Switch even when validation refuses the candidate")
+
+
 PARAMS: dict[JobKind, type[_Params]] = {
     JobKind.INGEST: IngestParams,
     JobKind.SYNC: SyncParams,
@@ -81,6 +100,8 @@ PARAMS: dict[JobKind, type[_Params]] = {
     JobKind.EMBED_ALL: EmbedAllParams,
     JobKind.DELETE: IdsParams,
     JobKind.REINDEX: NoParams,
+    JobKind.TRAIN: TrainParams,
+    JobKind.ACTIVATE: ActivateParams,
 }
 
 
@@ -88,7 +109,8 @@ def needs_admin(kind: JobKind, params: dict[str, Any]) -> bool:
     """Kinds, and parameters, only admin keys may submit (or cancel): a re-index, anything naming a file on the
     service's machine or a database to read (a source of the caller's own; the configured one is fine)."""
     named_source = isinstance(params.get("source"), dict)
-    return kind is JobKind.REINDEX or bool(params.get("path")) or named_source
+    admin_kinds = (JobKind.REINDEX, JobKind.TRAIN, JobKind.ACTIVATE)
+    return kind in admin_kinds or bool(params.get("path")) or named_source
 
 
 def shown_params(params: dict[str, Any], admin: bool) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def split(
     for e in events:
         if e.ts is None:
             counts.undated += 1
-        else:
+        elif e.buyer_id is not None:  # an anonymous click on a search answer has no buyer to split by
             by_buyer.setdefault(e.buyer_id, []).append(e)
     utc = dt.datetime.now(dt.UTC)
     cases = []

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pymongo import ASCENDING, DESCENDING, InsertOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -36,13 +36,26 @@ class EventType(StrEnum):
 class ShopperEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    buyer_id: BuyerId
+    buyer_id: BuyerId | None = Field(default=None, description="Who (optional only for a click naming a query_id)")
     product_id: ProductId
     type: EventType
     ts: dt.datetime | None = Field(default=None, description="When it happened (default: when received)")
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
         default=None, description="Makes sending it again a no-op"
     )
+    query_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None,
+        description="A click on a search result: the answer's query_id (a training pair for the model, and a "
+        "click-through for the generation that answered); an unknown one is ignored and counted",
+    )
+
+    @model_validator(mode="after")
+    def _who(self) -> ShopperEvent:
+        if self.buyer_id is None and self.query_id is None:
+            raise ValueError("buyer_id is required (it may be left out only for a click naming a query_id)")
+        if self.query_id is not None and self.type is not EventType.CLICK:
+            raise ValueError("query_id goes with type click")
+        return self
 
 
 class Interaction(BaseModel):
@@ -78,13 +91,19 @@ class ShopperEventStore:
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
-    async def insert(self, events: Sequence[tuple[ShopperEvent, dt.datetime]]) -> tuple[int, int]:
-        """Store events (each with its UTC time); returns (stored, duplicates)."""
+    async def insert(
+        self, events: Sequence[tuple[ShopperEvent, dt.datetime]], extra: Mapping[int, dict[str, Any]] | None = None
+    ) -> tuple[int, int]:
+        """Store events (each with its UTC time; ``extra``: more fields by position); returns (stored,
+        duplicates)."""
         now = dt.datetime.now(dt.UTC)
         ops = []
-        for event, ts in events:
+        for i, (event, ts) in enumerate(events):
             doc = {"_id": event.event_id or uuid.uuid4().hex, "buyer_id": event.buyer_id,
                    "product_id": event.product_id, "type": event.type.value, "ts": ts, "received": now}  # fmt: skip
+            if event.query_id is not None:
+                doc["query_id"] = event.query_id
+            doc.update((extra or {}).get(i, {}))
             ops.append(InsertOne(doc))
         if not ops:
             return 0, 0

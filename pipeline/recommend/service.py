@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from cachetools import LRUCache, TTLCache
@@ -23,6 +24,7 @@ from pipeline.config import RecommendSettings, SearchSettings
 from pipeline.encoders.base import Encoder
 from pipeline.errors import StoreUnavailable
 from pipeline.fusion import Fusion, best_per_product, fuse
+from pipeline.lifecycle.queries import RecentQueries
 from pipeline.recommend.buyer import Buyer, closest_many, encode_points, mmr, product_point, reason
 from pipeline.recommend.events import EventType, Interaction, ShopperEvent, ShopperEventStore, aware
 from pipeline.recommend.models import EventError, EventsResult, Exclude, Recommendations, RecommendHit
@@ -30,6 +32,8 @@ from pipeline.schemas import Product, SearchFilters
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import SpaceQuery, VectorIndex, category_levels
 from pipeline.types import Modality
+
+ClickHook = Callable[[str, int | None], None]  # (generation that answered, rank of the clicked product or None)
 
 
 def matches(product: Product, filters: SearchFilters) -> bool:
@@ -62,8 +66,11 @@ class RecommendService:
         settings: RecommendSettings,
         search: SearchSettings,
         overfetch: int,
+        queries: RecentQueries | None = None,
+        on_click: Sequence[ClickHook] = (),
     ) -> None:
         self.index, self.mongo, self.store, self.encoder = index, mongo, store, encoder
+        self.queries, self.on_click = queries, on_click  # which answer a click was on; who hears of clicks
         self.settings, self.search, self.overfetch = settings, search, overfetch
         self._buyers: TTLCache[tuple[str, str], tuple[Buyer | None, list[Interaction]]] | None = None
         # What a stored buyer's exclusions leave out (their whole history), kept and dropped with the vector.
@@ -98,14 +105,41 @@ class RecommendService:
                 timely.append((event, ts))
         known = await self.mongo.get_states(list({e.product_id for e, _ in timely}))
         kept = [(e, ts) for e, ts in timely if e.product_id in known]
-        stored, duplicates = await self.store.insert(kept)
+        kept, extra, unknown_queries = await self._answers(kept)
+        stored, duplicates = await self.store.insert(kept, extra)
         if self._buyers is not None and self._exclusions is not None:
             for event, _ in kept:
+                if event.buyer_id is None:
+                    continue
                 self._buyers.pop((event.buyer_id, self.encoder.info.fingerprint), None)
                 for exclude in Exclude:
                     self._exclusions.pop((event.buyer_id, exclude), None)
-        return EventsResult(accepted=stored, duplicates=duplicates, unknown_products=len(timely) - len(kept),
-                            rejected=rejected)  # fmt: skip
+        return EventsResult(accepted=stored, duplicates=duplicates,
+                            unknown_products=len(timely) - len(kept) - unknown_queries,
+                            unknown_queries=unknown_queries, rejected=rejected)  # fmt: skip
+
+    async def _answers(self, events: list[tuple[ShopperEvent, dt.datetime]]
+                       ) -> tuple[list[tuple[ShopperEvent, dt.datetime]], dict[int, dict[str, Any]], int]:  # fmt: skip
+        """Clicks on a search answer: the generation that answered and the rank of the product in it are
+        stored with the click; a click naming an unknown query id is ignored (and counted)."""
+        ids = {e.query_id for e, _ in events if e.query_id is not None}
+        if not ids:
+            return events, {}, 0
+        answers = await self.queries.resolve(ids) if self.queries is not None else {}
+        kept: list[tuple[ShopperEvent, dt.datetime]] = []
+        extra: dict[int, dict[str, Any]] = {}
+        for event, ts in events:
+            if event.query_id is not None:
+                answer = answers.get(event.query_id)
+                if answer is None:
+                    continue
+                generation, shown = answer
+                rank = shown.index(event.product_id) + 1 if event.product_id in shown else None
+                extra[len(kept)] = {"generation": generation, "rank": rank}
+                for hook in self.on_click:
+                    hook(generation, rank)
+            kept.append((event, ts))
+        return kept, extra, len(events) - len(kept)
 
     # --- buyers ----------------------------------------------------------------------------------------------
 

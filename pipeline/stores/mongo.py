@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from bson.errors import BSONError
@@ -90,6 +91,7 @@ class MongoStore:
         self.jobs = db["jobs"]
         self.sync_state = db["sync_state"]  # per catalog source: how far its last sync read
         self.shopper_events = db["shopper_events"]  # views, carts, purchases (pipeline.recommend)
+        self.model_versions = db["model_versions"]  # the model registry (pipeline.lifecycle)
 
     async def ensure_indexes(self, events_retention_s: float = 0) -> None:
         """Indexes for the reads the stack makes; events expire after ``events_retention_s`` (0: never)."""
@@ -98,6 +100,8 @@ class MongoStore:
                 await self.products.create_index([(field, ASCENDING)])
             await self.products.create_index([("indexed_hash", ASCENDING)])
             await self.products.create_index([("source", ASCENDING)], sparse=True)
+            await self.products.create_index([("written_at", ASCENDING)], sparse=True)
+            await self.events.create_index([("query_id", ASCENDING)], sparse=True)
             await ts_index(self.events, int(events_retention_s))
             await self.events.create_index([("kind", ASCENDING), ("ts", ASCENDING)])
         except PyMongoError as exc:
@@ -144,10 +148,12 @@ class MongoStore:
         a ``source`` key records where they came from (kept when None)."""
         self._products.drop([p.id for p, _ in products])
         ops = []
+        now = datetime.now(UTC)
         for product, content_hash in products:
             doc = product.model_dump(mode="json", exclude={"id"})
             fields = {**{k: None for k in _FIELDS if k != "id"}, **doc}
-            written = {"job": job, "job_status": statuses.get(product.id)}
+            # written_at: what a generation built meanwhile (a shadow build, a rollback) catches up on.
+            written = {"job": job, "job_status": statuses.get(product.id), "written_at": now}
             if source is not None:
                 written["source"] = source
             ops.append(
@@ -167,6 +173,26 @@ class MongoStore:
             for pid, h in items
         ]
         await self._bulk(ops)
+
+    async def restamp(self, fingerprint: str) -> None:
+        """After a switch of generation: every indexed product's vectors are now those of ``fingerprint``."""
+        try:
+            await self.products.update_many({"indexed_hash": {"$ne": None}}, {"$set": {"fingerprint": fingerprint}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def written_since(self, since: datetime) -> list[Product]:
+        """Products written (added or changed) at or after ``since``."""
+        try:
+            return [_to_product(d) async for d in self.products.find({"written_at": {"$gte": since}})]
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
+
+    async def all_ids(self) -> set[str]:
+        try:
+            return {str(d["_id"]) async for d in self.products.find({}, {"_id": 1})}
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: {exc}") from exc
 
     async def mark_unindexed(self, ids: Sequence[str]) -> None:
         try:

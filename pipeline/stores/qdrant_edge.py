@@ -174,6 +174,14 @@ class EdgeIndex:
             self._lock_fh.close()
             self._lock_fh = None
 
+    async def drop(self) -> None:
+        """Delete this collection (its live shard and pointer) and close the handle."""
+        live = self._live
+        await self.aclose()
+        if live is not None:
+            await asyncio.to_thread(shutil.rmtree, live.path, True)
+        self._pointer().unlink(missing_ok=True)
+
     @staticmethod
     def _close_shard(live: _Shard) -> None:
         if live.shard is not None:

@@ -316,5 +316,15 @@ class ServerIndex:
                 await asyncio.sleep(1.0)
         raise StoreUnavailable(f"Qdrant at {self.url}: the index of {name} was not built in time; re-index again")
 
+    async def drop(self) -> None:
+        """Delete this alias and the collection it names, and close the handle."""
+        async with self._call("drop collection"):
+            target = await self._alias_target()
+            if target is not None:
+                await self._client.update_collection_aliases(change_aliases_operations=[
+                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias))])  # fmt: skip
+                await self._client.delete_collection(target)
+        await self.aclose()
+
     async def aclose(self) -> None:
         await self._client.close()

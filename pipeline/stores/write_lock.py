@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -42,22 +43,26 @@ class WriteLock:
         """The document, when no live re-index holds it."""
         return {"_id": self.name, "$or": [{"reindex": None}, {"reindex.expires": {"$lt": now}}]}
 
-    async def _take(self, update: dict[str, Any]) -> bool:
+    async def _take(self, update: dict[str, Any]) -> dict[str, Any] | None:
+        """The document once taken (None: a live re-index holds it)."""
         try:
-            await self._locks.update_one(self._free(_now()), update, upsert=True)
+            doc = await self._locks.find_one_and_update(self._free(_now()), update, {"generation": 1}, upsert=True,
+                                                        return_document=ReturnDocument.AFTER)  # fmt: skip
         except DuplicateKeyError:  # the document exists and a live re-index holds it
-            return False
+            return None
         except PyMongoError as exc:
             raise StoreUnavailable(f"MongoDB: write lock on {self.name!r}: {exc}") from exc
-        return True
+        return doc or {}
 
     @contextlib.asynccontextmanager
-    async def shared(self, wait_s: float) -> AsyncIterator[None]:
+    async def shared(self, wait_s: float) -> AsyncIterator[str | None]:
         """Held by product writes (ingest, upsert, delete); waits up to ``wait_s`` for a running re-index,
-        then raises Busy."""
+        then raises Busy. Yields the model generation writes go to (what the last switch recorded; None before
+        any), so a process that has not yet heard of a switch made elsewhere follows it before it writes."""
         token = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
-        while not await self._take({"$push": {"writers": {"token": token, "expires": _now() + self._lease}}}):
+        while (doc := await self._take({"$push": {"writers": {"token": token, "expires": _now() + self._lease}}})
+               ) is None:  # fmt: skip
             if time.monotonic() >= deadline:
                 raise Busy(
                     f"a re-index of {self.name!r} is running; writes wait for it up to {wait_s:.0f} s "
@@ -66,7 +71,7 @@ class WriteLock:
             await asyncio.sleep(self._poll_s)
         try:
             async with self._renewing({"writers.token": token}, "writers.$.expires"):
-                yield
+                yield doc.get("generation")
         finally:
             await self._release({"$pull": {"writers": {"token": token}}})
 
@@ -75,7 +80,7 @@ class WriteLock:
         """Held by a re-index: new writers wait from now on; returns once the writers already in are done."""
         token = uuid.uuid4().hex
         for attempt in range(3):  # a duplicate key can also mean two holders created the document at once
-            if await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}):
+            if await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}) is not None:
                 break
             await asyncio.sleep(self._poll_s * (attempt + 1))
         else:
@@ -86,6 +91,13 @@ class WriteLock:
                 yield
         finally:
             await self._release({"$set": {"reindex": None}}, {"reindex.token": token})
+
+    async def set_generation(self, generation: str) -> None:
+        """Record, while holding it exclusively, the generation writes go to from now on (a switch)."""
+        try:
+            await self._locks.update_one({"_id": self.name}, {"$set": {"generation": generation}})
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"MongoDB: write lock on {self.name!r}: {exc}") from exc
 
     async def _drain(self) -> None:
         while True:
