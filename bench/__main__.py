@@ -56,6 +56,20 @@ def scale(
     run(tuple(int(s) for s in sizes.split(",")))
 
 
+@app.command()
+def lifecycle(
+    demo: str = typer.Option("data/demo", help="make demo's folder (catalog and model built there when absent)"),
+    epochs: int = typer.Option(4, help="epochs of each training run"),
+    lr: float = typer.Option(1e-4, help="learning rate of both runs"),
+) -> None:
+    """Shoppers' clicks vs the catalog alone: two training jobs from the demo model, held-out recall@1/5/10."""
+    from pathlib import Path
+
+    from bench.lifecycle import run
+
+    run(Path(demo), epochs, lr)
+
+
 @app.command("int8-kernels")
 def int8_kernels(repeat: int = typer.Option(20, help="timed calls per row")) -> None:
     """Dynamic INT8 with signed (U8S8) vs unsigned (U8U8, export's) weights: per-row latency, cosine to FP32."""

@@ -260,7 +260,7 @@ class SearchService:
         )
         self.events.record(event)
         if self.recent is not None:
-            self.recent.add(query_id, self.generation, event["top_ids"])
+            self.recent.add(query_id, self.generation, event["top_ids"][:50])  # a click further down: rank unknown
         return SearchResponse(
             kind=kind,
             hits=hits,

@@ -89,7 +89,10 @@ class Stack:
     async def open_version(self, version: ModelVersion) -> Generation:
         """``version``'s generation, opened once per process (its collection is created empty when absent)."""
         gen = self.generations.get(version.version)
-        if gen is None or gen.version.fingerprint != version.fingerprint:
+        if gen is not None and gen.encoder.info.fingerprint != version.fingerprint and gen is not self.gen:
+            await self.release(gen)  # its files were replaced (a re-export in place): open them again
+            gen = None
+        if gen is None:
             gen = await open_generation(self.shared, version)
             self.generations[version.version] = gen
         gen.version = version
@@ -106,6 +109,17 @@ class Stack:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         log.info("serving generation %s (%s)", gen.name, gen.encoder.info.model)
+
+    async def release(self, gen: Generation) -> None:
+        """Close a generation this stack does not serve (after a failed activation, or a retirement)."""
+        if gen is self.gen:
+            return
+        if self.generations.get(gen.name) is gen:
+            del self.generations[gen.name]
+        try:
+            await gen.aclose()
+        except PipelineError as exc:
+            log.warning("closing generation %s: %s", gen.name, exc)
 
     async def _close_later(self, gen: Generation) -> None:
         await asyncio.sleep(self.settings.models.drain_s)

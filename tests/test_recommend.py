@@ -37,7 +37,9 @@ async def test_buyer_vector_and_ranking_match_a_numpy_reference(app_client, cata
     history = [_event("mug-red-0", "purchase", 1), _event("mug-red-1", "add_to_cart", 3),
                _event("shirt-blue-0", "view", 20), _event("poster-green-1", "view", 40)]  # fmt: skip
     r = await client.post("/v1/events", json={"events": history})
-    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_products": 0, "rejected": []}, r.text
+    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_products": 0, "unknown_queries": 0, "rejected": []}, (
+        r.text
+    )
 
     # The buyer vector: Σ weight(type) · 0.5^(age / half-life) · product vector, per space, normalised.
     stored = await svc.stack.index.vectors_of([e["product_id"] for e in history])

@@ -382,10 +382,10 @@ def test_compose_file_is_valid(tmp_path):
     yaml = pytest.importorskip("yaml")
     # The dashboard reads only metrics the service exposes (so a rename cannot leave it silently empty).
     histograms = ("http_request_duration_seconds", "http_request_duration_highr_seconds", "search_stage_seconds",
-                  "search_top1_similarity")  # fmt: skip
+                  "search_top1_similarity", "generation_top1_similarity")  # fmt: skip
     summaries = ("http_request_size_bytes", "http_response_size_bytes")
     counters = ("http_requests", "search_no_hit", "search_queries", "embedding_cache_hits", "embedding_cache_misses",
-                "event_log_written", "event_log_dropped")  # fmt: skip
+                "event_log_written", "event_log_dropped", "generation_queries", "generation_clicks")  # fmt: skip
     exposed = {f"{h}{s}" for h in histograms for s in ("_bucket", "_sum", "_count")}
     exposed |= {f"{m}{s}" for m in summaries for s in ("_sum", "_count")} | {f"{c}_total" for c in counters}
     exposed |= {"embedding_cache_entries", "event_log_queue_depth", "catalog_products", "model_info"}

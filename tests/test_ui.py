@@ -87,6 +87,7 @@ def test_empty_page_invites_a_query_and_shows_system_status(app_env):
         and "up], 36 vectors" in sidebar
     )
     assert at.selectbox(key="category").options == ["Any", "mug", "poster", "shirt"]
+    assert "| **v1** | active |" in sidebar  # the model versions panel: the active one in bold
 
 
 def test_text_query_shows_cards_with_latency(app_env):
@@ -96,7 +97,21 @@ def test_text_query_shows_cards_with_latency(app_env):
     assert len(_cards(at)) == 12
     assert "12 products for your words" in _captions(at) and " ms · embedding computed" in _captions(at)
     at.text_input(key="query").input("red mug ").run()  # same query again: served from the cache
-    assert "embedding from cache" in _captions(at)
+    assert "embedding from cache" in _captions(at) and "model v1" in _captions(at)
+    # a click on a result is recorded against its answer (a search key may do that), for training and CTR
+    import httpx
+
+    first = _cards(at)[0]
+    at.button(key=f"more-{first}").click().run()
+    assert not at.exception and not at.session_state["event_note"]
+    url, key = os.environ["PIPELINE__API__URL"], os.environ["PIPELINE__API__KEY"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        live = httpx.get(f"{url}/v1/models", headers={"X-API-Key": key}).json()["live"].get("v1", {})
+        if live.get("clicks", 0) >= 1:
+            break
+        time.sleep(0.2)
+    assert live["clicks"] >= 1 and live["queries"] >= 2, live
 
 
 def test_filters_come_from_the_catalog_and_apply(app_env):

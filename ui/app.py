@@ -52,20 +52,23 @@ def start_image_query() -> None:
     st.session_state.mode = "image" if st.session_state.get("photo") is not None else "text"
 
 
-def more_like(product_id: str, name: str) -> None:
+def more_like(product_id: str, name: str, query_id: str | None = None) -> None:
     st.session_state.mode = "product"
     st.session_state.product_id = product_id
     st.session_state.product_name = name
-    interact(product_id, "click")
+    interact(product_id, "click", query_id)
 
 
-def interact(product_id: str, kind: str) -> None:
-    """A click or an add-to-cart: into this page's session, and as an event of the shopper when one is named."""
+def interact(product_id: str, kind: str, query_id: str | None = None) -> None:
+    """A click or an add-to-cart: into this page's session, and as an event of the shopper when one is named.
+    A click on a search result names its answer (``query_id``): recorded even with no shopper named, it is a
+    training pair for the model and a click-through for the generation that answered."""
     st.session_state.setdefault("session", []).append({"product_id": product_id, "type": kind})
     buyer = (st.session_state.get("buyer") or "").strip()
     st.session_state.event_note = None
-    if buyer:
-        event = {"buyer_id": buyer, "product_id": product_id, "type": kind}
+    if buyer or query_id:
+        event = {"product_id": product_id, "type": kind, **({"buyer_id": buyer} if buyer else {}),
+                 **({"query_id": query_id} if query_id else {})}  # fmt: skip
         try:
             client().post("/v1/events", {"events": [event]})
         except Forbidden:
@@ -98,6 +101,7 @@ def sidebar() -> tuple[int, SearchFilters]:
         st.button("Clear session", key="clear-session", on_click=clear_session, disabled=not session)
         st.divider()
         show_status()
+        show_models()
         show_jobs()
     pick = {k: (v if v != "Any" else None) for k, v in (("category", category), ("brand", brand), ("color", color))}
     bounds = {"min_price": price[0], "max_price": price[1]} if hi > lo and price != (lo, hi) else {}
@@ -126,6 +130,44 @@ def show_status() -> None:
     )
     cache = s["cache"]
     st.caption(f"Cache: {cache['entries']}/{cache['max_entries']} entries, hit rate {cache['hit_rate']:.0%}")
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def models() -> dict[str, Any]:
+    return client().get("/v1/models")
+
+
+def show_models() -> None:
+    """The active model version beside the previous one (live: queries, CTR@10, top-1 similarity) and the
+    candidates' validation figures."""
+    with st.expander("Model versions", expanded=False):
+        try:
+            doc = models()
+        except PipelineError as exc:
+            st.caption(f"Model versions unavailable: {exc}")
+            return
+        live = doc.get("live", {})
+
+        def num(value: Any, fmt: str) -> str:
+            return "—" if value is None else format(value, fmt)
+
+        lines = [
+            "| version | status | queries | CTR@10 | top-1 sim. | held-out MRR |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        notes = []
+        for v in reversed(doc["versions"]):  # newest first
+            figures = live.get(v["version"], {})
+            valid = (v.get("validation") or {}).get("all", {}).get("candidate", {})
+            name = f"**{v['version']}**" if v["version"] == doc["active"] else v["version"]
+            cells = [name, v["status"], str(figures.get("queries", 0)), num(figures.get("ctr@10"), ".1%"),
+                     num(figures.get("mean_top1_similarity"), ".3f"), num(valid.get("mrr"), ".3f")]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+            if v.get("refused"):
+                notes.append(f"{v['version']} refused: {v['refused']}")
+        st.markdown("\n".join(lines))
+        for note in notes:
+            st.caption(note)
 
 
 @st.fragment(run_every=3)
@@ -177,6 +219,7 @@ def show_results(response: SearchResponse) -> None:
     cache = {True: "embedding from cache", False: "embedding computed", None: "stored vectors"}[response.cache_hit]
     st.caption(
         f"{len(response.hits)} products for your {what} · {response.timings_ms.get('total', 0):.0f} ms · {cache}"
+        + (f" · model {response.generation}" if response.generation else "")
     )
     if response.metadata_missing:
         st.warning("Product details are unavailable right now (database unreachable); showing ids and scores.")
@@ -196,7 +239,8 @@ def show_results(response: SearchResponse) -> None:
                 st.markdown(f"**{hit.product_id}**")
                 st.caption(f"score {hit.score:.3f}")
             name = product.name if product is not None else hit.product_id
-            st.button("More like this", key=f"more-{hit.product_id}", on_click=more_like, args=(hit.product_id, name))
+            st.button("More like this", key=f"more-{hit.product_id}", on_click=more_like,
+                      args=(hit.product_id, name, response.query_id or None))  # fmt: skip
             st.button("Add to cart", key=f"cart-{hit.product_id}", on_click=interact,
                       args=(hit.product_id, "add_to_cart"))  # fmt: skip
 

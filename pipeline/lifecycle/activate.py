@@ -100,6 +100,17 @@ async def activate(stack: Stack, name: str, force: bool = False, progress: Progr
         raise ModelError("switching model versions on Triton (model-control API) is not supported yet: export the "
                          "version into Triton's repository and restart with it")  # fmt: skip
     gen = await stack.open_version(target)
+    try:
+        return await _activate(stack, target, gen, current, force, report)
+    except BaseException:
+        if gen is not stack.gen:  # not switched to: its model and collection need not stay open
+            await stack.release(gen)
+        raise
+
+
+async def _activate(stack: Stack, target: ModelVersion, gen: Generation, current: Generation, force: bool,
+                    report: Progress) -> dict[str, Any]:  # fmt: skip
+    registry, name = stack.registry, target.version
     if gen.encoder.info.fingerprint != target.fingerprint:
         raise ModelError(f"{name}'s files at {target.repository} are not the model the registry recorded "
                          f"(fingerprint {gen.encoder.info.fingerprint[:12]} vs {target.fingerprint[:12]})")  # fmt: skip
@@ -136,7 +147,10 @@ async def activate(stack: Stack, name: str, force: bool = False, progress: Progr
 async def add_version(stack: Stack, repository: Path, checkpoint: Path | None = None) -> ModelVersion:
     """Register an exported repository (``python -m pipeline export``) as a candidate version, in place."""
     repository = await asyncio.to_thread(Path(repository).resolve)
-    manifest = await asyncio.to_thread(load_manifest, repository)
+    try:
+        manifest = await asyncio.to_thread(load_manifest, repository)
+    except ModelError as exc:  # the caller named it: their input, not the service's state
+        raise InvalidInput(str(exc)) from None
     if checkpoint is not None and not await asyncio.to_thread((Path(checkpoint) / "config.json").is_file):
         raise InvalidInput(f"{checkpoint}: not a checkpoint folder (no config.json)")
     for known in await stack.registry.list():

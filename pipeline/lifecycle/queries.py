@@ -16,7 +16,7 @@ Answer = tuple[str, list[str]]  # the generation that answered, the product ids 
 
 
 class RecentQueries:
-    def __init__(self, log: AsyncCollection[dict[str, Any]], entries: int = 100_000, ttl_s: float = 3600) -> None:
+    def __init__(self, log: AsyncCollection[dict[str, Any]], entries: int = 20_000, ttl_s: float = 3600) -> None:
         self._log = log
         self._recent: TTLCache[str, Answer] = TTLCache(entries, ttl_s)
 

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from pipeline.api.auth import SearchKey, WriteKey
+from pipeline.api.auth import SearchKey
 from pipeline.api.deps import ServiceDep, only_params
 from pipeline.api.errors import documented
+from pipeline.errors import Forbidden
 from pipeline.recommend.events import BuyerId
 from pipeline.recommend.models import (
     BuyerVectorOut,
@@ -21,16 +22,24 @@ from pipeline.recommend.models import (
     SessionIn,
 )
 from pipeline.schemas import SearchFilters
+from pipeline.stores.keys import Scope
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 _PARAMS = ("top_k", "category", "brand", "color", "min_price", "max_price", "exclude", "diversify")
 
 
 @router.post("/events", responses=documented(401, 403, 413, 422, 503))
-async def post_events(body: EventsIn, svc: ServiceDep, _: WriteKey) -> EventsResult:
+async def post_events(body: EventsIn, svc: ServiceDep, who: SearchKey) -> EventsResult:
     """Up to 1,000 shopper events (``view``, ``click``, ``add_to_cart``, ``purchase``). An event with an
     ``event_id`` is stored once however often it is sent; events naming no product are ignored and counted;
-    one stamped in the future is refused alone. The buyers' recommendations follow at once."""
+    one stamped in the future is refused alone. The buyers' recommendations follow at once.
+
+    A click on a search result names the answer's ``query_id`` (``buyer_id`` is then optional): a training pair
+    for the model and a click-through for the generation that answered; a search key may send those (a shop's
+    page holds one), every other event needs write scope."""
+    if not who.scope.covers(Scope.WRITE) and any(e.query_id is None for e in body.events):
+        raise Forbidden(f"key {who.name!r} has scope {who.scope}: it may record clicks on search answers "
+                        "(with a query_id) only; other events need write scope")  # fmt: skip
     return await svc.stack.recommend.record(body.events)
 
 

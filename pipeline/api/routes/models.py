@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.api.auth import AdminKey, SearchKey
+from pipeline.api.auth import AdminKey, Principal, SearchKey
 from pipeline.api.deps import ServiceDep
 from pipeline.api.errors import documented
 from pipeline.errors import Forbidden, StoreUnavailable
@@ -16,6 +16,7 @@ from pipeline.jobs.model import Job, JobKind, checked_params
 from pipeline.lifecycle.activate import add_version, retire
 from pipeline.lifecycle.monitor import generation_figures
 from pipeline.lifecycle.registry import ModelVersion
+from pipeline.stores.keys import Scope
 
 router = APIRouter(prefix="/v1", tags=["models"])
 Version = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^v[0-9]+$")]
@@ -29,8 +30,17 @@ class ModelsOut(BaseModel):
     )
 
 
+def _as_seen_by(version: ModelVersion, who: Principal) -> ModelVersion:
+    """Server file paths are for admin keys' eyes only."""
+    if who.scope.covers(Scope.ADMIN):
+        return version
+    return version.model_copy(
+        update={"repository": "(hidden)", "checkpoint": "(hidden)" if version.checkpoint else None}
+    )
+
+
 @router.get("/models", responses=documented(401, 403, 503))
-async def list_models(svc: ServiceDep, _: SearchKey) -> ModelsOut:
+async def list_models(svc: ServiceDep, who: SearchKey) -> ModelsOut:
     """Every model version (candidates with their training and validation figures, the active one, retired
     ones) and live figures per generation."""
     stack = svc.stack
@@ -38,7 +48,8 @@ async def list_models(svc: ServiceDep, _: SearchKey) -> ModelsOut:
         live = await generation_figures(stack.mongo)
     except StoreUnavailable:
         live = {}
-    return ModelsOut(active=stack.gen.name, versions=await stack.registry.list(), live=live)
+    versions = [_as_seen_by(v, who) for v in await stack.registry.list()]
+    return ModelsOut(active=stack.gen.name, versions=versions, live=live)
 
 
 class ModelIn(BaseModel):
@@ -57,8 +68,8 @@ async def add_model(body: ModelIn, svc: ServiceDep, who: AdminKey) -> ModelVersi
 
 
 @router.get("/models/{version}", responses=documented(401, 403, 404, 503))
-async def get_model(version: Version, svc: ServiceDep, _: SearchKey) -> ModelVersion:
-    return await svc.stack.registry.get(version)
+async def get_model(version: Version, svc: ServiceDep, who: SearchKey) -> ModelVersion:
+    return _as_seen_by(await svc.stack.registry.get(version), who)
 
 
 @router.post("/models/{version}/activate", status_code=status.HTTP_202_ACCEPTED,
