@@ -111,7 +111,7 @@ class IngestService:
     async def _writing(self) -> AsyncIterator[None]:
         """The shared write lock, on the generation writes go to now."""
         async with self.lock.shared(self.settings.write_wait_s) as generation:
-            if self._follow is not None:
+            if self._follow is not None and generation is not None:  # None: no switch was ever made
                 await self._follow(generation)
             yield
 

@@ -126,6 +126,17 @@ async def test_shadow_build_catches_up_writes_made_meanwhile(
         versions = {v.version: v for v in await stack.registry.list()}
         assert versions["v1"].status == "active" and versions["v2"].status == "candidate"
         assert versions["v2"].validation["all"]["candidate"]  # figures kept
+        # another process (a Celery worker) switches to v2: this one's next write follows it before writing
+        async with stack.ingest.lock.exclusive():
+            await stack.registry.set_active("v2", "v1")
+            await stack.ingest.lock.set_generation("v2")
+        assert stack.gen.name == "v1"
+        third = late.model_copy(update={"id": "late-3"})
+        assert (await stack.ingest.upsert([third]))[0].status == "added"
+        assert stack.gen.name == "v2" and "late-3" in await stack.index.product_ids()
+        await stack.registry.set_active("v1", "v2")  # and the service's poll follows the registry
+        await stack.follow()
+        assert stack.gen.name == "v1"
 
 
 async def test_a_worse_candidate_is_refused_with_its_figures(
