@@ -122,11 +122,13 @@ class Stack:
             log.warning("closing generation %s: %s", gen.name, exc)
 
     async def _close_later(self, gen: Generation) -> None:
-        await asyncio.sleep(self.settings.models.drain_s)
         try:
-            await gen.aclose()
-        except PipelineError as exc:
-            log.warning("closing generation %s: %s", gen.name, exc)
+            await asyncio.sleep(self.settings.models.drain_s)
+        finally:  # at shutdown too (cancelled): its model and its collection's lock are let go
+            try:
+                await gen.aclose()
+            except PipelineError as exc:
+                log.warning("closing generation %s: %s", gen.name, exc)
 
     @property
     def switching(self) -> asyncio.Lock:

@@ -203,9 +203,23 @@ async def test_a_failed_shadow_build_leaves_the_active_generation(
         folder = settings.qdrant.path / "generations" / v2.version
         pointer = json.loads((folder / "products.json").read_text())
         assert [p.name for p in folder.iterdir() if p.is_dir()] == [pointer["shard"]]
-        monkeypatch.setattr(ProductVectors, "encode", real_encode)
+
+        async def one_unreadable(self, products, *args, **kwargs):  # its image fails for the candidate's build
+            ok, failed = await real_encode(self, products, *args, **kwargs)
+            if self.encoder.info.fingerprint != v2.fingerprint:
+                return ok, failed
+            return [e for e in ok if e[0].id != "poster-green-1"], failed + [
+                (e[0], "unreadable") for e in ok if e[0].id == "poster-green-1"]  # fmt: skip
+
+        monkeypatch.setattr(ProductVectors, "encode", one_unreadable)
         result = await activate(stack, v2.version)  # built again from the start
-        assert result["build"]["embedded"] == 24 and stack.gen.name == v2.version
+        assert result["build"]["embedded"] == 23 and result["build"]["left_out"] == ["poster-green-1"]
+        assert stack.gen.name == v2.version and "poster-green-1" not in await stack.index.product_ids()
+        # not in the new collection, so not marked current: the next ingest embeds it again
+        assert (await stack.mongo.get_states(["poster-green-1"]))["poster-green-1"].indexed_hash is None
+        monkeypatch.setattr(ProductVectors, "encode", real_encode)
+        again = await stack.ingest.upsert([(await stack.mongo.get_products(["poster-green-1"]))["poster-green-1"]])
+        assert again[0].status == "updated" and "poster-green-1" in await stack.index.product_ids()
 
 
 async def test_versions_of_another_dimension_and_a_gate_refusal(

@@ -116,6 +116,15 @@ def test_train_shadow_build_switch_and_rollback_under_a_query_loop(model_reposit
                 assert http.post("/v1/events", json={"events": [click]}).json()["accepted"] == 1
             stray = {"type": "click", "query_id": "no-such-answer", "product_id": rows[0]["id"]}
             assert http.post("/v1/events", json={"events": [stray]}).json()["unknown_queries"] == 1
+            # a search key (a shop's page): anonymous clicks on what an answer showed, nothing else
+            key = http.post("/v1/keys", json={"name": "page", "scope": "search"}).json()["key"]
+            with service.client(key) as page:
+                shown = page.post("/v1/search/text", json={"text": "blue shirt", "top_k": 3}).json()
+                named = {**click, "query_id": shown["query_id"], "product_id": shown["hits"][0]["id"], "buyer_id": "b1"}
+                assert page.post("/v1/events", json={"events": [named]}).status_code == 403
+                unseen = next(r["id"] for r in rows if r["id"] not in {h["id"] for h in shown["hits"]})
+                forged = {"type": "click", "query_id": shown["query_id"], "product_id": unseen}
+                assert page.post("/v1/events", json={"events": [forged]}).json()["unknown_queries"] == 1
             time.sleep(0.5)  # the query log is written in the background
 
             loop.start()

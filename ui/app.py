@@ -9,6 +9,7 @@ of a service on this machine). ``make demo`` starts both.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +74,10 @@ def interact(product_id: str, kind: str, query_id: str | None = None) -> None:
             client().post("/v1/events", {"events": [event]})
         except Forbidden:
             st.session_state.event_note = "Events are recorded with a key of write scope; using this page's session."
+            if buyer and query_id:  # a search key still records the click on the answer, without the shopper
+                with contextlib.suppress(PipelineError):
+                    anonymous = {k: v for k, v in event.items() if k != "buyer_id"}
+                    client().post("/v1/events", {"events": [anonymous]})
         except PipelineError as exc:
             st.session_state.event_note = f"The event was not recorded: {exc}"
 

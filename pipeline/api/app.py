@@ -65,7 +65,7 @@ async def _follow(stack: Stack) -> None:
         await asyncio.sleep(stack.settings.models.follow_s)
         try:
             await stack.follow()
-        except PipelineError as exc:
+        except Exception as exc:
             log.warning("following the active model version: %s", exc)
 
 

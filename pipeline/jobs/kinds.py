@@ -214,6 +214,7 @@ async def run_delete(ctx: JobContext, p: IdsParams) -> dict[str, Any]:
 
 
 async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
+    await ctx.stack.follow()  # rebuild the active generation's collection, not one this process served before
     total = (await ctx.stack.mongo.counts())["products"]
     done = 0
     pending: set[asyncio.Task[None]] = set()

@@ -13,13 +13,14 @@ lost between the two generations. A failure or crash before the switch leaves th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import InvalidInput, ModelError
+from pipeline.errors import Busy, InvalidInput, ModelError
 from pipeline.lifecycle.generation import Generation, create_generation_index
 from pipeline.lifecycle.registry import ModelVersion, VersionStatus
 from pipeline.lifecycle.validate import compare
@@ -37,6 +38,24 @@ MARGIN = dt.timedelta(seconds=5)  # clock skew between writers; catching up a pr
 
 class Refused(InvalidInput):
     """The candidate is worse than the active model on held-out queries (figures kept in the registry)."""
+
+
+async def _switch(stack: Stack, gen: Generation, current: Generation, left_out: list[str]) -> None:
+    """Under the exclusive write lock: the lock document first (what writers follow), the registry (what the
+    services' polls follow), the ingest state, then this process. A failure midway puts the first two back."""
+    lock, registry = stack.ingest.lock, stack.registry
+    await lock.set_generation(gen.name)
+    try:
+        await registry.set_active(gen.name, current.name)
+        await stack.mongo.restamp(gen.encoder.info.fingerprint)
+        if left_out:  # not in the new collection: not indexed (a later ingest embeds them again)
+            await stack.mongo.mark_unindexed(sorted(set(left_out)))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await lock.set_generation(current.name)
+            await registry.set_active(current.name, gen.name)
+        raise
+    stack.switch(gen)
 
 
 def _points(product: Product, images: Any, text: Any) -> list[VectorPoint]:
@@ -76,15 +95,21 @@ async def shadow_build(stack: Stack, gen: Generation, progress: Progress) -> dic
     return {"embedded": written, "left_out": left_out}
 
 
-async def catch_up(stack: Stack, gen: Generation, since: dt.datetime) -> dict[str, int]:
-    """Bring ``gen``'s collection up to MongoDB: what was written since ``since``, and what was deleted."""
+async def catch_up(stack: Stack, gen: Generation, since: dt.datetime, left_out: list[str]) -> dict[str, int]:
+    """Bring ``gen``'s collection up to MongoDB: what was written since ``since``, and what was deleted.
+    Products whose images fail now are removed from it and added to ``left_out``."""
     changed = await stack.mongo.written_since(since - MARGIN)
-    written, failed = await _embed_into(gen, gen.index, changed) if changed else (0, [])
+    written, failed = 0, list[str]()
+    size = stack.settings.ingest.batch_size
+    for first in range(0, len(changed), size):
+        n, bad = await _embed_into(gen, gen.index, changed[first : first + size])
+        written, failed = written + n, failed + bad
     gone = sorted(await gen.index.product_ids() - await stack.mongo.all_ids())
     if gone:
         await gen.index.delete_products(gone)
     if failed:
         await gen.index.delete_products(failed)
+        left_out.extend(failed)
     return {"written": written, "deleted": len(gone), "left_out": len(failed)}
 
 
@@ -93,6 +118,7 @@ async def activate(stack: Stack, name: str, force: bool = False, progress: Progr
     report = progress or (lambda _d, _t: None)
     registry = stack.registry
     target = await registry.get(name)
+    await stack.follow()  # a process that has not heard of a switch made elsewhere (a worker) catches up first
     current = stack.gen
     if target.version == current.name:
         return {"version": name, "activated": False, "message": f"{name} is already active"}
@@ -115,6 +141,7 @@ async def _activate(stack: Stack, target: ModelVersion, gen: Generation, current
         raise ModelError(f"{name}'s files at {target.repository} are not the model the registry recorded "
                          f"(fingerprint {gen.encoder.info.fingerprint[:12]} vs {target.fingerprint[:12]})")  # fmt: skip
     out: dict[str, Any] = {"version": name, "previous": current.name}
+    left_out: list[str] = []
     rollback = target.built and target.current_until is not None and (await gen.index.info()).points > 0
     if rollback:
         since = target.current_until
@@ -123,6 +150,7 @@ async def _activate(stack: Stack, target: ModelVersion, gen: Generation, current
     else:
         since = dt.datetime.now(dt.UTC)
         out["build"] = await shadow_build(stack, gen, report)
+        left_out += out["build"]["left_out"]
         await registry.update(name, built=True, built_at=dt.datetime.now(dt.UTC))
         figures = await compare(gen, current, stack.mongo, stack.settings)
         out["validation"] = figures
@@ -130,15 +158,14 @@ async def _activate(stack: Stack, target: ModelVersion, gen: Generation, current
         if figures["refused"] and not force:
             raise Refused(figures["refused"])
     first = dt.datetime.now(dt.UTC)
-    out["caught_up"] = [await catch_up(stack, gen, since)]
+    out["caught_up"] = [await catch_up(stack, gen, since, left_out)]
     lock = stack.ingest.lock
-    async with lock.exclusive():
-        out["caught_up"].append(await catch_up(stack, gen, first))
+    async with lock.exclusive(wait_s=stack.settings.models.switch_wait_s):
+        out["caught_up"].append(await catch_up(stack, gen, first, left_out))
         async with stack.switching:
-            await registry.set_active(name, current.name)
-            await lock.set_generation(name)
-            await stack.mongo.restamp(gen.encoder.info.fingerprint)
-            stack.switch(gen)
+            if stack.gen is not current:
+                raise Busy(f"the active version changed to {stack.gen.name} while {name} was built: activate again")
+            await _switch(stack, gen, current, left_out)
     out["activated"] = True
     log.info("activated %s (previous %s)", name, current.name)
     return out
@@ -164,8 +191,14 @@ async def add_version(stack: Stack, repository: Path, checkpoint: Path | None = 
 async def retire(stack: Stack, name: str) -> ModelVersion:
     """Drop a version's collection (it cannot be rolled back to without a new build); the record stays."""
     target = await stack.registry.get(name)
-    if name == stack.gen.name:
+    if name in (stack.gen.name, await stack.registry.active_version()):
         raise InvalidInput(f"{name} is the active version: activate another one first")
+    async with stack.switching:
+        return await _retire(stack, target)
+
+
+async def _retire(stack: Stack, target: ModelVersion) -> ModelVersion:
+    name = target.version
     gen = stack.generations.pop(name, None)
     if gen is not None:
         await gen.encoder.aclose()

@@ -1,7 +1,8 @@
 """Training and validation pairs: the catalog's own (a product's title and its images) and those shoppers made
 (a query's text and the result they clicked; results shown above a click and skipped are that text's hard
-negatives). One product in N and one query in N (a stable hash of the id) are held out of training and kept
-for validation, so a candidate is measured on pairs it never learned."""
+negatives). One product in N and one query in N (a stable hash of the product id, of the query's
+normalised text) are held out of training and kept for validation, so a candidate is measured on pairs it
+never learned."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ from pipeline.stores.mongo import MongoStore
 def held_out(key: str, every: int) -> bool:
     """Whether ``key`` (a product or query id) is in the held-out share (1 in ``every``), the same everywhere."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % every == 0
+
+
+def query_key(text: str) -> str:
+    """What decides whether a click is held out: its query's text, normalised, so the same text typed by many
+    shoppers is all in training or all in validation."""
+    return " ".join(text.lower().split())
 
 
 def title_of(product: Product) -> str:

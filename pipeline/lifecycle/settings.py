@@ -30,5 +30,7 @@ class ModelsSettings(BaseModel):
     precisions: list[Precision] = [Precision.FP32, Precision.INT8]
     # How often a service looks for an activation made by another process (a Celery worker).
     follow_s: float = Field(default=2.0, gt=0)
+    # How long an activation waits for a re-index (or another switch) holding the collection before giving up.
+    switch_wait_s: float = Field(default=600.0, ge=0)
     # Seconds a generation the service no longer uses stays open for requests that started on it.
     drain_s: float = Field(default=65.0, ge=0)

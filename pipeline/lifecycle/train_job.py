@@ -19,7 +19,7 @@ from pipeline.catalog import is_url
 from pipeline.errors import InvalidInput, ModelError
 from pipeline.jobs.context import JobContext
 from pipeline.lifecycle.activate import activate
-from pipeline.lifecycle.pairs import click_pairs, held_out, title_of
+from pipeline.lifecycle.pairs import click_pairs, held_out, query_key, title_of
 from pipeline.lifecycle.registry import ModelVersion
 from pipeline.manifest import load_manifest
 from pipeline.schemas import Product
@@ -76,7 +76,8 @@ async def write_pairs(stack: Stack, folder: Path, use_catalog: bool, use_clicks:
         elif use_catalog:
             await add(product, "train")
     if use_clicks:
-        clicks = [c for c in await click_pairs(stack.mongo) if not held_out(c.query_id, every)]
+        clicks = [c for c in await click_pairs(stack.mongo)
+                  if not held_out(query_key(c.text), every) and not held_out(c.product_id, every)]  # fmt: skip
         wanted = {c.product_id for c in clicks} | {p for c in clicks for p in c.skipped}
         found = await stack.mongo.get_products([i for i in wanted if i not in first_image])
         for pid, product in found.items():
@@ -122,6 +123,7 @@ async def _run(ctx: JobContext, args: list[str], log: Path, step: str, done: int
 async def run_train(ctx: JobContext, p: TrainParams) -> dict[str, Any]:
     stack, settings = ctx.stack, ctx.stack.settings
     registry = stack.registry
+    await stack.follow()  # the active version as the registry says (a worker may not have heard of a switch)
     base = await registry.get(p.base) if p.base else stack.gen.version
     checkpoint = p.checkpoint or base.checkpoint
     if not checkpoint or not await asyncio.to_thread((Path(checkpoint) / "config.json").is_file):

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.config import Settings
 from pipeline.fusion import Fusion, best_per_product, fuse
 from pipeline.lifecycle.generation import Generation
-from pipeline.lifecycle.pairs import click_pairs, held_out, title_of
+from pipeline.lifecycle.pairs import click_pairs, held_out, query_key, title_of
 from pipeline.schemas import QueryKind, SearchFilters
 from pipeline.search import WEIGHTS
 from pipeline.stores.mongo import MongoStore
@@ -40,7 +40,7 @@ async def heldout_queries(mongo: MongoStore, settings: Settings) -> dict[str, li
             catalog.append(Query(title_of(product), product.id))
             if len(catalog) >= most:
                 break
-    clicks = [Query(c.text, c.product_id) for c in await click_pairs(mongo) if held_out(c.query_id, every)]
+    clicks = [Query(c.text, c.product_id) for c in await click_pairs(mongo) if held_out(query_key(c.text), every)]
     return {"catalog": catalog, "clicks": clicks[:most]}
 
 

@@ -34,7 +34,10 @@ class EventsResult(BaseModel):
     accepted: int = Field(description="Stored now")
     duplicates: int = Field(description="Sent before (same event_id): stored once")
     unknown_products: int = Field(description="Naming no product in the catalog: ignored")
-    unknown_queries: int = Field(default=0, description="Clicks naming a query_id no answer had: ignored")
+    unknown_queries: int = Field(
+        default=0,
+        description="Clicks naming a query_id no answer had (or, with a search key, a product it did not show)",
+    )
     rejected: list[EventError] = Field(default_factory=list, description="Refused (e.g. stamped in the future)")
 
 

@@ -85,7 +85,7 @@ class RecommendService:
 
     # --- events ----------------------------------------------------------------------------------------------
 
-    async def record(self, events: Sequence[ShopperEvent]) -> EventsResult:
+    async def record(self, events: Sequence[ShopperEvent], shown_only: bool = False) -> EventsResult:
         """Store a batch: events naming no product are ignored and counted; ones stamped in the future, or so
         long ago that the retention setting would delete them at once, are refused with the reason."""
         now = dt.datetime.now(dt.UTC)
@@ -105,7 +105,7 @@ class RecommendService:
                 timely.append((event, ts))
         known = await self.mongo.get_states(list({e.product_id for e, _ in timely}))
         kept = [(e, ts) for e, ts in timely if e.product_id in known]
-        kept, extra, unknown_queries = await self._answers(kept)
+        kept, extra, unknown_queries = await self._answers(kept, shown_only)
         stored, duplicates = await self.store.insert(kept, extra)
         if self._buyers is not None and self._exclusions is not None:
             for event, _ in kept:
@@ -118,10 +118,11 @@ class RecommendService:
                             unknown_products=len(timely) - len(kept) - unknown_queries,
                             unknown_queries=unknown_queries, rejected=rejected)  # fmt: skip
 
-    async def _answers(self, events: list[tuple[ShopperEvent, dt.datetime]]
+    async def _answers(self, events: list[tuple[ShopperEvent, dt.datetime]], shown_only: bool
                        ) -> tuple[list[tuple[ShopperEvent, dt.datetime]], dict[int, dict[str, Any]], int]:  # fmt: skip
         """Clicks on a search answer: the generation that answered and the rank of the product in it are
-        stored with the click; a click naming an unknown query id is ignored (and counted)."""
+        stored with the click; a click naming an unknown query id (or, with ``shown_only``, a product that answer
+        did not show) is ignored (and counted)."""
         ids = {e.query_id for e, _ in events if e.query_id is not None}
         if not ids:
             return events, {}, 0
@@ -135,6 +136,8 @@ class RecommendService:
                     continue
                 generation, shown = answer
                 rank = shown.index(event.product_id) + 1 if event.product_id in shown else None
+                if rank is None and shown_only:
+                    continue
                 extra[len(kept)] = {"generation": generation, "rank": rank}
                 for hook in self.on_click:
                     hook(generation, rank)

@@ -76,15 +76,18 @@ class WriteLock:
             await self._release({"$pull": {"writers": {"token": token}}})
 
     @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Held by a re-index: new writers wait from now on; returns once the writers already in are done."""
+    async def exclusive(self, wait_s: float = 0.0) -> AsyncIterator[None]:
+        """Held by a re-index (or a switch of generation): new writers wait from now on; returns once the writers
+        already in are done. Another exclusive holder: waits up to ``wait_s``, then raises Busy."""
         token = uuid.uuid4().hex
-        for attempt in range(3):  # a duplicate key can also mean two holders created the document at once
-            if await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}) is not None:
-                break
-            await asyncio.sleep(self._poll_s * (attempt + 1))
-        else:
-            raise Busy(f"a re-index of {self.name!r} is already running")
+        deadline = time.monotonic() + wait_s
+        attempt = 0
+        # a duplicate key can also mean two holders created the document at once: a few tries in any case
+        while await self._take({"$set": {"reindex": {"token": token, "expires": _now() + self._lease}}}) is None:
+            attempt += 1
+            if attempt >= 3 and time.monotonic() >= deadline:
+                raise Busy(f"a re-index of {self.name!r} is already running")
+            await asyncio.sleep(min(self._poll_s * attempt, 1.0))
         try:
             async with self._renewing({"reindex.token": token}, "reindex.expires"):
                 await self._drain()

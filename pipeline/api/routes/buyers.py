@@ -36,11 +36,13 @@ async def post_events(body: EventsIn, svc: ServiceDep, who: SearchKey) -> Events
 
     A click on a search result names the answer's ``query_id`` (``buyer_id`` is then optional): a training pair
     for the model and a click-through for the generation that answered; a search key may send those (a shop's
-    page holds one), every other event needs write scope."""
-    if not who.scope.covers(Scope.WRITE) and any(e.query_id is None for e in body.events):
-        raise Forbidden(f"key {who.name!r} has scope {who.scope}: it may record clicks on search answers "
-                        "(with a query_id) only; other events need write scope")  # fmt: skip
-    return await svc.stack.recommend.record(body.events)
+    page holds one) when they name no buyer and the product was among that answer's results; every other event
+    needs write scope."""
+    trusted = who.scope.covers(Scope.WRITE)
+    if not trusted and any(e.query_id is None or e.buyer_id is not None for e in body.events):
+        raise Forbidden(f"key {who.name!r} has scope {who.scope}: it may record anonymous clicks on search answers "
+                        "(a query_id, no buyer_id) only; other events need write scope")  # fmt: skip
+    return await svc.stack.recommend.record(body.events, shown_only=not trusted)
 
 
 @router.get(

@@ -23,19 +23,20 @@ async def rank(body: RankRequest, svc: ServiceDep, _: SearchKey) -> RankResponse
     """The candidate texts ordered by cosine similarity to the query text or photo, best first."""
     start = time.perf_counter()
     stack = svc.stack
+    encoder = stack.gen.encoder  # one generation's model for the query and the candidates alike
     short = stack.search.query_limits
     candidates = [check_text(c, short, name=f"candidates[{i}]") for i, c in enumerate(body.candidates)]
     if body.query is not None:
-        query = (await stack.encoder.encode_texts([check_text(body.query, short, name="query")]))[0]
+        query = (await encoder.encode_texts([check_text(body.query, short, name="query")]))[0]
     else:
         data = await stack.ingest.load_image(check_url(str(body.query_image_url)), svc.urls)
         try:
-            query = (await stack.encoder.encode_images([data]))[0]
+            query = (await encoder.encode_images([data]))[0]
         except InvalidInput as exc:
             raise InvalidInput(str(exc).replace("image 0:", "query image:", 1)) from exc
-    vectors = await stack.encoder.encode_texts(candidates)
+    vectors = await encoder.encode_texts(candidates)
     scores = vectors @ query
     order = np.argsort(-scores, kind="stable")
     ranked = [Ranked(index=int(i), candidate=candidates[i], similarity=float(scores[i])) for i in order]
     took = round((time.perf_counter() - start) * 1000, 3)
-    return RankResponse(ranked=ranked, took_ms=took, model=stack.encoder.info.model)
+    return RankResponse(ranked=ranked, took_ms=took, model=encoder.info.model)
