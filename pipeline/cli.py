@@ -23,7 +23,6 @@ from pipeline.cli_common import (
     read_image_file,
     settings_for,
 )
-from pipeline.cli_jobs import print_job
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.schemas import IngestReport
 
@@ -56,7 +55,7 @@ def ingest(
     to a service elsewhere a file's rows are sent in batches with their images, a source is read there."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.cli_jobs import run_job
+    from pipeline.cli_jobs import finish_job, run_job
     from pipeline.client import ServiceClient
     from pipeline.jobs.model import JobKind, JobState
 
@@ -68,13 +67,7 @@ def ingest(
     if catalog is None:
         if source is None and settings.source.type is None:
             raise InvalidInput("give a catalog file, --sql-url or --mongo-url (or configure PIPELINE__SOURCE__*)")
-        job = run_job(settings, JobKind.INGEST, {"source": source or "configured"}, quiet=as_json)
-        if as_json:
-            sys.stdout.write(job.model_dump_json() + "\n")
-        else:
-            print_job(job)
-        if job.state is not JobState.SUCCEEDED:
-            raise typer.Exit(1)
+        finish_job(run_job(settings, JobKind.INGEST, {"source": source or "configured"}, quiet=as_json), as_json)
         return
     client = ServiceClient.discover(settings)
     if client is None or client.local:

@@ -97,6 +97,16 @@ def _print(job: Job, as_json: bool) -> None:
     print_job(job)
 
 
+def finish_job(job: Job, as_json: bool) -> None:
+    """Print a job that ended (JSON or for a person); exit 1 unless it succeeded."""
+    if as_json:
+        sys.stdout.write(job.model_dump_json() + "\n")
+    else:
+        print_job(job)
+    if job.state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
 def print_job(job: Job) -> None:
     """A job's state, counts, message and first errors, for a person."""
     colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(job.state, "cyan")

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipeline.cli_common import JsonOption, app, dispatch, err, guarded
-from pipeline.cli_jobs import print_job, run_job
+from pipeline.cli_jobs import finish_job, run_job
 from pipeline.config import Settings
-from pipeline.jobs.model import JobKind, JobState
+from pipeline.jobs.model import JobKind
 from pipeline.lifecycle.registry import ModelVersion
 
 if TYPE_CHECKING:
@@ -69,15 +69,6 @@ def list_models(as_json: JsonOption = False) -> None:
                   f"{_figures(v)}{extra}", markup=False, highlight=False)  # fmt: skip
 
 
-def _finish(job: Any, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(job.model_dump_json() + "\n")
-    else:
-        print_job(job)
-    if job.state is not JobState.SUCCEEDED:
-        raise typer.Exit(1)
-
-
 @models_app.command("train")
 @guarded
 def train_job(
@@ -93,7 +84,7 @@ def train_job(
     """A training job: the catalog's pairs and shoppers' clicks → a new candidate version (exported, gated)."""
     params = {"base": base, "checkpoint": checkpoint, "epochs": epochs, "clicks": not no_clicks,
               "activate": activate, "force": force}  # fmt: skip
-    _finish(run_job(Settings(), JobKind.TRAIN, params, wait), as_json)
+    finish_job(run_job(Settings(), JobKind.TRAIN, params, wait), as_json)
 
 
 @models_app.command("activate")
@@ -105,7 +96,7 @@ def activate(
     as_json: JsonOption = False,
 ) -> None:
     """Build the version's collection in the background, validate it against the active one, switch."""
-    _finish(run_job(Settings(), JobKind.ACTIVATE, {"version": version, "force": force}, wait), as_json)
+    finish_job(run_job(Settings(), JobKind.ACTIVATE, {"version": version, "force": force}, wait), as_json)
 
 
 @models_app.command("add")

@@ -264,3 +264,28 @@ async def test_a_training_job_on_too_few_pairs_is_refused(model_repository, tmp_
         assert job.state == "failed" and "needs at least 1000" in (job.message or ""), job.message
         assert [v.version for v in await stack.registry.list()] == ["v1"]
         assert not (settings.models_root() / "v2").exists()  # nothing left behind
+
+
+def test_models_commands_in_process(model_repository, other_repository, tmp_path, mongo_uri, catalog, monkeypatch):
+    """``python -m pipeline models add / activate / list / retire`` with no service running (in-process)."""
+    import uuid
+
+    env = {"PIPELINE__ENCODER__MODEL_REPOSITORY": str(model_repository), "PIPELINE__ENCODER__PRECISION": "fp32",
+           "PIPELINE__QDRANT__PATH": str(tmp_path / "data" / "qdrant"), "PIPELINE__MONGO__URI": mongo_uri,
+           "PIPELINE__MONGO__DATABASE": f"t_{uuid.uuid4().hex[:10]}",
+           "PIPELINE__MODELS__MAX_REGRESSION": "1"}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    run_cli("ingest", str(catalog))
+    added = run_cli("models", "add", str(other_repository))
+    assert "added v2" in added.stderr
+    job = json.loads(run_cli("models", "activate", "v2", "--json").stdout)
+    assert job["state"] == "succeeded" and job["result"]["activated"] and job["result"]["validation"]["all"]
+    listed = json.loads(run_cli("models", "list", "--json").stdout)
+    assert listed["active"] == "v2" and [v["status"] for v in listed["versions"]] == ["candidate", "active"]
+    refused = run_cli("models", "retire", "v2", check=False)
+    assert refused.returncode == 1 and "active version" in refused.stderr and "Traceback" not in refused.stderr
+    assert json.loads(run_cli("models", "activate", "v1", "--json").stdout)["result"]["rollback"] is True
+    assert "retired v2" in run_cli("models", "retire", "v2").stderr
+    unknown = run_cli("models", "activate", "v9", check=False)
+    assert unknown.returncode == 1 and "unknown model version" in (unknown.stderr + unknown.stdout)
