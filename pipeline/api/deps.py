@@ -34,6 +34,7 @@ class Service:
     runner: JobRunner  # background jobs: run here (LocalRunner) or queued for Celery workers (CeleryRunner)
     started: float = field(default_factory=time.time)
     health_cache: tuple[float, dict[str, Any]] | None = None
+    live_cache: tuple[float, dict[str, Any]] | None = None  # figures per generation (GET /v1/models), 2 s
 
     def answer(self, response: SearchResponse) -> WireSearch:
         self.metrics.observe(response)

@@ -173,13 +173,13 @@ async def _activate(stack: Stack, target: ModelVersion, gen: Generation, current
 
 async def add_version(stack: Stack, repository: Path, checkpoint: Path | None = None) -> ModelVersion:
     """Register an exported repository (``python -m pipeline export``) as a candidate version, in place."""
-    repository = await asyncio.to_thread(Path(repository).resolve)
     try:
+        repository = await asyncio.to_thread(Path(repository).resolve)
         manifest = await asyncio.to_thread(load_manifest, repository)
-    except ModelError as exc:  # the caller named it: their input, not the service's state
-        raise InvalidInput(str(exc)) from None
-    if checkpoint is not None and not await asyncio.to_thread((Path(checkpoint) / "config.json").is_file):
-        raise InvalidInput(f"{checkpoint}: not a checkpoint folder (no config.json)")
+        if checkpoint is not None and not await asyncio.to_thread((Path(checkpoint) / "config.json").is_file):
+            raise InvalidInput(f"{checkpoint}: not a checkpoint folder (no config.json)")
+    except (ModelError, OSError, ValueError) as exc:  # the caller named it: their input, not the service's state
+        raise InvalidInput(f"{str(exc)[:300]}") from None
     for known in await stack.registry.list():
         if known.fingerprint == manifest.fingerprint and known.status is not VersionStatus.RETIRED:
             raise InvalidInput(f"{repository} is the model of {known.version} already (same fingerprint)")

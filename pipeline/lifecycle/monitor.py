@@ -5,6 +5,7 @@ as ``generation_*`` series for dashboards)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from pymongo.errors import PyMongoError
@@ -13,14 +14,16 @@ from pipeline.errors import StoreUnavailable
 from pipeline.stores.mongo import MongoStore
 
 
-async def generation_figures(mongo: MongoStore) -> dict[str, dict[str, Any]]:
+async def generation_figures(mongo: MongoStore, days: float = 7.0) -> dict[str, dict[str, Any]]:
+    """Figures of the last ``days`` (the window keeps the read bounded: it uses the logs' time indexes)."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     try:
         queries = await (await mongo.events.aggregate([
-            {"$match": {"generation": {"$type": "string"}, "error": None}},
+            {"$match": {"ts": {"$gte": since}, "generation": {"$type": "string"}, "error": None}},
             {"$group": {"_id": "$generation", "queries": {"$sum": 1}, "top1": {"$avg": "$top_similarity"}}},
         ])).to_list(None)  # fmt: skip
         clicks = await (await mongo.shopper_events.aggregate([
-            {"$match": {"type": "click", "generation": {"$type": "string"}}},
+            {"$match": {"ts": {"$gte": since}, "type": "click", "generation": {"$type": "string"}}},
             {"$group": {"_id": "$generation", "clicks": {"$sum": 1},
                         **{f"at{k}": {"$sum": {"$cond": [{"$and": [{"$ne": ["$rank", None]},
                                                                   {"$lte": ["$rank", k]}]}, 1, 0]}}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.catalog import is_url
 from pipeline.errors import InvalidInput, ModelError
 from pipeline.jobs.context import JobContext
-from pipeline.lifecycle.activate import activate
+from pipeline.lifecycle.activate import Refused, activate
 from pipeline.lifecycle.pairs import click_pairs, held_out, query_key, title_of
 from pipeline.lifecycle.registry import ModelVersion
 from pipeline.manifest import load_manifest
@@ -168,7 +168,10 @@ async def run_train(ctx: JobContext, p: TrainParams) -> dict[str, Any]:
     await ctx.report(total, total, {"step": "registered", "version": version}, {}, [])
     out: dict[str, Any] = {"version": version, "pairs": counts, "before": report["before"], "after": report["after"]}
     if p.activate:
-        out["activation"] = await activate(stack, version, p.force)
+        try:
+            out["activation"] = await activate(stack, version, p.force)
+        except Refused as exc:  # the job fails, saying which version it made (registered, figures kept)
+            raise Refused(f"{version} was trained and registered, but its activation was refused: {exc}") from None
     return out
 
 

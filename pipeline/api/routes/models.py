@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path as PathLib
 from typing import Annotated, Any
 
@@ -44,10 +46,13 @@ async def list_models(svc: ServiceDep, who: SearchKey) -> ModelsOut:
     """Every model version (candidates with their training and validation figures, the active one, retired
     ones) and live figures per generation."""
     stack = svc.stack
-    try:
-        live = await generation_figures(stack.mongo)
-    except StoreUnavailable:
-        live = {}
+    live: dict[str, Any] = {}
+    if svc.live_cache is not None and time.monotonic() - svc.live_cache[0] < 2:
+        live = svc.live_cache[1]  # two aggregations over a week of logs: not on every page refresh
+    else:
+        with contextlib.suppress(StoreUnavailable):
+            live = await generation_figures(stack.mongo)
+            svc.live_cache = (time.monotonic(), live)
     versions = [_as_seen_by(v, who) for v in await stack.registry.list()]
     return ModelsOut(active=stack.gen.name, versions=versions, live=live)
 
