@@ -143,15 +143,27 @@ def serve_triton(
     model_repository: Annotated[Path, typer.Option(help="Exported repository")] = Path("model_repository"),
     grpc_port: Annotated[int, typer.Option(help="gRPC port (PIPELINE__TRITON__URL=127.0.0.1:PORT)")] = 8001,
     http_port: Annotated[int, typer.Option(help="HTTP port (health, metrics)")] = 8000,
+    versions_repository: Annotated[
+        Path | None,
+        typer.Option(
+            help="Second repository for model versions activated later (PIPELINE__TRITON__VERSIONS_REPOSITORY)"
+        ),
+    ] = None,
 ) -> None:
-    """Run the bundled tritonserver on an exported repository with the cpu_test configs (development)."""
+    """Run the bundled tritonserver on an exported repository with the cpu_test configs (development), in
+    explicit model-control mode."""
     import signal as signals
     import threading
 
     from pipeline.triton.server import LocalTriton
 
     server = LocalTriton(
-        model_repository, grpc_port=grpc_port, http_port=http_port, log_file=model_repository.parent / "triton.log"
+        model_repository,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        log_file=model_repository.parent / "triton.log",
+        explicit=True,  # model versions switched by the service are loaded through the model-control API
+        versions_repository=versions_repository,
     )
     server.start()
     err.print(

@@ -69,6 +69,10 @@ class TritonSettings(BaseModel):
     # after the cooldown.
     fallback: bool = False
     fallback_cooldown_s: float = Field(default=30.0, ge=0)
+    # A folder the server also serves as a model repository (a second ``--model-repository``, in explicit
+    # model-control mode), writable here: model versions activated later are written there and loaded by name.
+    # Unset: only the version in the server's own repository can be served.
+    versions_repository: Path | None = None
 
 
 class QdrantSettings(BaseModel):

@@ -100,9 +100,11 @@ class Stack:
 
     def switch(self, gen: Generation) -> None:
         """Serve ``gen`` from now on (the caller holds ``switching``). The previous generation stays open for a
-        rollback; any older one is closed once requests that started on it are done."""
+        rollback; any older one is closed once requests that started on it are done. On Triton the previous one
+        is closed too and its models unloaded from the server (a GPU holds one generation at rest; a rollback
+        loads it again)."""
         previous, self.gen = self.gen, gen
-        keep = {gen.name, previous.name}
+        keep = {gen.name} if self.settings.triton.url else {gen.name, previous.name}
         for name in [n for n in self.generations if n not in keep]:
             old = self.generations.pop(name)
             task = asyncio.create_task(self._close_later(old), name=f"close generation {name}")
@@ -117,16 +119,18 @@ class Stack:
         if self.generations.get(gen.name) is gen:
             del self.generations[gen.name]
         try:
-            await gen.aclose()
+            await gen.aclose(unload=True)  # on Triton: a refused candidate's models do not stay on the GPU
         except PipelineError as exc:
             log.warning("closing generation %s: %s", gen.name, exc)
 
     async def _close_later(self, gen: Generation) -> None:
+        drained = False
         try:
             await asyncio.sleep(self.settings.models.drain_s)
+            drained = True
         finally:  # at shutdown too (cancelled): its model and its collection's lock are let go
-            try:
-                await gen.aclose()
+            try:  # unloaded unless it was opened again meanwhile (a quick rollback)
+                await gen.aclose(unload=drained and gen.name not in self.generations)
             except PipelineError as exc:
                 log.warning("closing generation %s: %s", gen.name, exc)
 

@@ -59,6 +59,16 @@ class Loop(threading.Thread):
         raise AssertionError(f"the loop never saw {generation}")
 
 
+def _live_figures(http: Any, generation: str, timeout_s: float = 15) -> dict[str, Any]:
+    """``/v1/models``' live figures once they name ``generation`` (or as they are at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live: dict[str, Any] = http.get("/v1/models").json()["live"]
+        if generation in live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.5)
+
+
 def _spaces(repository: Path, rows: list[dict[str, Any]], root: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
     """The probe's vector and every product's vectors (image per image index, text) with this repository's model."""
     import asyncio
@@ -155,7 +165,7 @@ def test_train_shadow_build_switch_and_rollback_under_a_query_loop(model_reposit
             metrics = http.get("/metrics").text
             assert 'generation_queries_total{generation="v2"}' in metrics
             assert 'generation_clicks_total{generation="v1",within="any"} 24.0' in metrics
-            live = http.get("/v1/models").json()["live"]
+            live = _live_figures(http, "v2")  # eventually: the query log is written in the background, cached 2 s
             assert live["v1"]["clicks"] == 24 and live["v2"]["queries"] > 0
     finally:
         loop.stop.set()

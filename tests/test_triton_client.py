@@ -30,7 +30,7 @@ class FakeTriton:
         self.infers = self.checks = 0
         self.calls: list[tuple[str, str, int]] = []  # (model, version, rows) per infer
 
-    async def is_server_ready(self, client_timeout: float) -> bool:
+    async def is_server_live(self, client_timeout: float) -> bool:
         self.checks += 1
         return True
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.config import Settings
 from pipeline.encoders.base import Encoder, EncoderInfo
-from pipeline.errors import EncoderUnavailable, InvalidInput, ModelMismatch, PipelineError
+from pipeline.errors import EncoderUnavailable, InvalidInput, ModelError, ModelMismatch, PipelineError
 from pipeline.export.triton_extras import (
     IMAGE_PREPROCESS,
     fingerprint_of,
@@ -51,6 +51,7 @@ from pipeline.manifest import (
     load_manifest,
 )
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
+from pipeline.triton.control import ensure_loaded, model_names, remove_version, served_name, unload, write_version
 from pipeline.types import Modality, Precision
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,16 @@ def _actual(meta: dict[str, Any]) -> dict[str, list[tuple[str, str, list[int]]]]
 
 class TritonEncoder:
     def __init__(
-        self, client: Any, manifest: Manifest, precision: Precision, settings: Settings, max_batch: dict[str, int]
+        self,
+        client: Any,
+        manifest: Manifest,
+        precision: Precision,
+        settings: Settings,
+        max_batch: dict[str, int],
+        tag: str | None = None,
     ) -> None:
         self._client = client
+        self._tag = tag  # the model version's suffix on the server (None: the base version, the export's names)
         self.manifest = manifest
         self.precision = precision
         self._settings = settings
@@ -143,7 +151,11 @@ class TritonEncoder:
         self._models: dict[Modality, tuple[str, str]] = {}
         for modality in Modality:
             name, version = manifest.triton_model(modality, precision)
-            self._models[modality] = (name, str(version))
+            self._models[modality] = (served_name(name, tag), str(version))
+        self._ensembles = {
+            Modality.IMAGE: served_name(image_ensemble(precision), tag),
+            Modality.TEXT: served_name(text_ensemble(precision), tag),
+        }
         self._tokenizer = TextTokenizer(settings.encoder.model_repository / manifest.text.tokenizer_file, manifest.text)
         self._info = EncoderInfo.of(manifest, precision, "triton")
         self._fallback: Encoder | None = None
@@ -156,8 +168,12 @@ class TritonEncoder:
         self.bytes_sent = 0
 
     @classmethod
-    async def connect(cls, settings: Settings, precision: Precision | None = None) -> TritonEncoder:
-        """Connect and check the server's models against the manifest.
+    async def connect(
+        cls, settings: Settings, precision: Precision | None = None, tag: str | None = None
+    ) -> TritonEncoder:
+        """Connect and check the server's models against the manifest; ``tag`` names a model version served
+        under suffixed names (see ``pipeline.triton.control``). Models the server does not have are loaded
+        through its model-control API first (explicit mode).
 
         Raises EncoderUnavailable when the server cannot be reached (unless fallback is on: then the check runs
         before Triton is first used), ModelMismatch when a model's tensors or the repository's fingerprint
@@ -176,7 +192,7 @@ class TritonEncoder:
         manifest.check_servable(precision, settings.encoder.force_precision)
         grpcclient = _grpc()
         client = grpcclient.InferenceServerClient(url=settings.triton.url, channel_args=channel_args(grpcclient))
-        encoder = cls(client, manifest, precision, settings, {})
+        encoder = cls(client, manifest, precision, settings, {}, tag)
         try:
             await encoder._ensure_checked()
         except EncoderUnavailable:
@@ -207,8 +223,11 @@ class TritonEncoder:
         timeout = self._cfg.timeout_s
         max_batch: dict[str, int] = {}
         try:
-            if not await self._client.is_server_ready(client_timeout=timeout):
-                raise EncoderUnavailable(f"Triton at {self._cfg.url} is not ready")
+            # Live, not ready: in explicit model-control mode a model unloaded after a switch keeps a strict server
+            # "not ready" for good; whether the models this encoder needs are ready is checked one by one below.
+            if not await self._client.is_server_live(client_timeout=timeout):
+                raise EncoderUnavailable(f"Triton at {self._cfg.url} is not live")
+            await self._load_missing()
             for modality in Modality:
                 name, version = self._models[modality]
                 try:
@@ -229,7 +248,7 @@ class TritonEncoder:
                 config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
                 max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
             if self._cfg.send == "bytes":
-                for name in (image_ensemble(self.precision), text_ensemble(self.precision)):
+                for name in self._ensembles.values():
                     if not await self._client.is_model_ready(name, client_timeout=timeout):
                         raise ModelMismatch(
                             f"Triton at {self._cfg.url} has no ready ensemble {name!r}; "
@@ -238,14 +257,54 @@ class TritonEncoder:
                     config = await self._client.get_model_config(name, as_json=True, client_timeout=timeout)
                     max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
                     self._check_fingerprint(name, config["config"])
-            elif await self._client.is_model_ready(IMAGE_PREPROCESS, client_timeout=timeout):
+            elif await self._client.is_model_ready(preprocess := served_name(IMAGE_PREPROCESS, self._tag),
+                                                   client_timeout=timeout):  # fmt: skip
                 # The towers' own configs carry no fingerprint; the preprocessing model that the same export
                 # wrote into the same repository does. (A hand-made repository without it gets the tensor check.)
-                config = await self._client.get_model_config(IMAGE_PREPROCESS, as_json=True, client_timeout=timeout)
-                self._check_fingerprint(IMAGE_PREPROCESS, config["config"])
+                config = await self._client.get_model_config(preprocess, as_json=True, client_timeout=timeout)
+                self._check_fingerprint(preprocess, config["config"])
         except InferenceServerException as exc:
             raise EncoderUnavailable(f"Triton at {self._cfg.url}: {exc.message()}") from exc
         self._max_batch.update(max_batch)
+
+    async def _load_missing(self) -> None:
+        """Load this version's models through the model-control API when the server lacks one it needs (the
+        first use of a version, or a server restarted since). Raises ModelMismatch naming the model when the
+        server cannot load it (not in explicit mode, a model the repository does not have)."""
+        timeout = self._cfg.timeout_s
+        needed = [name for name, _ in self._models.values()]
+        if self._cfg.send == "bytes":
+            needed += list(self._ensembles.values())
+        missing = [n for n in needed if not await self._client.is_model_ready(n, client_timeout=timeout)]
+        if not missing:
+            return
+        try:
+            names = [served_name(n, self._tag) for n in model_names(self.manifest, self.precision)]
+            if self._tag:
+                root = self._cfg.versions_repository
+                if root is None:
+                    raise ModelError(
+                        "set PIPELINE__TRITON__VERSIONS_REPOSITORY to a folder the server also serves as a model "
+                        "repository (explicit model-control mode) to serve model versions activated later"
+                    )
+                repository = self._settings.encoder.model_repository
+                names = await asyncio.to_thread(
+                    write_version, repository, self.manifest, self.precision, self._tag, root
+                )
+            await ensure_loaded(self._client, names, self._cfg.url, timeout)
+        except ModelError as exc:
+            raise ModelMismatch(
+                f"Triton at {self._cfg.url} does not serve {', '.join(repr(n) for n in missing)} "
+                f"({self.precision}) and could not load them: {exc}"
+            ) from exc
+
+    async def unload_models(self) -> None:
+        """Unload this version's models from the server (after a switch away from it, once drained)."""
+        names = [served_name(n, self._tag) for n in model_names(self.manifest, self.precision)]
+        self._verified = False
+        await unload(self._client, names, self._cfg.url, self._cfg.timeout_s)
+        if self._tag and self._cfg.versions_repository is not None:
+            await asyncio.to_thread(remove_version, self._cfg.versions_repository, names)
 
     def _check_fingerprint(self, name: str, config: dict[str, Any]) -> None:
         served = fingerprint_of(config)
@@ -383,7 +442,7 @@ class TritonEncoder:
             def build(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
                 return [("text", np.array([[t.encode()] for t in chunk], dtype=object), "BYTES")]
 
-            return await self._chunked(text_ensemble(self.precision), "", texts, build, TEXT_OUTPUT)
+            return await self._chunked(self._ensembles[Modality.TEXT], "", texts, build, TEXT_OUTPUT)
 
         def build_ids(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
             batch = self._tokenizer(chunk)
@@ -406,7 +465,7 @@ class TritonEncoder:
             def build(chunk: list[bytes]) -> list[tuple[str, np.ndarray, str]]:
                 return [("image_bytes", np.array([[b] for b in chunk], dtype=object), "BYTES")]
 
-            return await self._chunked(image_ensemble(self.precision), "", images, build, IMAGE_OUTPUT)
+            return await self._chunked(self._ensembles[Modality.IMAGE], "", images, build, IMAGE_OUTPUT)
 
         spec = self.manifest.image
         tensors = await asyncio.to_thread(

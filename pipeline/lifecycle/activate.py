@@ -122,9 +122,6 @@ async def activate(stack: Stack, name: str, force: bool = False, progress: Progr
     current = stack.gen
     if target.version == current.name:
         return {"version": name, "activated": False, "message": f"{name} is already active"}
-    if stack.settings.triton.url:
-        raise ModelError("switching model versions on Triton (model-control API) is not supported yet: export the "
-                         "version into Triton's repository and restart with it")  # fmt: skip
     gen = await stack.open_version(target)
     try:
         return await _activate(stack, target, gen, current, force, report)

@@ -16,6 +16,7 @@ from pipeline.cache import EmbeddingCache
 from pipeline.config import Settings
 from pipeline.encoders.base import Encoder
 from pipeline.encoders.factory import create_encoder
+from pipeline.encoders.triton import TritonEncoder
 from pipeline.events import EventLog
 from pipeline.image_fetch import ImageFetcher
 from pipeline.lifecycle.queries import RecentQueries
@@ -60,10 +61,14 @@ class Generation:
         info = self.encoder.info
         return ModelStamp(info.fingerprint, info.dim, info.model)
 
-    async def aclose(self) -> None:
+    async def aclose(self, unload: bool = False) -> None:
+        """Close the collection and the encoder; ``unload``: also unload the model from Triton (a generation
+        switched away from, once drained; never at shutdown, when the server's models stay for the next start)."""
         try:
             await self.index.aclose()
         finally:
+            if unload and isinstance(self.encoder, TritonEncoder):
+                await self.encoder.unload_models()
             await self.encoder.aclose()
 
 
@@ -94,7 +99,8 @@ async def open_generation(shared: Shared, version: ModelVersion, encoder: Encode
     absent) and the services on them. Closes what it opened when a later part fails."""
     settings = shared.settings
     opened_encoder = encoder is None
-    encoder = encoder or await create_encoder(version_settings(settings, version))
+    tag = None if version.base else version.version  # on Triton: the base version keeps the export's names
+    encoder = encoder or await create_encoder(version_settings(settings, version), triton_tag=tag)
     index = create_generation_index(settings, version)
     try:
         info = encoder.info

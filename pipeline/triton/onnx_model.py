@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.manifest import PER_ITEM, Manifest, file_for_this_cpu
+from pipeline.triton.control import SOURCE_PARAMETER
+from pipeline.triton.preprocess_models import model_root
 
 
 class TritonPythonModel:
@@ -27,20 +29,21 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         model_dir = Path(args["model_repository"])
-        manifest = Manifest.model_validate(json.loads((model_dir.parent / "manifest.json").read_text()))
+        root = model_root(args)
+        manifest = Manifest.model_validate(json.loads((root / "manifest.json").read_text()))
         version = int(args["model_version"])
+        # A version loaded under another name (``clip_visual__v2``) records the export's own name.
+        name = config.get("parameters", {}).get(SOURCE_PARAMETER, {}).get("string_value") or config["name"]
         served = [
             variant
             for spec in manifest.models.values()
             for variant in spec.variants.values()
-            if variant.triton_model == config["name"] and variant.triton_version == version
+            if variant.triton_model == name and variant.triton_version == version
         ]
-        # The file the in-process encoder would load on this CPU (INT8: the no-VNNI kernel where needed).
-        path = (
-            model_dir.parent / file_for_this_cpu(served[0]).file
-            if served
-            else model_dir / args["model_version"] / "model.onnx"
-        )
+        # The file the in-process encoder would load on this CPU (INT8: the no-VNNI kernel where needed); in the
+        # model's own version folder when the files came with the load request.
+        file = Path(file_for_this_cpu(served[0]).file) if served else Path(name, args["model_version"], "model.onnx")
+        path = root / file if root != model_dir else model_dir / args["model_version"] / file.name
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]

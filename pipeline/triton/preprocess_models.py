@@ -24,8 +24,15 @@ from pipeline.manifest import Manifest
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 
 
+def model_root(args: dict[str, Any]) -> Path:
+    """Where the manifest and the tokenizer are: the model's own folder when they came with it (a version
+    loaded through the model-control API, see ``pipeline.triton.control``), else the repository above it."""
+    folder = Path(args["model_repository"])
+    return folder if (folder / "manifest.json").is_file() else folder.parent
+
+
 def _manifest(args: dict[str, Any]) -> tuple[Manifest, Path]:
-    repository = Path(args["model_repository"]).parent
+    repository = model_root(args)
     return Manifest.model_validate(json.loads((repository / "manifest.json").read_text())), repository
 
 

@@ -61,7 +61,10 @@ class LocalTriton:
     """A tritonserver process on loopback with free ports; ``grpc_url`` / ``http_url`` after :meth:`start`.
 
     The server inherits this process's environment plus ``env``: the preprocessing models read their input
-    limits from ``PIPELINE__LIMITS__*`` there, as the service does.
+    limits from ``PIPELINE__LIMITS__*`` there, as the service does. ``explicit``: model control in explicit mode
+    (every model of the repository loaded at start; other model versions loaded and unloaded by the service
+    through the model-control API), as production runs it; ``versions_repository``: the second repository the
+    service writes those versions into (``PIPELINE__TRITON__VERSIONS_REPOSITORY``).
     """
 
     def __init__(
@@ -72,7 +75,11 @@ class LocalTriton:
         grpc_port: int | None = None,
         http_port: int | None = None,
         env: Mapping[str, str] | None = None,
+        explicit: bool = False,
+        versions_repository: Path | None = None,
     ) -> None:
+        self.explicit = explicit
+        self.versions_repository = Path(versions_repository).resolve() if versions_repository else None
         self.model_repository = Path(model_repository).resolve()
         self.config_name = config_name
         self.grpc_port = grpc_port or _free_port()
@@ -133,9 +140,15 @@ class LocalTriton:
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             "--exit-timeout-secs=5",
-            "--strict-readiness=true",
+            # explicit mode: a model unloaded after a switch would keep a strict server "not ready" for good
+            f"--strict-readiness={'false' if self.explicit else 'true'}",
             "--log-verbose=0",
         ]
+        if self.explicit:
+            cmd += ["--model-control-mode=explicit", "--load-model=*"]
+        if self.versions_repository is not None:
+            self.versions_repository.mkdir(parents=True, exist_ok=True)
+            cmd.append(f"--model-repository={self.versions_repository}")
         self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115  (closed in stop)
         log = self._log or subprocess.DEVNULL
         self._proc = subprocess.Popen(
