@@ -30,8 +30,13 @@ def export(
     ] = None,
     min_cosine: Annotated[float, typer.Option(help="INT8 gate: least mean cosine to FP32, each tower")] = 0.95,
     min_overlap: Annotated[float, typer.Option(help="INT8 gate: least text→image top-10 overlap with FP32")] = 0.8,
+    text_model: Annotated[
+        str | None,
+        typer.Option(help="Multilingual text tower in CLIP's space (sentence-transformers or M-CLIP; hub id, folder)"),
+    ] = None,
 ) -> None:
-    """Export CLIP's text and vision towers to ONNX (FP32, FP16, INT8) as a Triton model repository.
+    """Export CLIP's text and vision towers to ONNX (FP32, FP16, INT8) as a Triton model repository, and with
+    --text-model a multilingual text tower beside them (its dimension must be the image tower's).
 
     Each INT8 variant is measured against FP32 and served only when it passes the accuracy gate."""
     from pipeline.export.repository import export_repository
@@ -52,7 +57,14 @@ def export(
             min_overlap=min_overlap,
             log=log,
         )
-    err.print(f"[green]done[/green]: {out} ({manifest.name}, dim {manifest.dim})")
+        if text_model is not None:
+            from pipeline.export.text_repository import export_text_tower
+
+            manifest = export_text_tower(text_model, out, precision or list(Precision), max_batch_size=max_batch_size,
+                                         calibration=calibration, min_cosine=min_cosine, min_overlap=min_overlap,
+                                         log=log)  # fmt: skip
+    extra = f", multilingual text tower {manifest.multilingual.kind}" if manifest.multilingual else ""
+    err.print(f"[green]done[/green]: {out} ({manifest.name}, dim {manifest.dim}{extra})")
 
 
 @app.command()

@@ -102,6 +102,18 @@ class TextSpec(BaseModel):
     eos_token_id: int
 
 
+class TextTowerSpec(BaseModel):
+    """A second text tower in CLIP's text space (``export --text-model``): its own tokenizer and text settings,
+    the same image vectors."""
+
+    source: str
+    source_digest: str
+    kind: str  # "sentence-transformers" or "m-clip"
+    fingerprint: str  # sha256 of its FP32 ONNX file: the identity of its query vectors
+    text: TextSpec
+    model: ModelSpec
+
+
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     source: str
@@ -112,6 +124,7 @@ class Manifest(BaseModel):
     text: TextSpec
     models: dict[Modality, ModelSpec]
     exporter: dict[str, str]
+    multilingual: TextTowerSpec | None = None  # a multilingual text tower beside CLIP's (issue 15)
 
     @model_validator(mode="before")
     @classmethod

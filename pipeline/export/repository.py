@@ -242,6 +242,8 @@ def export_repository(
             log,
         )
         _gate(manifest, staging, out, calibration, min_cosine, min_overlap, log)
+        if existing is not None and existing.multilingual and existing.fingerprint == manifest.fingerprint:
+            manifest.multilingual = existing.multilingual  # distilled into this very model: still valid
         shutil.rmtree(staging / ".fp32")
         write_configs(staging, manifest, max_batch_size)
         manifest.save(staging)
@@ -398,7 +400,8 @@ def write_configs(root: Path, manifest: Manifest, max_batch_size: int) -> None:
     the preprocessing models and ensembles."""
     from pipeline.export.triton_config import render_config
 
-    for spec in manifest.models.values():
+    towers = [*manifest.models.values(), *([manifest.multilingual.model] if manifest.multilingual else [])]
+    for spec in towers:
         served: dict[str, list[VariantSpec]] = {}
         for variant in spec.variants.values():
             served.setdefault(variant.triton_model, []).append(variant)

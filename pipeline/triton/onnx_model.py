@@ -34,12 +34,16 @@ class TritonPythonModel:
         version = int(args["model_version"])
         # A version loaded under another name (``clip_visual__v2``) records the export's own name.
         name = config.get("parameters", {}).get(SOURCE_PARAMETER, {}).get("string_value") or config["name"]
-        served = [
-            variant
-            for spec in manifest.models.values()
-            for variant in spec.variants.values()
-            if variant.triton_model == name and variant.triton_version == version
-        ]
+        second = manifest.multilingual  # a multilingual text tower, with its own tokenizer's pad id
+        towers = [(spec, manifest.text) for spec in manifest.models.values()]
+        towers += [(second.model, second.text)] if second else []
+        text = manifest.text
+        served = []
+        for spec, spec_text in towers:
+            for variant in spec.variants.values():
+                if variant.triton_model == name and variant.triton_version == version:
+                    served.append(variant)
+                    text = spec_text
         # The file the in-process encoder would load on this CPU (INT8: the no-VNNI kernel where needed); in the
         # model's own version folder when the files came with the load request.
         file = Path(file_for_this_cpu(served[0]).file) if served else Path(name, args["model_version"], "model.onnx")
@@ -48,7 +52,7 @@ class TritonPythonModel:
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
         # Padding values per input: pad id for token ids, 0 for masks; images never need padding.
-        self.pad = {"input_ids": manifest.text.pad_token_id, "attention_mask": 0}
+        self.pad = {"input_ids": text.pad_token_id, "attention_mask": 0}
         self.per_item = any(variant.precision in PER_ITEM for variant in served)
 
     def execute(self, requests: list[Any]) -> list[Any]:

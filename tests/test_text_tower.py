@@ -1,0 +1,166 @@
+"""A multilingual text tower exported beside CLIP's (``export --text-model``): tiny DistilBERT + Dense
+(sentence-transformers) and XLM-R + linear (M-CLIP) towers built from configs with a fixed seed and tokenizers
+trained locally, exported through the CLI, against the reference implementations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from pipeline.errors import ModelError
+from pipeline.manifest import load_manifest
+from pipeline.preprocess import TextTokenizer
+from pipeline.types import Precision
+from tests.conftest import run_cli
+
+TEXTS = [
+    "red mug",
+    "a blue striped cotton t-shirt for summer",
+    "تيشيرت أزرق مخطط",  # Arabic
+    "تِيشِيرْت مُخَطَّط",  # with diacritics
+    "تيشيـــــرت",  # with tatweel
+    "gold خاتم ذهب ring",  # mixed script
+    "🎉 gift 😀",  # emoji
+    "ქართული ანბანი",  # a script neither tokenizer was trained on: unknown tokens, still a vector
+    "blue " * 300,  # over-long: truncated
+]
+
+
+@pytest.fixture(scope="module")
+def st_folder(tmp_path_factory):
+    from pipeline.export.tiny_text import build_tiny_st
+
+    return build_tiny_st(tmp_path_factory.mktemp("st") / "model", dim=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def mclip_folder(tmp_path_factory):
+    from pipeline.export.tiny_text import build_tiny_mclip
+
+    return build_tiny_mclip(tmp_path_factory.mktemp("mclip") / "model", dim=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def with_st(tiny_checkpoint, st_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ml") / "repo"
+    run_cli("export", "--model", str(tiny_checkpoint), "--out", str(out), "--precision", "fp32", "--precision", "int8",
+            "--text-model", str(st_folder))  # fmt: skip
+    return out
+
+
+def _onnx(repository: Path, precision: Precision, texts: list[str]) -> np.ndarray:
+    tower = load_manifest(repository).multilingual
+    assert tower is not None
+    tokenizer = TextTokenizer(repository / tower.text.tokenizer_file, tower.text)
+    session = ort.InferenceSession(str(repository / tower.model.variants[precision].file))
+    return np.concatenate([session.run(None, {"input_ids": b.input_ids, "attention_mask": b.attention_mask})[0]
+                           for b in (tokenizer([t]) for t in texts)])  # fmt: skip
+
+
+def test_sentence_transformers_tower_matches_encode(with_st, st_folder):
+    from sentence_transformers import SentenceTransformer
+
+    manifest = load_manifest(with_st)
+    tower = manifest.multilingual
+    assert tower is not None and tower.kind == "sentence-transformers" and tower.model.name == "clip_text_multilingual"
+    assert set(tower.model.variants) == {Precision.FP32, Precision.INT8}
+    assert (with_st / "clip_text_multilingual" / "config.pbtxt").is_file()
+    assert (with_st / "clip_text_multilingual_int8" / "configs" / "cpu_test.pbtxt").is_file()
+    quality = tower.model.variants[Precision.INT8].quality
+    assert quality is not None and quality.figures["text_cosine_mean"] > 0  # gated, figures kept
+    reference = SentenceTransformer(str(st_folder), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    ours = _onnx(with_st, Precision.FP32, TEXTS)
+    assert np.abs(ours - reference).max() <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    # CLIP's own towers are untouched, and a re-export of the same CLIP keeps the tower
+    run_cli("export", "--model", str(manifest.source), "--out", str(with_st), "--precision", "fp32", "--precision",
+            "int8")  # fmt: skip
+    assert load_manifest(with_st).multilingual == tower
+
+
+def _mclip_reference(folder: Path, texts: list[str]) -> np.ndarray:
+    """M-CLIP's forward as its authors publish it: transformer, attention-masked mean, LinearTransformation."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = json.loads((folder / "config.json").read_text())
+    weights = load_file(str(folder / "model.safetensors"))
+    transformer = AutoModel.from_config(AutoConfig.from_pretrained(folder / config["modelBase"]),
+                                        add_pooling_layer=False).eval()  # fmt: skip
+    own = {k.removeprefix("transformer."): v for k, v in weights.items() if k.startswith("transformer.")}
+    transformer.load_state_dict(own, strict=False)
+    linear = torch.nn.Linear(config["transformerDimensions"], config["numDims"])
+    linear.load_state_dict(
+        {"weight": weights["LinearTransformation.weight"], "bias": weights["LinearTransformation.bias"]}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            tok = tokenizer([text], padding=True, truncation=True, return_tensors="pt")
+            embs = transformer(**tok)[0]
+            att = tok["attention_mask"]
+            embs = (embs * att.unsqueeze(2)).sum(dim=1) / att.sum(dim=1)[:, None]
+            out.append(torch.nn.functional.normalize(linear(embs), dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def test_mclip_tower_matches_its_forward(model_repository, mclip_folder, tmp_path):
+    from pipeline.export.text_repository import export_text_tower
+
+    out = tmp_path / "repo"
+    shutil.copytree(model_repository, out)
+    manifest = export_text_tower(str(mclip_folder), out, [Precision.FP32])
+    assert manifest.multilingual is not None and manifest.multilingual.kind == "m-clip"
+    assert manifest.fingerprint == load_manifest(model_repository).fingerprint  # CLIP's identity unchanged
+    ours = _onnx(out, Precision.FP32, TEXTS)
+    assert np.abs(ours - _mclip_reference(mclip_folder, TEXTS)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("shape", ["st", "mclip"])
+def test_tokenizer_ids_match_the_reference_tokenizer(shape, st_folder, mclip_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pipeline.export.text_tower import MULTILINGUAL_TOKENIZER, load_text_tower
+
+    folder = st_folder if shape == "st" else mclip_folder
+    tower = load_text_tower(str(folder))
+    tower.tokenizer.backend_tokenizer.save(str(tmp_path / MULTILINGUAL_TOKENIZER))
+    ours = TextTokenizer(tmp_path / MULTILINGUAL_TOKENIZER, tower.text).encode(TEXTS)
+    reference = AutoTokenizer.from_pretrained(folder)(TEXTS, truncation=True, max_length=tower.text.max_length)
+    assert ours == reference["input_ids"]
+    assert len(ours[-1]) == tower.text.max_length  # the over-long one, cut to the limit with its end token
+    assert ours[-1][-1] == tower.text.eos_token_id and ours[0][0] == tower.text.bos_token_id
+
+
+def test_a_tower_of_another_dimension_is_refused(model_repository, tmp_path):
+    from pipeline.export.tiny_text import build_tiny_st
+
+    other = build_tiny_st(tmp_path / "st16", dim=16, seed=1)
+    out = tmp_path / "repo"
+    shutil.copytree(model_repository, out)
+    before = (out / "manifest.json").read_text()
+    proc = run_cli("export", "--model", str(load_manifest(out).source), "--out", str(out), "--text-model", str(other),
+                   check=False)  # fmt: skip
+    assert proc.returncode != 0 and "16 dimensions, the image tower's 32" in proc.stderr, proc.stderr
+    assert (out / "manifest.json").read_text() == before and not (out / "clip_text_multilingual").exists()
+
+
+def test_a_model_that_is_not_a_text_tower_is_refused(model_repository, tiny_checkpoint, st_folder, tmp_path):
+    from pipeline.export.text_repository import export_text_tower
+
+    out = tmp_path / "repo"
+    shutil.copytree(model_repository, out)
+    with pytest.raises(ModelError, match=r"not a multilingual text model.*'clip'"):
+        export_text_tower(str(tiny_checkpoint), out, [Precision.FP32])  # a CLIP checkpoint is not one
+    with pytest.raises(ModelError, match="no such folder"):
+        export_text_tower(str(tmp_path / "missing"), out, [Precision.FP32])
+    with pytest.raises(ModelError, match="export a model first"):
+        export_text_tower(str(st_folder), tmp_path / "empty", [Precision.FP32])  # no CLIP export to add it to
+    assert load_manifest(out).multilingual is None
