@@ -37,6 +37,9 @@ class EncoderSettings(BaseModel):
     force_precision: bool = False
     # onnxruntime execution providers in order of preference; unavailable ones are skipped.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # The text tower for queries when the model has a multilingual one (export --text-model): "auto" picks it
+    # for text with non-Latin letters, "multilingual" for every query, "clip" never (pipeline.text_towers).
+    text_tower: Literal["clip", "multilingual", "auto"] = "auto"
 
 
 class LimitsSettings(BaseModel):

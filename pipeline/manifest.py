@@ -146,6 +146,19 @@ class Manifest(BaseModel):
         """A short human name: the source's last path part plus the fingerprint's start."""
         return f"{Path(self.source).name or self.source}@{self.fingerprint[:12]}"
 
+    def multilingual_variant(self, precision: Precision, force: bool = False) -> VariantSpec:
+        """The multilingual text tower's variant served beside CLIP's ``precision``: the same precision when
+        exported (and passed by its gate, unless forced), else FP32. ModelError when there is no such tower."""
+        if self.multilingual is None:
+            raise ModelError("the model has no multilingual text tower (export --text-model)")
+        variants = self.multilingual.model.variants
+        same = variants.get(precision)
+        if same is not None and (force or same.quality is None or same.quality.servable):
+            return same
+        if Precision.FP32 not in variants:
+            raise ModelError(f"the multilingual text tower has no servable {precision} nor fp32 variant; re-export it")
+        return variants[Precision.FP32]
+
     def precisions(self) -> set[Precision]:
         """Precisions exported for both towers."""
         return set(self.models[Modality.TEXT].variants) & set(self.models[Modality.IMAGE].variants)

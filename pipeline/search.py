@@ -30,6 +30,7 @@ from pipeline.preprocess import check_text
 from pipeline.schemas import Hit, QueryKind, SearchFilters, SearchResponse
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.vectors import SpaceQuery, VectorIndex
+from pipeline.text_towers import TextTower
 from pipeline.types import Modality
 
 # Which stored spaces a query searches, and their weight in the fusion. Text queries weigh
@@ -130,7 +131,10 @@ class SearchService:
 
     async def _embed(self, modality: Modality, payload: str | bytes) -> tuple[dict[Modality, np.ndarray], bool]:
         info = self.encoder.info
-        key = cache_key(modality, info.fingerprint, info.precision, payload)
+        tower = self.encoder.tower_for(payload) if isinstance(payload, str) else TextTower.CLIP
+        # A query embedded by the multilingual tower is that tower's vector: its own cache entry.
+        fingerprint = info.multilingual if tower == TextTower.MULTILINGUAL and info.multilingual else info.fingerprint
+        key = cache_key(modality, fingerprint, info.precision, payload)
         vector = self.cache.get(key)
         if vector is not None:
             return {m: vector for m in Modality}, True
@@ -139,7 +143,7 @@ class SearchService:
         if entry is None:
             # A task of its own, so that a caller going away (a client that disconnects, a deadline) cancels
             # only its wait, never the encoding others are waiting for; the last one going away cancels it.
-            entry = _Shared(asyncio.ensure_future(self._encode_one(modality, payload, key)))
+            entry = _Shared(asyncio.ensure_future(self._encode_one(modality, payload, key, tower)))
             entry.task.add_done_callback(functools.partial(self._forget, key, entry))
             self._inflight[key] = entry
         entry.waiters += 1
@@ -159,10 +163,10 @@ class SearchService:
         if not task.cancelled():
             task.exception()  # an error nobody awaits any more is not news
 
-    async def _encode_one(self, modality: Modality, payload: str | bytes, key: str) -> np.ndarray:
+    async def _encode_one(self, modality: Modality, payload: str | bytes, key: str, tower: TextTower) -> np.ndarray:
         if modality is Modality.TEXT:
             assert isinstance(payload, str)
-            vector = (await self.encoder.encode_texts([payload]))[0]
+            vector = (await self.encoder.encode_texts([payload], tower))[0]
         else:
             assert isinstance(payload, bytes)
             vector = (await self.encoder.encode_images([payload]))[0]

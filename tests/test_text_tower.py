@@ -15,6 +15,7 @@ import pytest
 from pipeline.errors import ModelError
 from pipeline.manifest import load_manifest
 from pipeline.preprocess import TextTokenizer
+from pipeline.triton.server import unsupported_reason
 from pipeline.types import Precision
 from tests.conftest import run_cli
 
@@ -164,3 +165,73 @@ def test_a_model_that_is_not_a_text_tower_is_refused(model_repository, tiny_chec
     with pytest.raises(ModelError, match="export a model first"):
         export_text_tower(str(st_folder), tmp_path / "empty", [Precision.FP32])  # no CLIP export to add it to
     assert load_manifest(out).multilingual is None
+
+
+ARABIC = ["تيشيرت أزرق مخطط", "خاتم ذهب", "كوب أحمر"]
+
+
+async def test_queries_pick_their_tower_in_process(with_st, model_repository, st_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.config import EncoderSettings
+    from pipeline.encoders.base import encode_queries
+    from pipeline.encoders.onnx import OnnxEncoder
+    from pipeline.text_towers import TextTower
+
+    reference = SentenceTransformer(str(st_folder), device="cpu").encode(ARABIC, normalize_embeddings=True)
+    encoder = OnnxEncoder.load(with_st, EncoderSettings(precision="fp32"))
+    clip_only = OnnxEncoder.load(with_st, EncoderSettings(precision="fp32", text_tower="clip"))
+    try:
+        assert encoder.info.multilingual == load_manifest(with_st).multilingual.fingerprint
+        assert [encoder.tower_for(t) for t in ("red mug", "café 100%", ARABIC[0], "gold خاتم")] == [
+            TextTower.CLIP, TextTower.CLIP, TextTower.MULTILINGUAL, TextTower.MULTILINGUAL]  # fmt: skip
+        ours = await encoder.encode_texts(ARABIC, TextTower.MULTILINGUAL)
+        assert np.abs(ours - reference).max() <= 1e-4
+        mixed = await encode_queries(encoder, ["red mug", ARABIC[1]])  # one call per tower, input order kept
+        np.testing.assert_allclose(mixed[0], (await encoder.encode_texts(["red mug"]))[0], atol=1e-6)
+        np.testing.assert_allclose(mixed[1], ours[1], atol=1e-6)
+        assert clip_only.info.multilingual is None and clip_only.tower_for(ARABIC[0]) == TextTower.CLIP
+        with pytest.raises(ModelError, match="no multilingual text tower"):
+            await clip_only.encode_texts(ARABIC, TextTower.MULTILINGUAL)
+    finally:
+        await encoder.aclose()
+        await clip_only.aclose()
+    with pytest.raises(ModelError, match="no multilingual text tower"):
+        OnnxEncoder.load(model_repository, EncoderSettings(precision="fp32", text_tower="multilingual"))
+
+
+async def test_arabic_queries_search_the_catalog(with_st, catalog, tmp_path, mongo_uri):
+    from pipeline.stack import open_stack
+    from tests.conftest import make_settings
+
+    async with open_stack(make_settings(with_st, "edge", tmp_path, mongo_uri)) as stack:
+        await stack.ingest.ingest(catalog)
+        first = await stack.search.search_text(ARABIC[0], top_k=5)
+        again = await stack.search.search_text(ARABIC[0], top_k=5)
+        english = await stack.search.search_text("blue striped t-shirt", top_k=5)
+        assert first.hits and not first.cache_hit and again.cache_hit
+        assert [h.product_id for h in again.hits] == [h.product_id for h in first.hits]
+        assert english.hits and not english.cache_hit  # another tower, another cache entry
+        stray = await stack.search.search_text("ქართული", top_k=5)  # a script no tokenizer covers: still answered
+        assert stray.hits
+
+
+@pytest.mark.skipif(unsupported_reason() is not None, reason=f"tritonserver cannot run here: {unsupported_reason()}")
+async def test_the_tower_on_triton_matches_in_process(with_st, tmp_path):
+    from pipeline.config import EncoderSettings, Settings
+    from pipeline.encoders.onnx import OnnxEncoder
+    from pipeline.encoders.triton import TritonEncoder
+    from pipeline.text_towers import TextTower
+    from pipeline.triton.server import LocalTriton
+
+    local = OnnxEncoder.load(with_st, EncoderSettings(precision="fp32"))
+    expected = await local.encode_texts(ARABIC, TextTower.MULTILINGUAL)
+    await local.aclose()
+    with LocalTriton(with_st, log_file=tmp_path / "triton.log") as server:
+        settings = Settings(encoder={"model_repository": with_st, "precision": "fp32"}, triton={"url": server.grpc_url})
+        encoder = await TritonEncoder.connect(settings)
+        try:
+            assert encoder.info.multilingual is not None
+            np.testing.assert_allclose(await encoder.encode_texts(ARABIC, TextTower.MULTILINGUAL), expected, atol=1e-5)
+        finally:
+            await encoder.aclose()

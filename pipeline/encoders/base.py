@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pipeline.manifest import Manifest
+from pipeline.text_towers import TextTower
 from pipeline.types import Precision
 
 
@@ -19,10 +20,13 @@ class EncoderInfo:
     precision: Precision
     dim: int
     backend: str  # "onnxruntime" or "triton"
+    # The multilingual text tower's fingerprint when this encoder serves one (its query vectors are its own).
+    multilingual: str | None = None
 
     @classmethod
-    def of(cls, manifest: Manifest, precision: Precision, backend: str) -> EncoderInfo:
-        return cls(manifest.name, manifest.fingerprint, precision, manifest.dim, backend)
+    def of(cls, manifest: Manifest, precision: Precision, backend: str, multilingual: bool = False) -> EncoderInfo:
+        second = manifest.multilingual.fingerprint if multilingual and manifest.multilingual else None
+        return cls(manifest.name, manifest.fingerprint, precision, manifest.dim, backend, second)
 
 
 @runtime_checkable
@@ -32,8 +36,13 @@ class Encoder(Protocol):
     @property
     def info(self) -> EncoderInfo: ...
 
-    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Raises InvalidInput (naming the text) for empty or over-long texts."""
+    async def encode_texts(self, texts: Sequence[str], tower: TextTower = TextTower.CLIP) -> np.ndarray:
+        """Raises InvalidInput (naming the text) for empty or over-long texts. ``tower``: CLIP's text tower or
+        the multilingual one (when ``info.multilingual``; ModelError otherwise)."""
+        ...
+
+    def tower_for(self, text: str) -> TextTower:
+        """The text tower that embeds ``text`` as a query (``PIPELINE__ENCODER__TEXT_TOWER``)."""
         ...
 
     async def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
@@ -41,3 +50,16 @@ class Encoder(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def encode_queries(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """``texts`` embedded as queries, each by the tower ``encoder.tower_for`` picks (one call per tower), in
+    input order."""
+    towers = [encoder.tower_for(text) for text in texts]
+    if len(set(towers)) <= 1:
+        return await encoder.encode_texts(texts, towers[0] if towers else TextTower.CLIP)
+    out = np.zeros((len(texts), encoder.info.dim), np.float32)
+    for tower in set(towers):
+        rows = [i for i, t in enumerate(towers) if t == tower]
+        out[rows] = await encoder.encode_texts([texts[i] for i in rows], tower)
+    return out

@@ -17,9 +17,10 @@ import numpy as np
 from pipeline.config import EncoderSettings, LimitsSettings
 from pipeline.encoders.base import EncoderInfo
 from pipeline.encoders.batching import MicroBatcher
-from pipeline.errors import ModelMismatch
-from pipeline.manifest import Manifest, file_for_this_cpu, load_manifest, verify_model_file
+from pipeline.errors import ModelError, ModelMismatch
+from pipeline.manifest import PER_ITEM, Manifest, file_for_this_cpu, load_manifest, verify_model_file
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
+from pipeline.text_towers import TextTower, pick_tower
 from pipeline.types import Modality, Precision
 
 
@@ -68,6 +69,7 @@ class OnnxEncoder:
         sessions: dict[Modality, Any],
         settings: EncoderSettings,
         limits: LimitsSettings,
+        multilingual: tuple[Any, Precision] | None = None,
     ) -> None:
         self.manifest = manifest
         self._limits = limits
@@ -76,15 +78,23 @@ class OnnxEncoder:
         backend = (
             "onnxruntime-gpu" if "CUDAExecutionProvider" in sessions[Modality.TEXT].get_providers() else ("onnxruntime")
         )
-        self._info = EncoderInfo.of(manifest, precision, backend)
+        self._info = EncoderInfo.of(manifest, precision, backend, multilingual=multilingual is not None)
         self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
         self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         wait = settings.batch_wait_ms / 1000
         merge = settings.cross_request_batching
         # Dynamic INT8 computes activation scales per model call: one input per call keeps vectors batch-independent.
         self._per_row = precision is Precision.INT8
+        self._text_tower = settings.text_tower
         self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait, merge)
         self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait, merge)
+        self._ml: tuple[Any, TextTokenizer, bool] | None = None  # session, tokenizer, one row per call
+        self._ml_texts: MicroBatcher[list[int]] | None = None
+        if multilingual is not None and manifest.multilingual is not None:
+            session, ml_precision = multilingual
+            spec = manifest.multilingual.text
+            self._ml = (session, TextTokenizer(repository / spec.tokenizer_file, spec), ml_precision in PER_ITEM)
+            self._ml_texts = MicroBatcher(self._run_ml, self._infer, settings.max_batch_size, wait, merge)
 
     @classmethod
     def load(
@@ -112,18 +122,34 @@ class OnnxEncoder:
             path = verify_model_file(repository, file_for_this_cpu(manifest.variant(modality, precision)))
             sessions[modality] = _session(path, settings, providers)
             _check_contract(sessions[modality], manifest, modality, path)
-        return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings())
+        multilingual = None
+        if manifest.multilingual is not None and settings.text_tower != TextTower.CLIP:
+            variant = manifest.multilingual_variant(precision, settings.force_precision)
+            path = verify_model_file(repository, file_for_this_cpu(variant))
+            multilingual = (_session(path, settings, providers), variant.precision)
+        elif settings.text_tower == TextTower.MULTILINGUAL:
+            raise ModelError(f"{repository}: PIPELINE__ENCODER__TEXT_TOWER=multilingual, but the model has no "
+                             "multilingual text tower (export --text-model)")  # fmt: skip
+        return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings(), multilingual)
 
     @property
     def info(self) -> EncoderInfo:
         return self._info
 
-    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def tower_for(self, text: str) -> TextTower:
+        return pick_tower(text, self._text_tower, self._ml is not None)
+
+    async def encode_texts(self, texts: Sequence[str], tower: TextTower = TextTower.CLIP) -> np.ndarray:
         for i, text in enumerate(texts):
             check_text(text, self._limits, name=f"text {i}")
         if not texts:
             return np.zeros((0, self._info.dim), np.float32)
         loop = asyncio.get_running_loop()
+        if tower == TextTower.MULTILINGUAL:
+            if self._ml is None or self._ml_texts is None:
+                raise ModelError("this encoder has no multilingual text tower (export --text-model)")
+            ids = await loop.run_in_executor(self._prep, self._ml[1].encode, list(texts))
+            return await self._ml_texts.submit(ids)
         ids = await loop.run_in_executor(self._prep, self._tokenizer.encode, list(texts))
         return await self._texts.submit(ids)
 
@@ -145,6 +171,14 @@ class OnnxEncoder:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         return self._sessions[Modality.TEXT].run(None, feeds)[0]
 
+    def _run_ml(self, ids: list[list[int]]) -> np.ndarray:
+        assert self._ml is not None
+        session, tokenizer, per_row = self._ml
+        if per_row and len(ids) > 1:
+            return np.concatenate([self._run_ml([row]) for row in ids])
+        batch = tokenizer.pad(ids)
+        return session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+
     def _run_image(self, tensors: list[np.ndarray]) -> np.ndarray:
         if self._per_row and len(tensors) > 1:
             return np.concatenate([self._run_image([tensor]) for tensor in tensors])
@@ -153,6 +187,8 @@ class OnnxEncoder:
     async def aclose(self) -> None:
         await self._texts.aclose()
         await self._images.aclose()
+        if self._ml_texts is not None:
+            await self._ml_texts.aclose()
         self._prep.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._infer.shutdown, wait=True)  # waits out a model call in flight
 

@@ -51,6 +51,7 @@ from pipeline.manifest import (
     load_manifest,
 )
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
+from pipeline.text_towers import TextTower, pick_tower
 from pipeline.triton.control import ensure_loaded, model_names, remove_version, served_name, unload, write_version
 from pipeline.types import Modality, Precision
 
@@ -157,7 +158,15 @@ class TritonEncoder:
             Modality.TEXT: served_name(text_ensemble(precision), tag),
         }
         self._tokenizer = TextTokenizer(settings.encoder.model_repository / manifest.text.tokenizer_file, manifest.text)
-        self._info = EncoderInfo.of(manifest, precision, "triton")
+        # The multilingual text tower (export --text-model): its model and version, and its tokenizer (run here:
+        # token ids are small; there is no server-side tokenizer for it).
+        self._ml: tuple[str, str, TextTokenizer] | None = None
+        if manifest.multilingual is not None and settings.encoder.text_tower != TextTower.CLIP:
+            variant = manifest.multilingual_variant(precision, settings.encoder.force_precision)
+            spec = manifest.multilingual.text
+            tokenizer = TextTokenizer(settings.encoder.model_repository / spec.tokenizer_file, spec)
+            self._ml = (served_name(variant.triton_model, tag), str(variant.triton_version), tokenizer)
+        self._info = EncoderInfo.of(manifest, precision, "triton", multilingual=self._ml is not None)
         self._fallback: Encoder | None = None
         self._fallback_until = 0.0
         self._fallback_lock = asyncio.Lock()
@@ -247,6 +256,17 @@ class TritonEncoder:
                     )
                 config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
                 max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+            if self._ml is not None and self.manifest.multilingual is not None:
+                name, version, _ = self._ml
+                meta = await self._client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
+                spec = self.manifest.multilingual.model
+                want = {"inputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.inputs],
+                        "outputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.outputs]}  # fmt: skip
+                if want != _actual(meta):
+                    raise ModelMismatch(f"Triton model {name!r} v{version} differs from the manifest's multilingual "
+                                        f"tower: server has {_actual(meta)}, the export {want}")  # fmt: skip
+                config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
+                max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
             if self._cfg.send == "bytes":
                 for name in self._ensembles.values():
                     if not await self._client.is_model_ready(name, client_timeout=timeout):
@@ -272,7 +292,7 @@ class TritonEncoder:
         first use of a version, or a server restarted since). Raises ModelMismatch naming the model when the
         server cannot load it (not in explicit mode, a model the repository does not have)."""
         timeout = self._cfg.timeout_s
-        needed = [name for name, _ in self._models.values()]
+        needed = [name for name, _ in self._models.values()] + ([self._ml[0]] if self._ml else [])
         if self._cfg.send == "bytes":
             needed += list(self._ensembles.values())
         missing = [n for n in needed if not await self._client.is_model_ready(n, client_timeout=timeout)]
@@ -343,6 +363,9 @@ class TritonEncoder:
     def info(self) -> EncoderInfo:
         return self._info
 
+    def tower_for(self, text: str) -> TextTower:
+        return pick_tower(text, self._settings.encoder.text_tower, self._ml is not None)
+
     @property
     def using_fallback(self) -> bool:
         return self._fallback is not None and time.monotonic() < self._fallback_until
@@ -408,35 +431,52 @@ class TritonEncoder:
             parts.append(result)
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
-    async def _with_fallback(self, modality: Modality, items: Sequence[Any]) -> np.ndarray:
+    async def _with_fallback(
+        self, modality: Modality, items: Sequence[Any], tower: TextTower = TextTower.CLIP
+    ) -> np.ndarray:
         if self.using_fallback:
             assert self._fallback is not None
             return await (
-                self._fallback.encode_texts(items) if modality is Modality.TEXT else self._fallback.encode_images(items)
+                self._fallback.encode_texts(items, tower)
+                if modality is Modality.TEXT
+                else self._fallback.encode_images(items)
             )
         try:
             await self._ensure_checked()
-            return await (self._texts(list(items)) if modality is Modality.TEXT else self._images(list(items)))
+            return await (self._texts(list(items), tower) if modality is Modality.TEXT else self._images(list(items)))
         except EncoderUnavailable:
             self._verified = False
             if not self._cfg.fallback:
                 raise
             fallback = await self._switch_to_fallback("during a request")
-            return await (fallback.encode_texts(items) if modality is Modality.TEXT else fallback.encode_images(items))
+            return await (
+                fallback.encode_texts(items, tower) if modality is Modality.TEXT else fallback.encode_images(items)
+            )
 
-    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    async def encode_texts(self, texts: Sequence[str], tower: TextTower = TextTower.CLIP) -> np.ndarray:
         for i, text in enumerate(texts):
             check_text(text, self._limits, name=f"text {i}")
+        if tower == TextTower.MULTILINGUAL and self._ml is None:
+            raise ModelError("this encoder has no multilingual text tower (export --text-model)")
         if not texts:
             return np.zeros((0, self._info.dim), np.float32)
-        return await self._with_fallback(Modality.TEXT, texts)
+        return await self._with_fallback(Modality.TEXT, texts, tower)
 
     async def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
         if not images:
             return np.zeros((0, self._info.dim), np.float32)
         return await self._with_fallback(Modality.IMAGE, images)
 
-    async def _texts(self, texts: list[str]) -> np.ndarray:
+    async def _texts(self, texts: list[str], tower: TextTower = TextTower.CLIP) -> np.ndarray:
+        if tower == TextTower.MULTILINGUAL:
+            assert self._ml is not None
+            ml_name, ml_version, ml_tokenizer = self._ml
+
+            def build_ml(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
+                batch = ml_tokenizer(chunk)
+                return [(TEXT_INPUTS[0], batch.input_ids, "INT64"), (TEXT_INPUTS[1], batch.attention_mask, "INT64")]
+
+            return await self._chunked(ml_name, ml_version, texts, build_ml, TEXT_OUTPUT)
         if self._cfg.send == "bytes":
 
             def build(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:

@@ -42,9 +42,19 @@ def served_name(name: str, tag: str | None) -> str:
     return f"{name}{SEPARATOR}{tag}" if tag else name
 
 
+def tower_models(manifest: Manifest, precision: Precision) -> dict[str, int]:
+    """The export's tower models serving ``precision`` and the version of each: CLIP's two, and the
+    multilingual text tower's when the model has one."""
+    towers = dict(manifest.triton_model(modality, precision) for modality in Modality)
+    if manifest.multilingual is not None:
+        variant = manifest.multilingual_variant(precision)
+        towers[variant.triton_model] = variant.triton_version
+    return towers
+
+
 def model_names(manifest: Manifest, precision: Precision) -> list[str]:
     """The export's names of the models serving ``precision``, in load order (an ensemble after its models)."""
-    towers = [manifest.triton_model(modality, precision)[0] for modality in Modality]
+    towers = list(tower_models(manifest, precision))
     return [*towers, IMAGE_PREPROCESS, TEXT_PREPROCESS, image_ensemble(precision), text_ensemble(precision)]
 
 
@@ -82,7 +92,7 @@ def write_version(repository: Path, manifest: Manifest, precision: Precision, ta
     model repository the server reads); the served names, in load order. Each model's folder is written
     whole under a temporary name, then renamed into place."""
     repository, root = Path(repository), Path(root)
-    towers = dict(manifest.triton_model(modality, precision) for modality in Modality)
+    towers = tower_models(manifest, precision)
     sources = model_names(manifest, precision)
     names = {model: served_name(model, tag) for model in sources}
     for model in sources:

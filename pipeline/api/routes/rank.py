@@ -11,6 +11,7 @@ from pipeline.api.auth import SearchKey
 from pipeline.api.deps import ServiceDep
 from pipeline.api.errors import documented
 from pipeline.api.fetch import check_url
+from pipeline.encoders.base import encode_queries
 from pipeline.errors import InvalidInput
 from pipeline.preprocess import check_text
 from pipeline.wire import Ranked, RankRequest, RankResponse
@@ -27,14 +28,14 @@ async def rank(body: RankRequest, svc: ServiceDep, _: SearchKey) -> RankResponse
     short = stack.search.query_limits
     candidates = [check_text(c, short, name=f"candidates[{i}]") for i, c in enumerate(body.candidates)]
     if body.query is not None:
-        query = (await encoder.encode_texts([check_text(body.query, short, name="query")]))[0]
+        query = (await encode_queries(encoder, [check_text(body.query, short, name="query")]))[0]
     else:
         data = await stack.ingest.load_image(check_url(str(body.query_image_url)), svc.urls)
         try:
             query = (await encoder.encode_images([data]))[0]
         except InvalidInput as exc:
             raise InvalidInput(str(exc).replace("image 0:", "query image:", 1)) from exc
-    vectors = await encoder.encode_texts(candidates)
+    vectors = await encode_queries(encoder, candidates)  # each text by its tower (CLIP's, or the multilingual)
     scores = vectors @ query
     order = np.argsort(-scores, kind="stable")
     ranked = [Ranked(index=int(i), candidate=candidates[i], similarity=float(scores[i])) for i in order]
