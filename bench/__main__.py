@@ -57,6 +57,18 @@ def scale(
 
 
 @app.command()
+def multilingual(
+    demo: str = typer.Option("data/demo", help="make demo's folder (its repository with the distilled text tower)"),
+) -> None:
+    """Arabic and English held-out queries, the demo CLIP's text tower vs the distilled multilingual student."""
+    from pathlib import Path
+
+    from bench.multilingual import run
+
+    run(Path(demo))
+
+
+@app.command()
 def lifecycle(
     demo: str = typer.Option("data/demo", help="make demo's folder (catalog and model built there when absent)"),
     epochs: int = typer.Option(4, help="epochs of each training run"),

@@ -136,10 +136,30 @@ def train(
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     lr: Annotated[float | None, typer.Option(help="Default 5e-4 for small, 1e-5 to fine-tune")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    distill_text: Annotated[
+        bool, typer.Option(help="Distil a multilingual text tower from --model's text tower instead (--parallel)")
+    ] = False,
+    parallel: Annotated[
+        Path | None, typer.Option(help="--distill-text: parallel sentences, JSON lines {source, target}")
+    ] = None,
+    student: Annotated[
+        str, typer.Option(help="--distill-text: 'small' (a compact DistilBERT) or a sentence-transformers model")
+    ] = "small",
 ) -> None:
-    """Contrastive fine-tuning on the catalog; prints held-out recall@1/5/10 before and after."""
+    """Contrastive fine-tuning on the catalog; prints held-out recall@1/5/10 before and after. With
+    --distill-text: a multilingual student for `export --text-model`, distilled on parallel sentences."""
     from pipeline.export.finetune import train as run_training
 
+    if distill_text:
+        from pipeline.export.distill import distill
+
+        if parallel is None:
+            raise InvalidInput("--distill-text needs --parallel (JSON lines: source, target)")
+        result = distill(model, parallel, out, student=student, epochs=epochs, batch_size=batch_size, lr=lr,
+                         seed=seed, log=lambda m: err.print(m, markup=False))  # fmt: skip
+        err.print(f"[green]distilled[/green] {result.pairs} pairs in {result.seconds:.0f} s → {out}; held-out "
+                  f"cosine to the teacher {result.cosine}")  # fmt: skip
+        return
     if (catalog is None) == (pairs is None):
         raise InvalidInput("give either --catalog or --pairs")
     report = run_training(model, catalog, out, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -1,8 +1,10 @@
 """The offline demo catalog: products the project draws itself, so the demo needs no download.
 
 Six categories x eight colours x four patterns, several products per combination, each drawn at a random
-angle, size, position and background; names and descriptions say what is drawn ("blue striped t-shirt").
-A held-out set of new drawings (other seeds) with their titles measures retrieval after training.
+angle, size, position and background; names and descriptions say what is drawn ("blue striped t-shirt"), in
+English and in Arabic (``attributes.name_ar``, ``description_ar``; ``parallel.jsonl`` pairs the titles for
+``train --distill-text``). A held-out set of new drawings (other seeds) with their titles in both languages
+measures retrieval after training.
 """
 
 from __future__ import annotations
@@ -137,6 +139,28 @@ def title(color: str, pattern: str, category: str) -> str:
     return f"{color} {category}" if pattern == "plain" else f"{color} {pattern} {category}"
 
 
+# Arabic: the noun first, then its adjectives, which agree with it in gender ("حقيبة قماشية زرقاء مخططة").
+_AR_NOUNS = {
+    "t-shirt": ("تيشيرت", False), "mug": ("كوب", False), "cap": ("قبعة", True),
+    "sneaker": ("حذاء رياضي", False), "tote bag": ("حقيبة قماشية", True), "vase": ("مزهرية", True),
+}  # fmt: skip
+_AR_COLORS = {
+    "red": ("أحمر", "حمراء"), "blue": ("أزرق", "زرقاء"), "green": ("أخضر", "خضراء"), "yellow": ("أصفر", "صفراء"),
+    "black": ("أسود", "سوداء"), "white": ("أبيض", "بيضاء"), "pink": ("وردي", "وردية"),
+    "orange": ("برتقالي", "برتقالية"),
+}  # fmt: skip
+_AR_PATTERNS = {"striped": ("مخطط", "مخططة"), "dotted": ("منقط", "منقطة"), "checked": ("بمربعات", "بمربعات")}
+
+
+def title_ar(color: str, pattern: str, category: str) -> str:
+    """The Arabic title of what is drawn: the same words as :func:`title`."""
+    noun, feminine = _AR_NOUNS[category]
+    words = [noun, _AR_COLORS[color][feminine]]
+    if pattern != "plain":
+        words.append(_AR_PATTERNS[pattern][feminine])
+    return " ".join(words)
+
+
 def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combination: int = 2,
                        seed: int = 0) -> DemoSummary:  # fmt: skip
     """Write ``out/catalog.jsonl``, ``out/heldout.jsonl`` and the images under ``out/images/``."""
@@ -145,9 +169,11 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
     (out / "heldout").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     rows, heldout, n_images = [], [], 0
+    parallel: list[dict[str, str]] = []
     combos = [(c, col, p) for c in SHAPES for col in COLORS for p in PATTERNS]
     for k, (category, color, pattern) in enumerate(combos):
-        name = title(color, pattern, category)
+        name, name_ar = title(color, pattern, category), title_ar(color, pattern, category)
+        parallel.append({"source": name, "target": name_ar})
         for v in range(per_combination):
             pid = f"{category.replace(' ', '-')}-{color}-{pattern}-{v:02d}"
             images = []
@@ -163,15 +189,19 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
             rows.append({
                 "id": pid, "name": name.capitalize(),
                 "description": f"A {name} by {brand}.", "brand": brand, "category": category, "color": color,
-                "price": price, "images": images, "attributes": {"pattern": pattern},
+                "price": price, "images": images,
+                "attributes": {"pattern": pattern, "name_ar": name_ar, "description_ar": f"{name_ar} من {brand}."},
             })  # fmt: skip
         for h in range(heldout_per_combination):
             rel = f"heldout/{category.replace(' ', '-')}-{color}-{pattern}-{h}.jpg"
             draw_product(category, color, pattern, seed=10**9 + seed * 1_000_003 + k * 100 + h).save(
                 out / rel, quality=88
             )
-            heldout.append({"image": rel, "title": name, "category": category, "color": color, "pattern": pattern})
+            heldout.append({"image": rel, "title": name, "title_ar": name_ar, "category": category, "color": color,
+                            "pattern": pattern})  # fmt: skip
     catalog, heldout_file = out / "catalog.jsonl", out / "heldout.jsonl"
     catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
     heldout_file.write_text("".join(json.dumps(r) + "\n" for r in heldout))
+    # English titles and their Arabic translations: what `train --distill-text` learns from.
+    (out / "parallel.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in parallel))
     return DemoSummary(len(rows), n_images, len(heldout), catalog, heldout_file)

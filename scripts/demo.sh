@@ -17,10 +17,15 @@ if [ -n "${MODEL:-}" ]; then
 else
   DEMO=${DEMO:-data/demo}
   CATALOG=${CATALOG:-$DEMO/catalog/catalog.jsonl}
-  [ -f "$DEMO/catalog/catalog.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
+  # (parallel.jsonl: catalogs written before the Arabic titles are written again)
+  [ -f "$DEMO/catalog/parallel.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
   [ -f "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --model small \
       --catalog "$DEMO/catalog/catalog.jsonl" --out "$DEMO/model"
-  $PY -m pipeline export --model "$DEMO/model" --out "$DEMO/model_repository" --precision int8 --precision fp32
+  # A multilingual text tower distilled from the demo model's own on the English and Arabic titles.
+  [ -f "$DEMO/text_student/modules.json" ] || $PY -m pipeline train --distill-text --model "$DEMO/model" \
+      --parallel "$DEMO/catalog/parallel.jsonl" --out "$DEMO/text_student"
+  $PY -m pipeline export --model "$DEMO/model" --out "$DEMO/model_repository" --precision int8 --precision fp32 \
+      --text-model "$DEMO/text_student"
 fi
 export PIPELINE__ENCODER__MODEL_REPOSITORY="$DEMO/model_repository"
 export PIPELINE__QDRANT__PATH="$DEMO/qdrant"

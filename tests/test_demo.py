@@ -29,6 +29,13 @@ def test_demo_catalog_is_valid_and_complete(small_demo):
     # held-out drawings are new images, not copies of catalog images
     catalog_bytes = {(small_demo.catalog.parent / i).read_bytes() for r in rows for i in r.product.images}
     assert not any((small_demo.catalog.parent / h["image"]).read_bytes() in catalog_bytes for h in held)
+    # Arabic beside English: the noun first, adjectives agreeing with it (a feminine noun, feminine adjectives)
+    arabic = {r.product.name.lower(): r.product.attributes["name_ar"] for r in rows}
+    assert arabic["blue striped t-shirt"] == "تيشيرت أزرق مخطط"
+    assert arabic["blue striped tote bag"] == "حقيبة قماشية زرقاء مخططة" and arabic["red mug"] == "كوب أحمر"
+    assert all(h["title_ar"] == arabic[h["title"]] for h in held)
+    parallel = [json.loads(line) for line in (small_demo.catalog.parent / "parallel.jsonl").read_text().splitlines()]
+    assert len(parallel) == combos and {"source": "red mug", "target": "كوب أحمر"} in parallel
 
 
 def test_training_improves_heldout_recall_and_exports(small_demo, tmp_path):

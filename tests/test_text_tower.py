@@ -235,3 +235,38 @@ async def test_the_tower_on_triton_matches_in_process(with_st, tmp_path):
             np.testing.assert_allclose(await encoder.encode_texts(ARABIC, TextTower.MULTILINGUAL), expected, atol=1e-5)
         finally:
             await encoder.aclose()
+
+
+def test_distill_a_student_then_export_it(tiny_checkpoint, model_repository, tmp_path):
+    """`train --distill-text` on parallel titles (the demo generator's English and Arabic), then `export
+    --text-model` of the student: the student's vectors move toward the teacher's, Arabic side included."""
+    from pipeline.demo_catalog import COLORS, PATTERNS, SHAPES, title, title_ar
+
+    rows = [{"source": title(c, p, s), "target": title_ar(c, p, s)} for s in SHAPES for c in COLORS for p in PATTERNS]
+    parallel = tmp_path / "parallel.jsonl"
+    parallel.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    student = tmp_path / "student"
+    run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(parallel), "--out",
+            str(student), "--epochs", "6")  # fmt: skip
+    report = json.loads((student / "distill_report.json").read_text())
+    assert report["pairs"] + report["heldout"] == len(rows) and report["heldout"] > 0
+    assert report["cosine"]["target"] > 0.3, report  # learnt from nothing (a random student starts near 0)
+    out = tmp_path / "repo"
+    shutil.copytree(model_repository, out)
+    run_cli("export", "--model", str(load_manifest(out).source), "--out", str(out), "--precision", "fp32",
+            "--text-model", str(student))  # fmt: skip
+    assert load_manifest(out).multilingual is not None
+
+
+def test_distill_refuses_bad_parallel_files(tiny_checkpoint, tmp_path):
+    few = tmp_path / "few.jsonl"
+    few.write_text('{"source": "red mug", "target": "كوب أحمر"}\n' * 3)
+    proc = run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(few), "--out",
+                   str(tmp_path / "s"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "needs at least 8" in proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"source": "red mug", "target": "كوب أحمر"}\n{"source": "no target"}\n')
+    proc = run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(bad), "--out",
+                   str(tmp_path / "s"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "bad.jsonl:2" in proc.stderr
+    assert not (tmp_path / "s").exists()

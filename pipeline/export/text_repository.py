@@ -32,6 +32,7 @@ from pipeline.manifest import (
     VariantSpec,
     load_manifest,
     sha256_file,
+    verify_model_file,
 )
 from pipeline.types import Modality, Precision
 
@@ -69,6 +70,9 @@ def export_text_tower(
             "must map into the image tower's space to search its vectors"
         )
     digest = folder_digest(resolve_source(source))
+    if _up_to_date(manifest, out, digest, precisions):
+        log(f"{out}: multilingual text tower from {source} up to date")
+        return manifest
     staging = staging_folder(out)
     try:
         fp32 = staging / ".fp32" / "text.onnx"
@@ -117,6 +121,19 @@ def export_text_tower(
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{out}: multilingual text tower from {source} ({tower.kind}, dim {tower.dim})")
     return updated
+
+
+def _up_to_date(manifest: Manifest, out: Path, digest: str, precisions: Sequence[Precision]) -> bool:
+    """Whether ``out`` already holds this source's tower at these precisions, its files intact."""
+    tower = manifest.multilingual
+    if tower is None or tower.source_digest != digest or set(tower.model.variants) != set(precisions):
+        return False
+    try:
+        for variant in tower.model.variants.values():
+            verify_model_file(out, variant)
+    except ModelError:
+        return False
+    return (out / tower.text.tokenizer_file).is_file()
 
 
 def _gate(manifest: Manifest, staging: Path, out: Path, fp32: Path, calibration: Path | None, min_cosine: float,

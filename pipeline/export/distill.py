@@ -1,0 +1,171 @@
+"""``python -m pipeline train --distill-text``: a multilingual student distilled into a CLIP's text space.
+
+Parallel sentences (JSON lines ``{"source": English, "target": a translation}``) teach a student text encoder
+to put both sides where the teacher (the CLIP's own text tower) puts the English one: the teacher embeds the
+English sentence, the student learns to produce that vector from the English and from the translated sentence
+(mean squared error between unit vectors). This is how sentence-transformers' ``clip-ViT-B-32-multilingual-v1``
+was made, at a much smaller scale. The student's queries then search the image vectors the teacher's image
+tower made, in any language it was taught.
+
+The student is a sentence-transformers folder (transformer → mean pooling → Dense to the teacher's dimension),
+which ``export --text-model`` reads. ``--student small`` builds a compact DistilBERT from a config with a
+WordPiece tokenizer trained on both sides of the parallel sentences (the offline demo); a sentence-transformers
+folder or hub id continues from that model (with a real CLIP, e.g. ``clip-ViT-B-32-multilingual-v1``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InvalidInput, ModelError
+from pipeline.export.finetune import SMALL, Log
+
+
+@dataclass
+class DistillReport:
+    pairs: int
+    heldout: int
+    epochs: int
+    seconds: float
+    cosine: dict[str, float]  # mean cosine student↔teacher on held-out pairs: "source" and "target" sides
+
+
+def read_parallel(path: Path) -> list[tuple[str, str]]:
+    """``(source, target)`` pairs from a JSON-lines file; a malformed line is an error naming it."""
+    pairs = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            source, target = str(row["source"]).strip(), str(row["target"]).strip()
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidInput(f'{path}:{n}: expected {{"source": ..., "target": ...}} ({exc})') from exc
+        if source and target:
+            pairs.append((source, target))
+    if len(pairs) < 8:
+        raise InvalidInput(f"{path}: {len(pairs)} parallel pairs; distillation needs at least 8")
+    return pairs
+
+
+def _teacher(source: str) -> tuple[Any, Any]:
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from pipeline.export.repository import read_clip_config, resolve_source
+
+    folder = resolve_source(source)
+    read_clip_config(folder)
+    return CLIPModel.from_pretrained(folder).eval(), CLIPTokenizer.from_pretrained(folder)
+
+
+def _small_student(out: Path, texts: list[str], dim: int) -> Any:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from pipeline.export.tiny_text import train_wordpiece
+
+    base = out.parent / f".{out.name}-base"
+    train_wordpiece(base, vocab_size=2000, corpus=texts * 2)
+    vocab = json.loads((base / "tokenizer.json").read_text())["model"]["vocab"]
+    config = DistilBertConfig(vocab_size=len(vocab), dim=192, hidden_dim=384, n_layers=3, n_heads=4,
+                              max_position_embeddings=128, pad_token_id=vocab["[PAD]"])  # fmt: skip
+    DistilBertModel(config).save_pretrained(base)
+    import torch
+
+    modules = [Transformer(str(base), max_seq_length=64), Pooling(192, "mean"),
+               Dense(192, dim, activation_function=torch.nn.Identity())]  # fmt: skip
+    return SentenceTransformer(modules=modules, device="cpu")
+
+
+def _student(spec: str, out: Path, texts: list[str], dim: int) -> Any:
+    if spec == SMALL:
+        return _small_student(out, texts, dim)
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.export.repository import resolve_source
+
+    student = SentenceTransformer(str(resolve_source(spec)), device="cpu")
+    if student.get_embedding_dimension() != dim:
+        raise ModelError(f"{spec}: the student has {student.get_embedding_dimension()} dimensions, the teacher {dim}")
+    return student
+
+
+def distill(teacher: str, parallel: Path, out: Path, *, student: str = SMALL, epochs: int = 40,
+            batch_size: int = 64, lr: float | None = None, heldout_every: int = 10, seed: int = 0,
+            log: Log = print) -> DistillReport:  # fmt: skip
+    """Distil ``teacher``'s text tower into ``student`` on ``parallel`` and save the student to ``out`` (a
+    sentence-transformers folder). Every ``heldout_every``-th pair is held out to measure the result."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    pairs = read_parallel(parallel)
+    held = pairs[::heldout_every] if heldout_every > 1 else []
+    train_pairs = [p for i, p in enumerate(pairs) if heldout_every <= 1 or i % heldout_every]
+    model, tokenizer = _teacher(teacher)
+    dim = int(model.config.projection_dim)
+    with torch.no_grad():
+        sources = sorted({s for s, _ in pairs})
+        tok = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
+        feats = model.get_text_features(**tok)
+        feats = getattr(feats, "pooler_output", feats)
+        target_of = dict(zip(sources, torch.nn.functional.normalize(feats, dim=-1), strict=True))
+    out = Path(out)
+    st = _student(student, out, [t for p in pairs for t in p], dim)
+    st.train()
+    # Both sides of every training pair aim at the teacher's vector of the English side.
+    rows = [(text, target_of[source]) for source, target in train_pairs for text in (source, target)]
+    lr = lr or (1e-3 if student == SMALL else 2e-5)
+    optimizer = torch.optim.AdamW(st.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * math.ceil(len(rows) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        rng.shuffle(rows)
+        losses = []
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s : s + batch_size]
+            loss = torch.nn.functional.mse_loss(_embed(st, [t for t, _ in batch]), torch.stack([v for _, v in batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            log(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.5f} ({time.perf_counter() - start:.0f} s)")
+    seconds = time.perf_counter() - start
+    st.eval()
+    cosine = _agreement(st, held or train_pairs, target_of)
+    log(f"student ↔ teacher cosine on {'held-out' if held else 'training'} pairs: {cosine}")
+    st.save(str(out))
+    report = DistillReport(len(train_pairs), len(held), epochs, round(seconds, 1), cosine)
+    (out / "distill_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
+
+
+def _embed(st: Any, texts: list[str]) -> Any:
+    import torch
+
+    features = st.tokenizer(texts, padding=True, truncation=True, max_length=st.max_seq_length, return_tensors="pt")
+    out = st({"input_ids": features["input_ids"], "attention_mask": features["attention_mask"]})["sentence_embedding"]
+    return torch.nn.functional.normalize(out, dim=-1)
+
+
+def _agreement(st: Any, pairs: list[tuple[str, str]], target_of: dict[str, Any]) -> dict[str, float]:
+    import torch
+
+    with torch.no_grad():
+        teacher = torch.stack([target_of[s] for s, _ in pairs])
+        return {side: round(float((_embed(st, [p[i] for p in pairs]) * teacher).sum(-1).mean()), 4)
+                for i, side in enumerate(("source", "target"))}  # fmt: skip
