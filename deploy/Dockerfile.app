@@ -13,7 +13,7 @@ COPY pipeline ./pipeline
 COPY ui ./ui
 COPY .streamlit ./.streamlit
 # /data: the service's own files (uploaded images) on a volume; created here so the volume is the app user's.
-RUN pip install --no-cache-dir --no-deps . && useradd --create-home app \
+RUN pip install --no-cache-dir --no-deps . && useradd --create-home --uid 1000 app \
     && mkdir -p /data && chown app:app /data
 USER app
 EXPOSE 8000 8501

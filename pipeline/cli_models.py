@@ -132,7 +132,7 @@ def train(
         Path | None, typer.Option(help="Or a pairs file (JSON lines: image, text, negatives, split)")
     ] = None,
     heldout: Annotated[Path | None, typer.Option(help="Held-out pairs (default: heldout.jsonl beside)")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Default 12 (150 with --distill-text)")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     lr: Annotated[float | None, typer.Option(help="Default 5e-4 for small, 1e-5 to fine-tune")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -155,14 +155,14 @@ def train(
 
         if parallel is None:
             raise InvalidInput("--distill-text needs --parallel (JSON lines: source, target)")
-        result = distill(model, parallel, out, student=student, epochs=epochs, batch_size=batch_size, lr=lr,
+        result = distill(model, parallel, out, student=student, epochs=epochs or 150, batch_size=batch_size, lr=lr,
                          seed=seed, log=lambda m: err.print(m, markup=False))  # fmt: skip
         err.print(f"[green]distilled[/green] {result.pairs} pairs in {result.seconds:.0f} s → {out}; held-out "
                   f"cosine to the teacher {result.cosine}")  # fmt: skip
         return
     if (catalog is None) == (pairs is None):
         raise InvalidInput("give either --catalog or --pairs")
-    report = run_training(model, catalog, out, heldout=heldout, epochs=epochs, batch_size=batch_size, lr=lr,
+    report = run_training(model, catalog, out, heldout=heldout, epochs=epochs or 12, batch_size=batch_size, lr=lr,
                           seed=seed, log=lambda m: err.print(m, markup=False), pairs=pairs)  # fmt: skip
     err.print(f"[green]trained[/green] {report.pairs} pairs in {report.seconds:.0f} s → {out}")
     if report.after:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import platform
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,22 @@ class Manifest(BaseModel):
         if Precision.FP32 not in variants:
             raise ModelError(f"the multilingual text tower has no servable {precision} nor fp32 variant; re-export it")
         return variants[Precision.FP32]
+
+    def served_multilingual(self, precision: Precision, setting: str, force: bool = False) -> VariantSpec | None:
+        """The multilingual variant to serve under the ``text_tower`` setting, or None: none for ``clip`` or a
+        model without such a tower; with ``auto``, none (logged) when no variant of it is servable; with
+        ``multilingual``, ModelError in both cases."""
+        if setting == "clip":
+            return None
+        try:
+            return self.multilingual_variant(precision, force)
+        except ModelError:
+            if setting == "multilingual":
+                raise
+            if self.multilingual is not None:
+                logging.getLogger(__name__).warning("the multilingual text tower has no servable variant: "
+                                                    "queries use CLIP's text tower")  # fmt: skip
+            return None
 
     def precisions(self) -> set[Precision]:
         """Precisions exported for both towers."""

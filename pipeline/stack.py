@@ -55,6 +55,7 @@ class Stack:
     generations: dict[str, Generation] = field(default_factory=dict)  # open ones, by version
     _switching: asyncio.Lock = field(default_factory=asyncio.Lock)
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    _opening: set[str] = field(default_factory=set)  # generations being opened (see _close_later)
 
     @property
     def mongo(self) -> MongoStore:
@@ -93,7 +94,11 @@ class Stack:
             await self.release(gen)  # its files were replaced (a re-export in place): open them again
             gen = None
         if gen is None:
-            gen = await open_generation(self.shared, version)
+            self._opening.add(version.version)  # its models stay loaded though an older twin drains meanwhile
+            try:
+                gen = await open_generation(self.shared, version)
+            finally:
+                self._opening.discard(version.version)
             self.generations[version.version] = gen
         gen.version = version
         return gen
@@ -130,7 +135,8 @@ class Stack:
             drained = True
         finally:  # at shutdown too (cancelled): its model and its collection's lock are let go
             try:  # unloaded unless it was opened again meanwhile (a quick rollback)
-                await gen.aclose(unload=drained and gen.name not in self.generations)
+                reopened = gen.name in self.generations or gen.name in self._opening
+                await gen.aclose(unload=drained and not reopened)
             except PipelineError as exc:
                 log.warning("closing generation %s: %s", gen.name, exc)
 

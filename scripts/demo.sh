@@ -22,7 +22,8 @@ else
   [ -f "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --model small \
       --catalog "$DEMO/catalog/catalog.jsonl" --out "$DEMO/model"
   # A multilingual text tower distilled from the demo model's own on the English and Arabic titles.
-  [ -f "$DEMO/text_student/modules.json" ] || $PY -m pipeline train --distill-text --model "$DEMO/model" \
+  # (distilled again when the demo model is newer than the student: it was taught another text space)
+  [ "$DEMO/text_student/modules.json" -nt "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --distill-text --model "$DEMO/model" \
       --parallel "$DEMO/catalog/parallel.jsonl" --out "$DEMO/text_student"
   $PY -m pipeline export --model "$DEMO/model" --out "$DEMO/model_repository" --precision int8 --precision fp32 \
       --text-model "$DEMO/text_student"

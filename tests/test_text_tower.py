@@ -211,7 +211,17 @@ async def test_arabic_queries_search_the_catalog(with_st, catalog, tmp_path, mon
         english = await stack.search.search_text("blue striped t-shirt", top_k=5)
         assert first.hits and not first.cache_hit and again.cache_hit
         assert [h.product_id for h in again.hits] == [h.product_id for h in first.hits]
-        assert english.hits and not english.cache_hit  # another tower, another cache entry
+        assert english.hits and not english.cache_hit
+        # the Arabic query's vector is cached under the multilingual tower's fingerprint, not CLIP's
+        from pipeline.cache import cache_key
+        from pipeline.types import Modality
+
+        info = stack.encoder.info
+        assert info.multilingual is not None
+        assert stack.cache.get(cache_key(Modality.TEXT, info.multilingual, info.precision, ARABIC[0])) is not None
+        assert stack.cache.get(cache_key(Modality.TEXT, info.fingerprint, info.precision, ARABIC[0])) is None
+        english_key = cache_key(Modality.TEXT, info.fingerprint, info.precision, "blue striped t-shirt")
+        assert stack.cache.get(english_key) is not None
         stray = await stack.search.search_text("ქართული", top_k=5)  # a script no tokenizer covers: still answered
         assert stray.hits
 

@@ -123,13 +123,10 @@ class OnnxEncoder:
             sessions[modality] = _session(path, settings, providers)
             _check_contract(sessions[modality], manifest, modality, path)
         multilingual = None
-        if manifest.multilingual is not None and settings.text_tower != TextTower.CLIP:
-            variant = manifest.multilingual_variant(precision, settings.force_precision)
+        variant = manifest.served_multilingual(precision, settings.text_tower, settings.force_precision)
+        if variant is not None:
             path = verify_model_file(repository, file_for_this_cpu(variant))
             multilingual = (_session(path, settings, providers), variant.precision)
-        elif settings.text_tower == TextTower.MULTILINGUAL:
-            raise ModelError(f"{repository}: PIPELINE__ENCODER__TEXT_TOWER=multilingual, but the model has no "
-                             "multilingual text tower (export --text-model)")  # fmt: skip
         return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings(), multilingual)
 
     @property

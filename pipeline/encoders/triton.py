@@ -161,8 +161,10 @@ class TritonEncoder:
         # The multilingual text tower (export --text-model): its model and version, and its tokenizer (run here:
         # token ids are small; there is no server-side tokenizer for it).
         self._ml: tuple[str, str, TextTokenizer] | None = None
-        if manifest.multilingual is not None and settings.encoder.text_tower != TextTower.CLIP:
-            variant = manifest.multilingual_variant(precision, settings.encoder.force_precision)
+        self._ml_export: tuple[str, int] | None = None  # its export name and version (what is loaded)
+        variant = manifest.served_multilingual(precision, settings.encoder.text_tower, settings.encoder.force_precision)
+        if variant is not None and manifest.multilingual is not None:
+            self._ml_export = (variant.triton_model, variant.triton_version)
             spec = manifest.multilingual.text
             tokenizer = TextTokenizer(settings.encoder.model_repository / spec.tokenizer_file, spec)
             self._ml = (served_name(variant.triton_model, tag), str(variant.triton_version), tokenizer)
@@ -267,6 +269,9 @@ class TritonEncoder:
                                         f"tower: server has {_actual(meta)}, the export {want}")  # fmt: skip
                 config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
                 max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
+                if fingerprint_of(config["config"]) != self.manifest.multilingual.fingerprint:
+                    raise ModelMismatch(f"Triton at {self._cfg.url} serves another multilingual text tower as "
+                                        f"{name!r}; point the client at the server's model repository")  # fmt: skip
             if self._cfg.send == "bytes":
                 for name in self._ensembles.values():
                     if not await self._client.is_model_ready(name, client_timeout=timeout):
@@ -298,8 +303,8 @@ class TritonEncoder:
         missing = [n for n in needed if not await self._client.is_model_ready(n, client_timeout=timeout)]
         if not missing:
             return
+        names = self._served_names()
         try:
-            names = [served_name(n, self._tag) for n in model_names(self.manifest, self.precision)]
             if self._tag:
                 root = self._cfg.versions_repository
                 if root is None:
@@ -309,10 +314,14 @@ class TritonEncoder:
                     )
                 repository = self._settings.encoder.model_repository
                 names = await asyncio.to_thread(
-                    write_version, repository, self.manifest, self.precision, self._tag, root
+                    write_version, repository, self.manifest, self.precision, self._tag, root, self._ml_export
                 )
             await ensure_loaded(self._client, names, self._cfg.url, timeout)
         except ModelError as exc:
+            if self._tag and self._cfg.versions_repository is not None:
+                # nothing of a version the server refused stays loaded or on its disk (a restart would retry it)
+                await unload(self._client, names, self._cfg.url, timeout)
+                await asyncio.to_thread(remove_version, self._cfg.versions_repository, names)
             raise ModelMismatch(
                 f"Triton at {self._cfg.url} does not serve {', '.join(repr(n) for n in missing)} "
                 f"({self.precision}) and could not load them: {exc}"
@@ -320,11 +329,14 @@ class TritonEncoder:
 
     async def unload_models(self) -> None:
         """Unload this version's models from the server (after a switch away from it, once drained)."""
-        names = [served_name(n, self._tag) for n in model_names(self.manifest, self.precision)]
+        names = self._served_names()
         self._verified = False
         await unload(self._client, names, self._cfg.url, self._cfg.timeout_s)
         if self._tag and self._cfg.versions_repository is not None:
             await asyncio.to_thread(remove_version, self._cfg.versions_repository, names)
+
+    def _served_names(self) -> list[str]:
+        return [served_name(n, self._tag) for n in model_names(self.manifest, self.precision, self._ml_export)]
 
     def _check_fingerprint(self, name: str, config: dict[str, Any]) -> None:
         served = fingerprint_of(config)

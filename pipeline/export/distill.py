@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ def _student(spec: str, out: Path, texts: list[str], dim: int) -> Any:
     return student
 
 
-def distill(teacher: str, parallel: Path, out: Path, *, student: str = SMALL, epochs: int = 40,
+def distill(teacher: str, parallel: Path, out: Path, *, student: str = SMALL, epochs: int = 150,
             batch_size: int = 64, lr: float | None = None, heldout_every: int = 10, seed: int = 0,
             log: Log = print) -> DistillReport:  # fmt: skip
     """Distil ``teacher``'s text tower into ``student`` on ``parallel`` and save the student to ``out`` (a
@@ -149,6 +150,7 @@ def distill(teacher: str, parallel: Path, out: Path, *, student: str = SMALL, ep
     cosine = _agreement(st, held or train_pairs, target_of)
     log(f"student ↔ teacher cosine on {'held-out' if held else 'training'} pairs: {cosine}")
     st.save(str(out))
+    shutil.rmtree(out.parent / f".{out.name}-base", ignore_errors=True)  # the small student's starting point
     report = DistillReport(len(train_pairs), len(held), epochs, round(seconds, 1), cosine)
     (out / "distill_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report

@@ -11,6 +11,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pipeline.export.triton_extras import image_ensemble, text_ensemble
 from pipeline.manifest import MANIFEST_FILE, Manifest
@@ -43,11 +44,15 @@ def _dropped(manifest: Manifest, existing: Manifest | None) -> set[Path]:
     for a format-1 INT8 version moving to its own model) and the ensembles of precisions no longer exported."""
     if existing is None:
         return set()
-    new = [v for spec in manifest.models.values() for v in spec.variants.values()]
+
+    def towers(m: Manifest) -> list[Any]:  # CLIP's and the multilingual text tower's
+        return [*m.models.values(), *([m.multilingual.model] if m.multilingual else [])]
+
+    new = [v for spec in towers(manifest) for v in spec.variants.values()]
     keep, models = {v.file for v in new}, {v.triton_model for v in new}
     dropped = {
         Path(variant.file).parent if variant.triton_model in models else Path(variant.triton_model)
-        for spec in existing.models.values()
+        for spec in towers(existing)
         for variant in spec.variants.values()
         if variant.file not in keep
     }

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.errors import ModelError
 from pipeline.export.publish import publish, same_content, staging_folder
-from pipeline.export.triton_extras import write_extras
+from pipeline.export.triton_extras import FINGERPRINT_PARAMETER, write_extras
 from pipeline.manifest import (
     FORMAT_VERSION,
     IMAGE_INPUT,
@@ -410,6 +410,10 @@ def write_configs(root: Path, manifest: Manifest, max_batch_size: int) -> None:
             (model_dir / "configs").mkdir(parents=True, exist_ok=True)
             for production, path in ((True, "config.pbtxt"), (False, "configs/cpu_test.pbtxt")):
                 config = render_config(name, spec, variants, production=production, max_batch_size=max_batch_size)
+                if manifest.multilingual is not None and spec is manifest.multilingual.model:
+                    # the client checks it: a server holding another multilingual tower is refused
+                    config += (f'parameters {{ key: "{FINGERPRINT_PARAMETER}" value: {{ string_value: '
+                               f'"{manifest.multilingual.fingerprint}" }} }}\n')  # fmt: skip
                 (model_dir / path).write_text(config)
             for variant in variants:
                 shim = model_dir / str(variant.triton_version) / "model.py"

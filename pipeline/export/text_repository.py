@@ -146,7 +146,8 @@ def _gate(manifest: Manifest, staging: Path, out: Path, fp32: Path, calibration:
     assert manifest.multilingual is not None
     tower = manifest.multilingual
     calib = catalog_calibration(calibration, manifest.image) if calibration else generated_calibration(manifest.image)
-    image = out / manifest.models[Modality.IMAGE].variants[Precision.FP32].file
+    fp32_image = manifest.models[Modality.IMAGE].variants.get(Precision.FP32)
+    image = out / fp32_image.file if fp32_image else out / "missing"
     if not image.is_file():
         raise ModelError(f"{out}: the INT8 gate needs the FP32 image tower; export it (--precision fp32)")
     int8 = staging / file_for_this_cpu(tower.model.variants[Precision.INT8]).file

@@ -67,9 +67,11 @@ class Generation:
         try:
             await self.index.aclose()
         finally:
-            if unload and isinstance(self.encoder, TritonEncoder):
-                await self.encoder.unload_models()
-            await self.encoder.aclose()
+            try:
+                if unload and isinstance(self.encoder, TritonEncoder):
+                    await self.encoder.unload_models()
+            finally:
+                await self.encoder.aclose()
 
 
 def version_settings(settings: Settings, version: ModelVersion) -> Settings:

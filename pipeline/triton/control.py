@@ -42,19 +42,20 @@ def served_name(name: str, tag: str | None) -> str:
     return f"{name}{SEPARATOR}{tag}" if tag else name
 
 
-def tower_models(manifest: Manifest, precision: Precision) -> dict[str, int]:
+def tower_models(
+    manifest: Manifest, precision: Precision, multilingual: tuple[str, int] | None = None
+) -> dict[str, int]:
     """The export's tower models serving ``precision`` and the version of each: CLIP's two, and the
-    multilingual text tower's when the model has one."""
+    multilingual text tower's model and version when the encoder serves it (``multilingual``)."""
     towers = dict(manifest.triton_model(modality, precision) for modality in Modality)
-    if manifest.multilingual is not None:
-        variant = manifest.multilingual_variant(precision)
-        towers[variant.triton_model] = variant.triton_version
+    if multilingual is not None:
+        towers[multilingual[0]] = multilingual[1]
     return towers
 
 
-def model_names(manifest: Manifest, precision: Precision) -> list[str]:
+def model_names(manifest: Manifest, precision: Precision, multilingual: tuple[str, int] | None = None) -> list[str]:
     """The export's names of the models serving ``precision``, in load order (an ensemble after its models)."""
-    towers = list(tower_models(manifest, precision))
+    towers = list(tower_models(manifest, precision, multilingual))
     return [*towers, IMAGE_PREPROCESS, TEXT_PREPROCESS, image_ensemble(precision), text_ensemble(precision)]
 
 
@@ -87,13 +88,15 @@ def _place(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_version(repository: Path, manifest: Manifest, precision: Precision, tag: str, root: Path) -> list[str]:
+def write_version(repository: Path, manifest: Manifest, precision: Precision, tag: str, root: Path,
+                  multilingual: tuple[str, int] | None = None) -> list[str]:  # fmt: skip
     """Write what the server needs to serve ``precision`` of ``repository`` as version ``tag`` into ``root`` (a
     model repository the server reads); the served names, in load order. Each model's folder is written
     whole under a temporary name, then renamed into place."""
     repository, root = Path(repository), Path(root)
-    towers = tower_models(manifest, precision)
-    sources = model_names(manifest, precision)
+    root.mkdir(parents=True, exist_ok=True)
+    towers = tower_models(manifest, precision, multilingual)
+    sources = model_names(manifest, precision, multilingual)
     names = {model: served_name(model, tag) for model in sources}
     for model in sources:
         folder, target = repository / model, root / names[model]
@@ -121,6 +124,9 @@ def write_version(repository: Path, manifest: Manifest, precision: Precision, ta
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise ModelError(f"writing {names[model]} into {root}: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # never a half-written folder the server would try to load
+            raise
     return [names[m] for m in sources]
 
 

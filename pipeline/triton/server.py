@@ -145,7 +145,8 @@ class LocalTriton:
             "--log-verbose=0",
         ]
         if self.explicit:
-            cmd += ["--model-control-mode=explicit", "--load-model=*"]
+            # a model version folder the server cannot load must not keep it from starting
+            cmd += ["--model-control-mode=explicit", "--load-model=*", "--exit-on-error=false"]
         if self.versions_repository is not None:
             self.versions_repository.mkdir(parents=True, exist_ok=True)
             cmd.append(f"--model-repository={self.versions_repository}")
