@@ -413,7 +413,7 @@ async def test_when_every_caller_goes_away_the_shared_encoding_stops(stack, monk
     """A query whose callers all left (disconnects, deadlines) does not keep the encoder busy."""
     started, stopped = asyncio.Event(), asyncio.Event()
 
-    async def stuck(texts):
+    async def stuck(texts, *tower):
         started.set()
         try:
             await asyncio.sleep(30)
@@ -423,7 +423,7 @@ async def test_when_every_caller_goes_away_the_shared_encoding_stops(stack, monk
 
     monkeypatch.setattr(stack.search.encoder, "encode_texts", stuck)
     callers = [asyncio.ensure_future(stack.search.search_text("abandoned query")) for _ in range(2)]
-    await started.wait()
+    await asyncio.wait_for(started.wait(), 10)  # a failure to start fails the test, never hangs it
     callers[0].cancel()
     await asyncio.sleep(0.05)
     assert not stopped.is_set()  # one caller still waits: the encoding goes on
