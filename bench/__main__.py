@@ -69,6 +69,18 @@ def multilingual(
 
 
 @app.command()
+def phrasings(
+    demo: str = typer.Option("data/demo", help="make demo's folder (catalog with captions, demo model)"),
+) -> None:
+    """Held-out shopper phrasings: the demo model trained with captions vs the same training on titles only."""
+    from pathlib import Path
+
+    from bench.phrasings import run
+
+    run(Path(demo))
+
+
+@app.command()
 def lifecycle(
     demo: str = typer.Option("data/demo", help="make demo's folder (catalog and model built there when absent)"),
     epochs: int = typer.Option(4, help="epochs of each training run"),

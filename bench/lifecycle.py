@@ -41,12 +41,12 @@ def _heldout_recall(checkpoint: Path, heldout: Path) -> dict[str, float]:
     from transformers import CLIPModel, CLIPTokenizer
 
     from pipeline.config import LimitsSettings
-    from pipeline.export.finetune import _uint8_224, recall_at_k
+    from pipeline.export.train_eval import image_uint8, recall_at_k
     from pipeline.manifest import ImageSpec
 
     held = [json.loads(line) for line in heldout.read_text().splitlines()]
     spec = ImageSpec()
-    images = np.stack([_uint8_224(str(heldout.parent / h["image"]), spec, LimitsSettings()) for h in held])
+    images = np.stack([image_uint8(str(heldout.parent / h["image"]), spec, LimitsSettings()) for h in held])
     model = CLIPModel.from_pretrained(checkpoint)
     return recall_at_k(model, CLIPTokenizer.from_pretrained(checkpoint), images, [h["title"] for h in held], spec)
 

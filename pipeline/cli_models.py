@@ -132,6 +132,13 @@ def train(
         Path | None, typer.Option(help="Or a pairs file (JSON lines: image, text, negatives, split)")
     ] = None,
     heldout: Annotated[Path | None, typer.Option(help="Held-out pairs (default: heldout.jsonl beside)")] = None,
+    captions: Annotated[
+        str,
+        typer.Option(
+            help="More texts per product (JSON lines {id, texts}): a file, 'auto' (captions.jsonl beside "
+            "the catalog, if any) or 'none' (titles and descriptions only)"
+        ),
+    ] = "auto",
     epochs: Annotated[int | None, typer.Option(min=1, help="Default 12 (150 with --distill-text)")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     lr: Annotated[float | None, typer.Option(help="Default 5e-4 for small, 1e-5 to fine-tune")] = None,
@@ -162,11 +169,16 @@ def train(
         return
     if (catalog is None) == (pairs is None):
         raise InvalidInput("give either --catalog or --pairs")
+    caption_source = None if captions == "none" else Path(captions) if captions != "auto" else captions
     report = run_training(model, catalog, out, heldout=heldout, epochs=epochs or 12, batch_size=batch_size, lr=lr,
-                          seed=seed, log=lambda m: err.print(m, markup=False), pairs=pairs)  # fmt: skip
+                          seed=seed, log=lambda m: err.print(m, markup=False), pairs=pairs,
+                          captions=caption_source)  # fmt: skip
     err.print(f"[green]trained[/green] {report.pairs} pairs in {report.seconds:.0f} s → {out}")
     if report.after:
         err.print(f"held-out recall before {report.before} → after {report.after}", markup=False)
+    if report.phrasings_after:
+        err.print(f"held-out phrasings before {report.phrasings_before} → after {report.phrasings_after}",
+                  markup=False)  # fmt: skip
 
 
 @app.command("serve-triton")

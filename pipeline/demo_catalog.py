@@ -3,19 +3,25 @@
 Six categories x eight colours x four patterns, several products per combination, each drawn at a random
 angle, size, position and background; names and descriptions say what is drawn ("blue striped t-shirt"), in
 English and in Arabic (``attributes.name_ar``, ``description_ar``; ``parallel.jsonl`` pairs the titles for
-``train --distill-text``). A held-out set of new drawings (other seeds) with their titles in both languages
-measures retrieval after training.
+``train --distill-text``). ``captions.jsonl`` gives each product sentences a shopper would type (synonyms,
+the pattern said another way, what it is for: :mod:`pipeline.demo_phrasings`), which ``train`` samples among
+with the title and description. A held-out set of new drawings (other seeds) with their titles in both
+languages, and ``phrasings_heldout.jsonl``, queries in sentence frames the captions never use, measure
+retrieval after training.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from pipeline.demo_phrasings import captions, heldout_queries
 
 SIZE = 256
 COLORS = {
@@ -163,13 +169,16 @@ def title_ar(color: str, pattern: str, category: str) -> str:
 
 def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combination: int = 2,
                        seed: int = 0) -> DemoSummary:  # fmt: skip
-    """Write ``out/catalog.jsonl``, ``out/heldout.jsonl`` and the images under ``out/images/``."""
+    """Write ``out/catalog.jsonl``, ``out/heldout.jsonl``, ``captions.jsonl``, ``phrasings_heldout.jsonl``,
+    ``parallel.jsonl`` and the images under ``out/images/`` and ``out/heldout/``."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "heldout").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     rows, heldout, n_images = [], [], 0
     parallel: list[dict[str, str]] = []
+    caption_rows: list[dict[str, object]] = []
+    caption_rng = random.Random(seed)
     combos = [(c, col, p) for c in SHAPES for col in COLORS for p in PATTERNS]
     for k, (category, color, pattern) in enumerate(combos):
         name, name_ar = title(color, pattern, category), title_ar(color, pattern, category)
@@ -192,6 +201,7 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
                 "price": price, "images": images,
                 "attributes": {"pattern": pattern, "name_ar": name_ar, "description_ar": f"{name_ar} من {brand}."},
             })  # fmt: skip
+            caption_rows.append({"id": pid, "texts": captions(category, color, pattern, caption_rng)})
         for h in range(heldout_per_combination):
             rel = f"heldout/{category.replace(' ', '-')}-{color}-{pattern}-{h}.jpg"
             draw_product(category, color, pattern, seed=10**9 + seed * 1_000_003 + k * 100 + h).save(
@@ -204,4 +214,7 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
     heldout_file.write_text("".join(json.dumps(r) + "\n" for r in heldout))
     # English titles and their Arabic translations: what `train --distill-text` learns from.
     (out / "parallel.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in parallel))
+    (out / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in caption_rows))
+    queries = heldout_queries(list(SHAPES), list(COLORS), list(PATTERNS), seed)
+    (out / "phrasings_heldout.jsonl").write_text("".join(json.dumps(q.__dict__) + "\n" for q in queries))
     return DemoSummary(len(rows), n_images, len(heldout), catalog, heldout_file)

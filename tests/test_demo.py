@@ -38,13 +38,61 @@ def test_demo_catalog_is_valid_and_complete(small_demo):
     assert len(parallel) == combos and {"source": "red mug", "target": "كوب أحمر"} in parallel
 
 
+def test_demo_captions_describe_their_product_and_heldout_phrasings_use_other_frames(small_demo):
+    from pipeline.demo_phrasings import HELDOUT_FRAMES, NOUNS, PATTERN_ADJ, PATTERN_WITH, TRAIN_FRAMES
+    from pipeline.export.finetune import read_captions
+
+    folder = small_demo.catalog.parent
+    products = {r.product.id: r.product for r in read_catalog(small_demo.catalog)}
+    captions = read_captions(folder / "captions.jsonl")
+    assert set(captions) == set(products)
+    for pid, texts in captions.items():
+        p = products[pid]
+        assert len(texts) >= 4 and len(set(texts)) == len(texts)
+        pattern = p.attributes["pattern"]
+        words = [w for w in PATTERN_ADJ[pattern] + PATTERN_WITH[pattern] if w]
+        for text in texts:  # every caption names the colour, the kind of item and (unless plain) the pattern
+            assert p.color in text and any(n in text for n in NOUNS[p.category]), text
+            assert pattern == "plain" or any(w in text for w in words), text
+    queries = [json.loads(line) for line in (folder / "phrasings_heldout.jsonl").read_text().splitlines()]
+    trained = {t for texts in captions.values() for t in texts}
+    assert len(queries) > 300 and not trained & {q["text"] for q in queries}
+    assert {q["frame"] for q in queries} == {f for f, _ in HELDOUT_FRAMES} and not set(TRAIN_FRAMES) & {
+        q["frame"] for q in queries}  # fmt: skip
+    mug = [q for q in queries if q["text"] == "a mug for my morning coffee"]
+    assert mug == [{"text": "a mug for my morning coffee", "frame": "a {n} {u}", "category": "mug", "color": None,
+                    "pattern": None}]  # fmt: skip
+    # "in blue" names no pattern: such a query does not ask for a plain one
+    assert all(q["pattern"] is None for q in queries if q["frame"] == "do you have a {c} {n}?")
+
+
+def test_captions_file_errors_are_clear(small_demo, tmp_path):
+    from pipeline.export.finetune import catalog_pairs, read_captions, train
+
+    bad = tmp_path / "captions.jsonl"
+    bad.write_text('{"id": "x", "texts": ["a"]}\n{"id": "y"}\n')
+    with pytest.raises(InvalidInput, match=r"captions.jsonl:2: not a caption row"):
+        read_captions(bad)
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(InvalidInput, match="no captions"):
+        train("small", small_demo.catalog, tmp_path / "m", captions=empty, log=lambda _m: None)
+    # a product's rows carry its title first, then description and captions; --captions none: no captions
+    rows = catalog_pairs(small_demo.catalog, read_captions(small_demo.catalog.parent / "captions.jsonl"))
+    assert all(r["texts"][0] == r["text"] and len(r["texts"]) >= 6 for r in rows)
+    assert all(len(r["texts"]) == 2 for r in catalog_pairs(small_demo.catalog))
+
+
 def test_training_improves_heldout_recall_and_exports(small_demo, tmp_path):
     from pipeline.export.finetune import train
 
     out = tmp_path / "model"
     report = train("small", small_demo.catalog, out, epochs=10, batch_size=32, log=lambda _m: None)
-    assert report.pairs >= 192 and report.heldout == 192
+    assert report.pairs >= 192 and report.heldout == 192 and report.captions == 192
     assert report.after["recall@10"] >= report.before["recall@10"] + 0.30, (report.before, report.after)
+    # held-out shopper phrasings (frames never trained on) are measured too, and learnt
+    gain = report.phrasings_after["phrasing recall@10"] - report.phrasings_before["phrasing recall@10"]
+    assert gain >= 0.10, (report.phrasings_before, report.phrasings_after)
     assert json.loads((out / "train_report.json").read_text())["after"] == report.after
     repo = tmp_path / "repo"
     run_cli("export", "--model", str(out), "--out", str(repo), "--precision", "int8")

@@ -1,11 +1,14 @@
-"""``python -m pipeline train``: contrastive fine-tuning of CLIP on a catalog's image-title pairs.
+"""``python -m pipeline train``: contrastive fine-tuning of CLIP on a catalog's image-text pairs.
 
-Loss: CLIP's symmetric InfoNCE with in-batch negatives, plus hard-negative captions (the same category in
-another colour) that every image must rank below its own title. Pairs in a batch that share a title are not
-counted as negatives. SRC is a checkpoint (hub id or folder) to adapt, or ``small``: a compact CLIP built from
-a config with a tokenizer trained on the catalog's own words, which learns the demo catalog in minutes on
-two CPU cores. Recall@1/5/10 on held-out pairs is measured before and after; the output folder is what
-``export`` takes.
+Each image is paired, at every step anew, with one of its product's texts: the title half the time, otherwise
+the description or one of the product's captions (``captions.jsonl`` beside the catalog, or ``--captions``:
+JSON lines ``{"id", "texts"}``, sentences a shopper would type), so the model learns more than the title
+template. Loss: CLIP's symmetric InfoNCE with in-batch negatives, plus hard-negative captions (the same
+category in another colour) that every image must rank below its own title. Pairs in a batch that describe the
+same look (the same title) are not counted as negatives. SRC is a checkpoint (hub id or folder) to adapt,
+or ``small``: a compact CLIP built from a config with a tokenizer trained on the catalog's own words, which
+learns the demo catalog in minutes on two CPU cores. Recall@1/5/10 on held-out pairs (and on held-out shopper
+phrasings, when the catalog has them) is measured before and after; the output folder is what ``export`` takes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,12 @@ import numpy as np
 from pipeline.catalog import read_catalog
 from pipeline.config import LimitsSettings
 from pipeline.errors import InvalidInput
+from pipeline.export import train_eval as ev
 from pipeline.manifest import ImageSpec
-from pipeline.preprocess import decode_image
 
 Log = Callable[[str], None]
 SMALL = "small"
+AUTO = "auto"
 
 
 @dataclass
@@ -39,6 +43,9 @@ class TrainReport:
     seconds: float
     before: dict[str, float]
     after: dict[str, float]
+    captions: int = 0  # products with captions beyond title and description
+    phrasings_before: dict[str, float] = field(default_factory=dict)
+    phrasings_after: dict[str, float] = field(default_factory=dict)
 
 
 def small_config(vocab_size: int, bos: int, eos: int) -> Any:
@@ -53,56 +60,6 @@ def small_config(vocab_size: int, bos: int, eos: int) -> Any:
     )  # fmt: skip
 
 
-def _uint8_224(path: str, spec: ImageSpec, limits: LimitsSettings) -> np.ndarray:
-    """Decode, resize and crop like preprocessing, kept as uint8 [224, 224, 3] (normalised per batch)."""
-    from PIL import Image
-
-    img = decode_image(Path(path).read_bytes(), limits, name=path)
-    w, h = img.size
-    s = spec.size
-    nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    top, left = (nh - s) // 2, (nw - s) // 2
-    return np.asarray(img)[top : top + s, left : left + s]
-
-
-def _to_pixels(batch: np.ndarray, spec: ImageSpec) -> Any:
-    import torch
-
-    x = torch.from_numpy(batch).float().div_(255).permute(0, 3, 1, 2)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def _features(out: Any) -> Any:
-    import torch
-
-    return torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1)
-
-
-def recall_at_k(model: Any, tokenizer: Any, images: np.ndarray, titles: list[str], spec: ImageSpec,
-                ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:  # fmt: skip
-    """Text→image recall@k: each held-out title queries all held-out images; a hit is an image of that title."""
-    import torch
-
-    model.eval()
-    with torch.inference_mode():
-        img = torch.cat([_features(model.get_image_features(pixel_values=_to_pixels(images[i : i + 64], spec)))
-                         for i in range(0, len(images), 64)])  # fmt: skip
-        unique = sorted(set(titles))
-        tok = tokenizer(unique, padding=True, truncation=True, max_length=77, return_tensors="pt")
-        txt = _features(model.get_text_features(**tok))
-    sims = (txt @ img.T).numpy()
-    label = np.array([unique.index(t) for t in titles])
-    out = {}
-    for k in ks:
-        top = np.argsort(-sims, axis=1)[:, :k]
-        hits = [(label[top[q]] == q).any() for q in label]  # one query per held-out pair
-        out[f"recall@{k}"] = round(float(np.mean(hits)), 4)
-    return out
-
-
 def _hard_negative(row: dict[str, Any], by_category: dict[str, list[str]], rng: random.Random) -> str | None:
     if row.get("kind", "catalog") != "catalog":
         return None
@@ -110,15 +67,42 @@ def _hard_negative(row: dict[str, Any], by_category: dict[str, list[str]], rng: 
     return rng.choice(others) if others else None
 
 
-def catalog_pairs(catalog: Path) -> list[dict[str, Any]]:
-    """A catalog's image-title pairs, one per image, as training rows."""
+def read_captions(path: Path) -> dict[str, list[str]]:
+    """A captions file (JSON lines ``{"id", "texts": [...]}``) → texts by product id."""
+    out: dict[str, list[str]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            texts = [str(t).strip().lower() for t in row["texts"] if str(t).strip()]
+            out.setdefault(str(row["id"]), []).extend(texts)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(f"{path}:{n}: not a caption row {{id, texts}} ({exc})") from None
+    return out
+
+
+def catalog_pairs(catalog: Path, captions: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """A catalog's training rows, one per image: the title (``text``, which also names the look: rows with the
+    same title are not each other's negatives) and every text the image may be paired with (``texts``: title,
+    description, the product's captions)."""
     rows: list[dict[str, Any]] = []
     for row in read_catalog(catalog):
-        if row.product is not None:
-            for image in row.product.images:
-                rows.append({"image": image, "text": row.product.name.lower(), "category": row.product.category or "",
-                             "color": row.product.color or "", "kind": "catalog"})  # fmt: skip
+        if (p := row.product) is None:
+            continue
+        title = p.name.lower()
+        texts = list(dict.fromkeys([title, p.description.strip().lower(), *(captions or {}).get(p.id, [])]))
+        texts = [t for t in texts if t]
+        for image in p.images:
+            rows.append({"image": image, "text": title, "texts": texts, "category": p.category or "",
+                         "color": p.color or "", "kind": "catalog"})  # fmt: skip
     return rows
+
+
+def _sample_text(row: dict[str, Any], rng: random.Random) -> str:
+    """The title half the time, otherwise one of the row's other texts."""
+    others = row.get("texts", [])[1:]
+    return rng.choice(others) if others and rng.random() >= 0.5 else str(row["text"])
 
 
 def read_pairs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -147,9 +131,12 @@ def read_pairs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None = None, epochs: int = 12,
           batch_size: int = 64, lr: float | None = None, seed: int = 0, log: Log = print,
-          pairs: Path | None = None) -> TrainReport:  # fmt: skip
+          pairs: Path | None = None, captions: Path | str | None = AUTO) -> TrainReport:  # fmt: skip
     """Fine-tune ``source`` on ``catalog`` (or on a ``pairs`` file: catalog pairs and pairs mined from clicks,
-    with the images shoppers skipped as negatives) and save the result to ``out`` (a save_pretrained folder)."""
+    with the images shoppers skipped as negatives) and save the result to ``out`` (a save_pretrained folder).
+    ``captions``: a captions file, ``"auto"`` (``captions.jsonl`` beside the catalog when there is one) or None
+    (titles and descriptions only). Held-out shopper phrasings (``phrasings_heldout.jsonl`` beside the catalog)
+    are measured before and after when present."""
     import torch
     from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
@@ -159,11 +146,20 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     limits = LimitsSettings()
+    queries: list[dict[str, Any]] = []
+    n_captioned = 0
     if pairs is not None:
         rows, held = read_pairs(pairs)
         source_name = str(pairs)
     elif catalog is not None:
-        rows = catalog_pairs(catalog)
+        caption_file = Path(catalog).with_name("captions.jsonl") if captions == AUTO else captions
+        by_id = read_captions(Path(caption_file)) if caption_file and Path(caption_file).is_file() else {}
+        if caption_file and captions != AUTO and not by_id:
+            raise InvalidInput(f"{caption_file}: no captions")
+        rows = catalog_pairs(catalog, by_id)
+        n_captioned = sum(1 for texts in by_id.values() if texts)
+        phrasings_file = Path(catalog).with_name("phrasings_heldout.jsonl")
+        queries = ev.read_phrasings(phrasings_file) if phrasings_file.is_file() else []
         heldout = heldout or Path(catalog).with_name("heldout.jsonl")
         held = [json.loads(line) for line in heldout.read_text().splitlines()] if heldout.is_file() else []
         for h in held:
@@ -177,7 +173,7 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
 
     out = Path(out)
     if source == SMALL:
-        words = [r["text"] for r in rows] + [r["text"] for r in held]
+        words = [t for r in rows for t in r.get("texts", [r["text"]])] + [r["text"] for r in held]
         train_tokenizer(out, vocab_size=1200, corpus=words * 3)
         tokenizer = CLIPTokenizer.from_pretrained(out)
         model = CLIPModel(small_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
@@ -194,12 +190,21 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
     paths = list(dict.fromkeys([r["image"] for r in rows] + [p for r in rows for p in r.get("negatives", [])]))
     log(f"loading {len(paths)} training images and {len(held)} held-out images")
     slot = {p: i for i, p in enumerate(paths)}
-    images = np.stack([_uint8_224(p, spec, limits) for p in paths])
-    held_images = np.stack([_uint8_224(h["image"], spec, limits) for h in held]) if held else np.zeros((0,))
+    images = np.stack([ev.image_uint8(p, spec, limits) for p in paths])
+    held_images = np.stack([ev.image_uint8(h["image"], spec, limits) for h in held]) if held else np.zeros((0,))
     held_titles = [h["text"] for h in held]
-    before = recall_at_k(model, tokenizer, held_images, held_titles, spec) if held else {}
+    before = ev.recall_at_k(model, tokenizer, held_images, held_titles, spec) if held else {}
     if before:
         log(f"held-out before: {before}")
+    attrs = [{f: h.get(f) for f in ("category", "color", "pattern")} for h in held]
+    queries = queries if held and all(a["category"] for a in attrs) else []
+
+    def measure_phrasings() -> dict[str, float]:
+        return ev.phrasing_recall(model, tokenizer, held_images, attrs, queries, spec) if queries else {}
+
+    phrasings_before = measure_phrasings()
+    if phrasings_before:
+        log(f"held-out phrasings ({len(queries)}) before: {phrasings_before}")
 
     by_category: dict[str, list[str]] = {}
     for r in rows:
@@ -231,15 +236,19 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
             losses.append(float(loss.detach()))
         msg = f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f} ({time.perf_counter() - start:.0f} s)"
         if held and (epoch + 1 == epochs or (epoch + 1) % 4 == 0):
-            msg += f", held-out {recall_at_k(model, tokenizer, held_images, held_titles, spec)}"
+            msg += f", held-out {ev.recall_at_k(model, tokenizer, held_images, held_titles, spec)}"
         log(msg)
     seconds = time.perf_counter() - start
-    after = recall_at_k(model, tokenizer, held_images, held_titles, spec) if held else {}
+    after = ev.recall_at_k(model, tokenizer, held_images, held_titles, spec) if held else {}
+    phrasings_after = measure_phrasings()
+    if phrasings_after:
+        log(f"held-out phrasings after: {phrasings_after}")
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessorPil(size={"shortest_edge": spec.size}, crop_size={"height": spec.size, "width": spec.size}
                           ).save_pretrained(out)  # fmt: skip
-    report = TrainReport(len(rows), len(held), epochs, round(seconds, 1), before, after)
+    report = TrainReport(len(rows), len(held), epochs, round(seconds, 1), before, after, n_captioned,
+                         phrasings_before, phrasings_after)  # fmt: skip
     (out / "train_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
 
@@ -248,24 +257,27 @@ def _batch_loss(model: Any, tokenizer: Any, batch: list[dict[str, Any]], images:
                 spec: ImageSpec, by_category: dict[str, list[str]], rng: random.Random) -> Any:  # fmt: skip
     """CLIP's symmetric InfoNCE over the batch, with extra negatives: for each image, a caption of its category
     in another colour (catalog pairs); for each text, the images a shopper skipped for it (click pairs). A pair
-    sharing a caption or an image with another is not that one's negative."""
+    sharing a look (the title; a click pair's own text), a text or an image with another is not that one's
+    negative."""
     import torch
 
     b = len(batch)
-    titles = [r["text"] for r in batch]
+    looks = [r["text"] for r in batch]
+    texts = [_sample_text(r, rng) for r in batch]
     hard = [_hard_negative(r, by_category, rng) for r in batch]
-    extra_txt = list(dict.fromkeys(h for h in hard if h is not None and h not in titles))
+    extra_txt = list(dict.fromkeys(h for h in hard if h is not None and h not in looks))
     own = [slot[r["image"]] for r in batch]
     skipped = [slot[p] for r in batch for p in r.get("negatives", [])[:2]]
     extra_img = list(dict.fromkeys(i for i in skipped if i not in own))
-    tok = tokenizer(titles + extra_txt, padding=True, truncation=True, max_length=77, return_tensors="pt")
-    img = _features(model.get_image_features(pixel_values=_to_pixels(images[own + extra_img], spec)))
-    txt = _features(model.get_text_features(**tok))
+    tok = tokenizer(texts + extra_txt, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    img = ev.unit_features(model.get_image_features(pixel_values=ev.to_pixels(images[own + extra_img], spec)))
+    txt = ev.unit_features(model.get_text_features(**tok))
     scale = model.logit_scale.exp()
-    texts_all, images_all = titles + extra_txt, own + extra_img
-    same_txt = torch.tensor([[a == c for c in texts_all] for a in titles])
+    looks_all, texts_all, images_all = looks + extra_txt, texts + extra_txt, own + extra_img
+    same_txt = torch.tensor([[la == lc or ta == tc for lc, tc in zip(looks_all, texts_all, strict=True)]
+                             for la, ta in zip(looks, texts, strict=True)])  # fmt: skip
     same_img = torch.tensor([[a == c for c in images_all] for a in own])
-    positive = same_txt[:, :b] | same_img[:, :b]  # a shared caption or image: not a negative
+    positive = same_txt[:, :b] | same_img[:, :b]  # a shared look, text or image: not a negative
     eye = torch.eye(b, dtype=torch.bool)
     i2t = (scale * img[:b] @ txt.T).masked_fill(torch.cat([positive & ~eye, same_txt[:, b:]], 1), float("-inf"))
     t2i = (scale * txt[:b] @ img.T).masked_fill(torch.cat([positive.T & ~eye, same_img[:, b:]], 1), float("-inf"))
