@@ -69,6 +69,16 @@ def multilingual(
 
 
 @app.command()
+def capacity(
+    measure_mongo: bool = typer.Option(True, help="measure the mongod read rate here (else that column is n/a)"),
+) -> None:
+    """Nodes per kind for 1M/10M/100M products at 100/1,000/10,000 queries/s, with the arithmetic shown."""
+    from bench.capacity import run
+
+    run(measure_mongo)
+
+
+@app.command()
 def phrasings(
     demo: str = typer.Option("data/demo", help="make demo's folder (catalog with captions, demo model)"),
 ) -> None:

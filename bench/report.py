@@ -33,6 +33,7 @@ SECTIONS = [
     ("http", ["http", "http_ratios"]),
     ("triton", ["triton"]),
     ("recommend", ["recommend"]),
+    ("capacity", ["capacity"]),
 ]
 
 

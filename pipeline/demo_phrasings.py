@@ -1,8 +1,10 @@
 """What a shopper types for a demo product, beyond its title: synonyms, patterns said another way, what it is for.
 
 Training captions (``captions.jsonl`` beside the demo catalog: ``{"id", "texts"}`` per product, which ``train``
-samples among with the title and the description) come from :data:`TRAIN_FRAMES` and always name the colour,
-the pattern (unless plain) and the kind of item, so a caption describes its own product and no other look.
+samples among with the title and the description) come from :data:`TRAIN_FRAMES`, which name the colour, the
+pattern (unless plain) and the kind of item (a caption that describes its own product's look), and from
+:data:`KIND_FRAMES`, which name the kind of item only (``{"text", "category"}``: it fits every product of that
+kind, so no such product is its negative in training).
 Held-out queries (``phrasings_heldout.jsonl``) come from :data:`HELDOUT_FRAMES`, sentence frames the training
 captions never use, and some leave the colour or the pattern out ("a mug for my morning coffee"): a drawing
 answers such a query when it has everything the query names (``category``, and ``color`` / ``pattern`` when not
@@ -54,6 +56,8 @@ TRAIN_FRAMES = (
     "{n} in {c} {w}",
     "a {a} {n}, {c}",
 )
+# Training frames that name the kind of item only.
+KIND_FRAMES = ("{n}", "i'm looking for a {n}")
 # Frames the training captions never use; the second field says what the query names.
 HELDOUT_FRAMES = (
     ("a {n} {u}", "category"),
@@ -83,15 +87,20 @@ def _words(category: str, color: str, pattern: str, rng: random.Random) -> dict[
             "n": rng.choice(NOUNS[category]), "u": rng.choice(USES[category])}  # fmt: skip
 
 
-def captions(category: str, color: str, pattern: str, rng: random.Random, n: int = 6) -> list[str]:
-    """``n`` distinct training captions for one product (fewer when the frames and words run out)."""
-    out: list[str] = []
-    for _ in range(8 * n):
-        text = _clean(rng.choice(TRAIN_FRAMES).format(**_words(category, color, pattern, rng)))
-        if text not in out:
-            out.append(text)
-        if len(out) == n:
-            break
+def captions(category: str, color: str, pattern: str, rng: random.Random, n: int = 6,
+             kind_only: int = 2) -> list[str | dict[str, str]]:  # fmt: skip
+    """``n`` distinct training captions describing one product's look and ``kind_only`` naming its kind of item
+    only (``{"text", "category"}``); fewer when the frames and words run out."""
+    out: list[str | dict[str, str]] = []
+    for frames, count in ((TRAIN_FRAMES, n), (KIND_FRAMES, kind_only)):
+        texts: list[str] = []
+        for _ in range(8 * count):
+            if len(texts) == count:
+                break
+            text = _clean(rng.choice(frames).format(**_words(category, color, pattern, rng)))
+            if text not in texts:
+                texts.append(text)
+        out += texts if frames is TRAIN_FRAMES else [{"text": t, "category": category} for t in texts]
     return out
 
 

@@ -31,6 +31,7 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 
 TEXT_MODEL = "clip_text"
+MULTILINGUAL_MODEL = "clip_text_multilingual"  # export --text-model
 IMAGE_MODEL = "clip_visual"
 # The tensor contract (ARCHITECTURE.md): fixed names, L2-normalised outputs.
 TEXT_INPUTS = ("input_ids", "attention_mask")
@@ -113,6 +114,9 @@ class TextTowerSpec(BaseModel):
     fingerprint: str  # sha256 of its FP32 ONNX file: the identity of its query vectors
     text: TextSpec
     model: ModelSpec
+    # Its bytes-in Triton ensembles (tokenize_text_multilingual + the tower) were written: exports before them
+    # have none, and the Triton client tokenizes for this tower itself.
+    strings_ensemble: bool = False
 
 
 class Manifest(BaseModel):

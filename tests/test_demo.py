@@ -48,14 +48,18 @@ def test_demo_captions_describe_their_product_and_heldout_phrasings_use_other_fr
     assert set(captions) == set(products)
     for pid, texts in captions.items():
         p = products[pid]
-        assert len(texts) >= 4 and len(set(texts)) == len(texts)
+        assert len(texts) >= 6 and len(set(texts)) == len(texts)
         pattern = p.attributes["pattern"]
         words = [w for w in PATTERN_ADJ[pattern] + PATTERN_WITH[pattern] if w]
-        for text in texts:  # every caption names the colour, the kind of item and (unless plain) the pattern
-            assert p.color in text and any(n in text for n in NOUNS[p.category]), text
-            assert pattern == "plain" or any(w in text for w in words), text
+        for c in texts:  # a caption names the colour, the kind of item and (unless plain) the pattern ...
+            assert any(n in c.text for n in NOUNS[p.category]), c
+            if c.names is None:
+                assert p.color in c.text and (pattern == "plain" or any(w in c.text for w in words)), c
+            else:  # ... or says that it names the kind of item only
+                assert c.names == (("category", p.category),) and p.color not in c.text, c
+        assert sum(c.names is not None for c in texts) == 2
     queries = [json.loads(line) for line in (folder / "phrasings_heldout.jsonl").read_text().splitlines()]
-    trained = {t for texts in captions.values() for t in texts}
+    trained = {c.text for texts in captions.values() for c in texts}
     assert len(queries) > 300 and not trained & {q["text"] for q in queries}
     assert {q["frame"] for q in queries} == {f for f, _ in HELDOUT_FRAMES} and not set(TRAIN_FRAMES) & {
         q["frame"] for q in queries}  # fmt: skip
@@ -70,8 +74,11 @@ def test_captions_file_errors_are_clear(small_demo, tmp_path):
     from pipeline.export.finetune import catalog_pairs, read_captions, train
 
     bad = tmp_path / "captions.jsonl"
-    bad.write_text('{"id": "x", "texts": ["a"]}\n{"id": "y"}\n')
+    bad.write_text('{"id": "x", "texts": ["a", {"text": "a mug", "category": "mug"}]}\n{"id": "y"}\n')
     with pytest.raises(InvalidInput, match=r"captions.jsonl:2: not a caption row"):
+        read_captions(bad)
+    bad.write_text('{"id": "x", "texts": [{"text": "a mug", "pattern": "plain"}]}\n')
+    with pytest.raises(InvalidInput, match="names neither a category nor a colour"):
         read_captions(bad)
     empty = tmp_path / "none.jsonl"
     empty.write_text("\n")
@@ -79,8 +86,15 @@ def test_captions_file_errors_are_clear(small_demo, tmp_path):
         train("small", small_demo.catalog, tmp_path / "m", captions=empty, log=lambda _m: None)
     # a product's rows carry its title first, then description and captions; --captions none: no captions
     rows = catalog_pairs(small_demo.catalog, read_captions(small_demo.catalog.parent / "captions.jsonl"))
-    assert all(r["texts"][0] == r["text"] and len(r["texts"]) >= 6 for r in rows)
+    assert all(r["texts"][0].text == r["text"] and len(r["texts"]) >= 8 for r in rows)
     assert all(len(r["texts"]) == 2 for r in catalog_pairs(small_demo.catalog))
+    # in a batch, a caption is not the negative of a photo it describes: its own look's, or any of its kind
+    by_title = {r["text"]: r for r in rows}
+    blue_mug, red_mug, red_vase = by_title["blue striped mug"], by_title["red mug"], by_title["red vase"]
+    full = next(c for c in blue_mug["texts"] if c.names is None and c.text != "blue striped mug")
+    kind = next(c for c in blue_mug["texts"] if c.names is not None)
+    assert full.fits("blue striped mug", blue_mug) and not full.fits("blue striped mug", red_mug)
+    assert kind.fits("blue striped mug", red_mug) and not kind.fits("blue striped mug", red_vase)
 
 
 def test_training_improves_heldout_recall_and_exports(small_demo, tmp_path):

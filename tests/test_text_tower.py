@@ -235,16 +235,24 @@ async def test_the_tower_on_triton_matches_in_process(with_st, tmp_path):
     from pipeline.triton.server import LocalTriton
 
     local = OnnxEncoder.load(with_st, EncoderSettings(precision="fp32"))
-    expected = await local.encode_texts(ARABIC, TextTower.MULTILINGUAL)
+    expected = await local.encode_texts(TEXTS, TextTower.MULTILINGUAL)
     await local.aclose()
+    ensemble = "clip_text_multilingual_strings_fp32"
+    assert (with_st / ensemble / "config.pbtxt").is_file() and (with_st / "tokenize_text_multilingual").is_dir()
     with LocalTriton(with_st, log_file=tmp_path / "triton.log") as server:
-        settings = Settings(encoder={"model_repository": with_st, "precision": "fp32"}, triton={"url": server.grpc_url})
-        encoder = await TritonEncoder.connect(settings)
-        try:
-            assert encoder.info.multilingual is not None
-            np.testing.assert_allclose(await encoder.encode_texts(ARABIC, TextTower.MULTILINGUAL), expected, atol=1e-5)
-        finally:
-            await encoder.aclose()
+        for send in ("tensors", "bytes"):  # token ids from the client's tokenizer; text tokenized by the server
+            settings = Settings(encoder={"model_repository": with_st, "precision": "fp32"},
+                                triton={"url": server.grpc_url, "send": send})  # fmt: skip
+            encoder = await TritonEncoder.connect(settings)
+            try:
+                assert encoder.info.multilingual is not None
+                vectors = await encoder.encode_texts(TEXTS, TextTower.MULTILINGUAL)
+                np.testing.assert_allclose(vectors, expected, atol=1e-5)
+                stats = await encoder._client.get_inference_statistics(ensemble, as_json=True)
+                count = int(stats["model_stats"][0].get("inference_count", 0)) if stats["model_stats"] else 0
+                assert count == (len(TEXTS) if send == "bytes" else 0), (send, stats)
+            finally:
+                await encoder.aclose()
 
 
 def test_distill_a_student_then_export_it(tiny_checkpoint, model_repository, tmp_path):

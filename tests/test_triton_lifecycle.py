@@ -60,14 +60,12 @@ async def _version_encoder(server: LocalTriton, repository: Path, tag: str, send
     return await TritonEncoder.connect(settings, Precision.FP32, tag=tag)
 
 
-@pytest.mark.parametrize("send", ["bytes", "tensors"])
-async def test_a_version_is_loaded_beside_the_base_and_unloaded(
-    explicit_triton, model_repository, other_repository, send
-):
+async def test_a_version_is_loaded_beside_the_base_and_unloaded(explicit_triton, model_repository, other_repository):
     other, base = await _in_process(other_repository), await _in_process(model_repository)
     url = explicit_triton.grpc_url
-    v2 = await _version_encoder(explicit_triton, other_repository, "v2", send)
-    base_encoder = await _triton_encoder(model_repository, url, send=send)
+    v2 = await _version_encoder(explicit_triton, other_repository, "v2", "bytes")
+    v2_tensors = await _version_encoder(explicit_triton, other_repository, "v2", "tensors")  # the same models
+    base_encoder = await _triton_encoder(model_repository, url, send="bytes")
     try:
         states = _states(explicit_triton)
         for name in ("clip_visual__v2", "clip_text__v2", "tokenize_text__v2", "clip_text_strings_fp32__v2"):
@@ -75,6 +73,8 @@ async def test_a_version_is_loaded_beside_the_base_and_unloaded(
         # both versions answer side by side, each with its own model's vectors
         np.testing.assert_allclose(await v2.encode_texts(TEXTS), other[0], atol=1e-5)
         np.testing.assert_allclose(await v2.encode_images(IMAGES), other[1], atol=1e-5)
+        np.testing.assert_allclose(await v2_tensors.encode_texts(TEXTS), other[0], atol=1e-5)
+        np.testing.assert_allclose(await v2_tensors.encode_images(IMAGES), other[1], atol=1e-5)
         np.testing.assert_allclose(await base_encoder.encode_texts(TEXTS), base[0], atol=1e-5)
         await v2.unload_models()
         states = _states(explicit_triton)
@@ -85,7 +85,7 @@ async def test_a_version_is_loaded_beside_the_base_and_unloaded(
         np.testing.assert_allclose(await v2.encode_texts(TEXTS[:2]), other[0][:2], atol=1e-5)
     finally:
         await v2.unload_models()
-        await asyncio.gather(v2.aclose(), base_encoder.aclose())
+        await asyncio.gather(v2.aclose(), v2_tensors.aclose(), base_encoder.aclose())
 
 
 async def test_a_version_the_server_cannot_load_is_refused(explicit_triton, other_repository, tmp_path):

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,15 @@ from pipeline.manifest import (
 )
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 from pipeline.text_towers import TextTower, pick_tower
-from pipeline.triton.control import ensure_loaded, model_names, remove_version, served_name, unload, write_version
+from pipeline.triton.control import (
+    ensure_loaded,
+    model_names,
+    multilingual_strings,
+    remove_version,
+    served_name,
+    unload,
+    write_version,
+)
 from pipeline.types import Modality, Precision
 
 log = logging.getLogger(__name__)
@@ -158,8 +166,8 @@ class TritonEncoder:
             Modality.TEXT: served_name(text_ensemble(precision), tag),
         }
         self._tokenizer = TextTokenizer(settings.encoder.model_repository / manifest.text.tokenizer_file, manifest.text)
-        # The multilingual text tower (export --text-model): its model and version, and its tokenizer (run here:
-        # token ids are small; there is no server-side tokenizer for it).
+        # The multilingual text tower (export --text-model): its model and version, and its tokenizer (run here
+        # with PIPELINE__TRITON__SEND=tensors, or for an export that predates its bytes-in ensemble).
         self._ml: tuple[str, str, TextTokenizer] | None = None
         self._ml_export: tuple[str, int] | None = None  # its export name and version (what is loaded)
         variant = manifest.served_multilingual(precision, settings.encoder.text_tower, settings.encoder.force_precision)
@@ -168,6 +176,8 @@ class TritonEncoder:
             spec = manifest.multilingual.text
             tokenizer = TextTokenizer(settings.encoder.model_repository / spec.tokenizer_file, spec)
             self._ml = (served_name(variant.triton_model, tag), str(variant.triton_version), tokenizer)
+        strings = multilingual_strings(manifest, self._ml_export)
+        self._ml_strings = served_name(strings, tag) if strings and self._cfg.send == "bytes" else None
         self._info = EncoderInfo.of(manifest, precision, "triton", multilingual=self._ml is not None)
         self._fallback: Encoder | None = None
         self._fallback_until = 0.0
@@ -273,7 +283,7 @@ class TritonEncoder:
                     raise ModelMismatch(f"Triton at {self._cfg.url} serves another multilingual text tower as "
                                         f"{name!r}; point the client at the server's model repository")  # fmt: skip
             if self._cfg.send == "bytes":
-                for name in self._ensembles.values():
+                for name in self._strings_ensembles():
                     if not await self._client.is_model_ready(name, client_timeout=timeout):
                         raise ModelMismatch(
                             f"Triton at {self._cfg.url} has no ready ensemble {name!r}; "
@@ -281,13 +291,13 @@ class TritonEncoder:
                         )
                     config = await self._client.get_model_config(name, as_json=True, client_timeout=timeout)
                     max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
-                    self._check_fingerprint(name, config["config"])
+                    self._check_fingerprint(name, config["config"], self._fingerprint_of(name))
             elif await self._client.is_model_ready(preprocess := served_name(IMAGE_PREPROCESS, self._tag),
                                                    client_timeout=timeout):  # fmt: skip
                 # The towers' own configs carry no fingerprint; the preprocessing model that the same export
                 # wrote into the same repository does. (A hand-made repository without it gets the tensor check.)
                 config = await self._client.get_model_config(preprocess, as_json=True, client_timeout=timeout)
-                self._check_fingerprint(preprocess, config["config"])
+                self._check_fingerprint(preprocess, config["config"], self.manifest.fingerprint)
         except InferenceServerException as exc:
             raise EncoderUnavailable(f"Triton at {self._cfg.url}: {exc.message()}") from exc
         self._max_batch.update(max_batch)
@@ -299,7 +309,7 @@ class TritonEncoder:
         timeout = self._cfg.timeout_s
         needed = [name for name, _ in self._models.values()] + ([self._ml[0]] if self._ml else [])
         if self._cfg.send == "bytes":
-            needed += list(self._ensembles.values())
+            needed += self._strings_ensembles()
         missing = [n for n in needed if not await self._client.is_model_ready(n, client_timeout=timeout)]
         if not missing:
             return
@@ -338,13 +348,23 @@ class TritonEncoder:
     def _served_names(self) -> list[str]:
         return [served_name(n, self._tag) for n in model_names(self.manifest, self.precision, self._ml_export)]
 
-    def _check_fingerprint(self, name: str, config: dict[str, Any]) -> None:
+    def _strings_ensembles(self) -> list[str]:
+        """The bytes-in ensembles this encoder sends to (PIPELINE__TRITON__SEND=bytes)."""
+        return [*self._ensembles.values(), *([self._ml_strings] if self._ml_strings else [])]
+
+    def _fingerprint_of(self, name: str) -> str:
+        """The fingerprint the served model ``name`` must record: the multilingual tower's for its ensemble."""
+        if name == self._ml_strings and self.manifest.multilingual is not None:
+            return self.manifest.multilingual.fingerprint
+        return self.manifest.fingerprint
+
+    def _check_fingerprint(self, name: str, config: dict[str, Any], expected: str) -> None:
         served = fingerprint_of(config)
-        if served != self.manifest.fingerprint:
+        if served != expected:
             raise ModelMismatch(
                 f"Triton at {self._cfg.url} serves another model: {name!r} records fingerprint "
                 f"{served[:12] if served else '(none: exported by an older version; re-run export)'}, the manifest "
-                f"{self.manifest.fingerprint[:12]}; point the client at the server's model repository"
+                f"{expected[:12]}; point the client at the server's model repository"
             )
 
     # --- fallback --------------------------------------------------------------------------------------------
@@ -480,28 +500,26 @@ class TritonEncoder:
         return await self._with_fallback(Modality.IMAGE, images)
 
     async def _texts(self, texts: list[str], tower: TextTower = TextTower.CLIP) -> np.ndarray:
-        if tower == TextTower.MULTILINGUAL:
-            assert self._ml is not None
-            ml_name, ml_version, ml_tokenizer = self._ml
+        def strings(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
+            return [("text", np.array([[t.encode()] for t in chunk], dtype=object), "BYTES")]
 
-            def build_ml(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
-                batch = ml_tokenizer(chunk)
+        def token_ids(tokenizer: TextTokenizer) -> Callable[[list[str]], list[tuple[str, np.ndarray, str]]]:
+            def build(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
+                batch = tokenizer(chunk)
                 return [(TEXT_INPUTS[0], batch.input_ids, "INT64"), (TEXT_INPUTS[1], batch.attention_mask, "INT64")]
 
-            return await self._chunked(ml_name, ml_version, texts, build_ml, TEXT_OUTPUT)
+            return build
+
+        if tower == TextTower.MULTILINGUAL:
+            assert self._ml is not None
+            if self._ml_strings is not None:
+                return await self._chunked(self._ml_strings, "", texts, strings, TEXT_OUTPUT)
+            ml_name, ml_version, ml_tokenizer = self._ml
+            return await self._chunked(ml_name, ml_version, texts, token_ids(ml_tokenizer), TEXT_OUTPUT)
         if self._cfg.send == "bytes":
-
-            def build(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
-                return [("text", np.array([[t.encode()] for t in chunk], dtype=object), "BYTES")]
-
-            return await self._chunked(self._ensembles[Modality.TEXT], "", texts, build, TEXT_OUTPUT)
-
-        def build_ids(chunk: list[str]) -> list[tuple[str, np.ndarray, str]]:
-            batch = self._tokenizer(chunk)
-            return [(TEXT_INPUTS[0], batch.input_ids, "INT64"), (TEXT_INPUTS[1], batch.attention_mask, "INT64")]
-
+            return await self._chunked(self._ensembles[Modality.TEXT], "", texts, strings, TEXT_OUTPUT)
         name, version = self._models[Modality.TEXT]
-        return await self._chunked(name, version, texts, build_ids, TEXT_OUTPUT)
+        return await self._chunked(name, version, texts, token_ids(self._tokenizer), TEXT_OUTPUT)
 
     async def _images(self, images: list[bytes]) -> np.ndarray:
         if self._cfg.send == "bytes":

@@ -1,14 +1,14 @@
 """``python -m pipeline train``: contrastive fine-tuning of CLIP on a catalog's image-text pairs.
 
-Each image is paired, at every step anew, with one of its product's texts: the title half the time, otherwise
-the description or one of the product's captions (``captions.jsonl`` beside the catalog, or ``--captions``:
-JSON lines ``{"id", "texts"}``, sentences a shopper would type), so the model learns more than the title
-template. Loss: CLIP's symmetric InfoNCE with in-batch negatives, plus hard-negative captions (the same
-category in another colour) that every image must rank below its own title. Pairs in a batch that describe the
-same look (the same title) are not counted as negatives. SRC is a checkpoint (hub id or folder) to adapt,
-or ``small``: a compact CLIP built from a config with a tokenizer trained on the catalog's own words, which
-learns the demo catalog in minutes on two CPU cores. Recall@1/5/10 on held-out pairs (and on held-out shopper
-phrasings, when the catalog has them) is measured before and after; the output folder is what ``export`` takes.
+Each image is paired, at every step anew, with one of its product's texts: the title half the time, otherwise the
+description or one of the product's captions (``captions.jsonl`` beside the catalog, or ``--captions``: JSON lines
+``{"id", "texts"}``, sentences a shopper would type), so the model learns more than the title template. Loss: CLIP's
+symmetric InfoNCE with in-batch negatives, plus hard-negative titles (the same category in another colour, the same
+colour in another category) that every image must rank below its own texts. Pairs in a batch that describe the same
+look (the same title) are not counted as negatives. SRC is a checkpoint (hub id or folder) to adapt, or ``small``: a
+compact CLIP built from a config with a tokenizer trained on the catalog's own words, which learns the demo catalog
+in minutes on two CPU cores. Recall@1/5/10 on held-out pairs (and on held-out shopper phrasings, when the catalog
+has them) is measured before and after; the output folder is what ``export`` takes.
 """
 
 from __future__ import annotations
@@ -60,29 +60,86 @@ def small_config(vocab_size: int, bos: int, eos: int) -> Any:
     )  # fmt: skip
 
 
-def _hard_negative(row: dict[str, Any], by_category: dict[str, list[str]], rng: random.Random) -> str | None:
-    if row.get("kind", "catalog") != "catalog":
-        return None
-    others = [t for t in by_category.get(row["category"], []) if row["color"] not in t.split()]
-    return rng.choice(others) if others else None
+@dataclass(frozen=True)
+class _Looks:
+    """The catalog's titles by category and by colour (the hard negatives are drawn from them)."""
+
+    by_category: dict[str, list[tuple[str, str]]]  # category -> (title, colour)
+    by_color: dict[str, list[tuple[str, str]]]  # colour -> (title, category)
+
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]]) -> _Looks:
+        looks = dict.fromkeys(
+            (r["text"], r["category"], r["color"]) for r in rows if r.get("kind", "catalog") == "catalog"
+        )
+        by_category: dict[str, list[tuple[str, str]]] = {}
+        by_color: dict[str, list[tuple[str, str]]] = {}
+        for title, category, color in looks:
+            by_category.setdefault(category, []).append((title, color))
+            by_color.setdefault(color, []).append((title, category))
+        return cls(by_category, by_color)
+
+    def hard_negatives(self, row: dict[str, Any], rng: random.Random) -> list[str]:
+        """For a catalog row: a title of its category in another colour, and one of its colour in another
+        category (so neither colour nor kind alone can tell an image's own title from the others)."""
+        if row.get("kind", "catalog") != "catalog":
+            return []
+        out = []
+        if row["category"]:
+            others = [t for t, c in self.by_category.get(row["category"], []) if c != row["color"]]
+            out += [rng.choice(others)] if others else []
+        if row["color"]:
+            others = [t for t, c in self.by_color.get(row["color"], []) if c != row["category"]]
+            out += [rng.choice(others)] if others else []
+        return out
 
 
-def read_captions(path: Path) -> dict[str, list[str]]:
-    """A captions file (JSON lines ``{"id", "texts": [...]}``) → texts by product id."""
-    out: dict[str, list[str]] = {}
+@dataclass(frozen=True)
+class Caption:
+    """A text an image may be paired with. ``names`` None: it describes its product's look (as its title does);
+    else the only attributes it names (``category``, ``color``): it fits every product that has them ("a mug"
+    fits every mug), and such products are not its negatives."""
+
+    text: str
+    names: tuple[tuple[str, str], ...] | None = None
+
+    def fits(self, look: str, row: dict[str, Any]) -> bool:
+        """Whether this caption, written for a product titled ``look``, describes the image of training row
+        ``row``."""
+        if self.names is None:
+            return bool(row["text"] == look)
+        return all(row.get(field) == value for field, value in self.names)
+
+
+NAMED = ("category", "color")
+
+
+def read_captions(path: Path) -> dict[str, list[Caption]]:
+    """A captions file → captions by product id. JSON lines ``{"id", "texts": [...]}``; a text is a string (it
+    describes the product as its title does) or ``{"text", "category"?, "color"?}`` (it names only those: "a mug
+    for tea" names the category alone)."""
+    out: dict[str, list[Caption]] = {}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            texts = [str(t).strip().lower() for t in row["texts"] if str(t).strip()]
-            out.setdefault(str(row["id"]), []).extend(texts)
-        except (ValueError, KeyError, TypeError) as exc:
+            captions = []
+            for t in row["texts"]:
+                if isinstance(t, dict):
+                    names = tuple((f, str(t[f]).strip().lower()) for f in NAMED if t.get(f))
+                    if not names:
+                        raise ValueError(f"{t!r} names neither a category nor a colour")
+                    captions.append(Caption(str(t["text"]).strip().lower(), names))
+                else:
+                    captions.append(Caption(str(t).strip().lower()))
+            out.setdefault(str(row["id"]), []).extend(c for c in captions if c.text)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidInput(f"{path}:{n}: not a caption row {{id, texts}} ({exc})") from None
     return out
 
 
-def catalog_pairs(catalog: Path, captions: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+def catalog_pairs(catalog: Path, captions: dict[str, list[Caption]] | None = None) -> list[dict[str, Any]]:
     """A catalog's training rows, one per image: the title (``text``, which also names the look: rows with the
     same title are not each other's negatives) and every text the image may be paired with (``texts``: title,
     description, the product's captions)."""
@@ -91,18 +148,18 @@ def catalog_pairs(catalog: Path, captions: dict[str, list[str]] | None = None) -
         if (p := row.product) is None:
             continue
         title = p.name.lower()
-        texts = list(dict.fromkeys([title, p.description.strip().lower(), *(captions or {}).get(p.id, [])]))
-        texts = [t for t in texts if t]
+        own = [Caption(title), Caption(p.description.strip().lower()), *(captions or {}).get(p.id, [])]
+        texts = [c for c in dict.fromkeys(own) if c.text]
         for image in p.images:
-            rows.append({"image": image, "text": title, "texts": texts, "category": p.category or "",
-                         "color": p.color or "", "kind": "catalog"})  # fmt: skip
+            rows.append({"image": image, "text": title, "texts": texts, "category": (p.category or "").lower(),
+                         "color": (p.color or "").lower(), "kind": "catalog"})  # fmt: skip
     return rows
 
 
-def _sample_text(row: dict[str, Any], rng: random.Random) -> str:
+def _sample_text(row: dict[str, Any], rng: random.Random) -> Caption:
     """The title half the time, otherwise one of the row's other texts."""
     others = row.get("texts", [])[1:]
-    return rng.choice(others) if others and rng.random() >= 0.5 else str(row["text"])
+    return rng.choice(others) if others and rng.random() >= 0.5 else Caption(str(row["text"]))
 
 
 def read_pairs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -173,7 +230,9 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
 
     out = Path(out)
     if source == SMALL:
-        words = [t for r in rows for t in r.get("texts", [r["text"]])] + [r["text"] for r in held]
+        words = (
+            [r["text"] for r in rows] + [c.text for r in rows for c in r.get("texts", [])] + [r["text"] for r in held]
+        )
         train_tokenizer(out, vocab_size=1200, corpus=words * 3)
         tokenizer = CLIPTokenizer.from_pretrained(out)
         model = CLIPModel(small_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
@@ -206,12 +265,7 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
     if phrasings_before:
         log(f"held-out phrasings ({len(queries)}) before: {phrasings_before}")
 
-    by_category: dict[str, list[str]] = {}
-    for r in rows:
-        if r.get("kind", "catalog") == "catalog":
-            titles_of = by_category.setdefault(r["category"], [])
-            if r["text"] not in titles_of:
-                titles_of.append(r["text"])
+    looks = _Looks.of(rows)
     steps = epochs * math.ceil(len(rows) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
@@ -226,7 +280,7 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
         losses = []
         for s in range(0, len(order), batch_size):
             batch = [rows[i] for i in order[s : s + batch_size]]
-            loss = _batch_loss(model, tokenizer, batch, images, slot, spec, by_category, rng)
+            loss = _batch_loss(model, tokenizer, batch, images, slot, spec, looks, rng)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -254,30 +308,35 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
 
 
 def _batch_loss(model: Any, tokenizer: Any, batch: list[dict[str, Any]], images: np.ndarray, slot: dict[str, int],
-                spec: ImageSpec, by_category: dict[str, list[str]], rng: random.Random) -> Any:  # fmt: skip
-    """CLIP's symmetric InfoNCE over the batch, with extra negatives: for each image, a caption of its category
-    in another colour (catalog pairs); for each text, the images a shopper skipped for it (click pairs). A pair
-    sharing a look (the title; a click pair's own text), a text or an image with another is not that one's
-    negative."""
+                spec: ImageSpec, looks: _Looks, rng: random.Random) -> Any:  # fmt: skip
+    """CLIP's symmetric InfoNCE over the batch, with extra negatives: for each image, a title of its category in
+    another colour and one of its colour in another category (catalog pairs); for each text, the images a shopper
+    skipped for it (click pairs). A pair sharing a look (the title; a click pair's own text), a text or an image
+    with another is not that one's negative."""
     import torch
 
     b = len(batch)
-    looks = [r["text"] for r in batch]
-    texts = [_sample_text(r, rng) for r in batch]
-    hard = [_hard_negative(r, by_category, rng) for r in batch]
-    extra_txt = list(dict.fromkeys(h for h in hard if h is not None and h not in looks))
+    titles = [r["text"] for r in batch]
+    captions = [_sample_text(r, rng) for r in batch]
+    hard = [h for r in batch for h in looks.hard_negatives(r, rng)]
+    extra = [Caption(h) for h in dict.fromkeys(hard) if h not in titles]
     own = [slot[r["image"]] for r in batch]
     skipped = [slot[p] for r in batch for p in r.get("negatives", [])[:2]]
     extra_img = list(dict.fromkeys(i for i in skipped if i not in own))
-    tok = tokenizer(texts + extra_txt, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    texts = [c.text for c in captions + extra]
+    tok = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
     img = ev.unit_features(model.get_image_features(pixel_values=ev.to_pixels(images[own + extra_img], spec)))
     txt = ev.unit_features(model.get_text_features(**tok))
     scale = model.logit_scale.exp()
-    looks_all, texts_all, images_all = looks + extra_txt, texts + extra_txt, own + extra_img
-    same_txt = torch.tensor([[la == lc or ta == tc for lc, tc in zip(looks_all, texts_all, strict=True)]
-                             for la, ta in zip(looks, texts, strict=True)])  # fmt: skip
+    # fits[a][c]: text c describes the image of row a (its own look, a caption naming only what row a has, or
+    # the very text row a was paired with)
+    caps_all, looks_all = captions + extra, titles + [e.text for e in extra]
+    fits = torch.tensor([[c.fits(look, row) or c.text == mine.text for c, look in zip(caps_all, looks_all, strict=True)]
+                         for row, mine in zip(batch, captions, strict=True)])  # fmt: skip
+    images_all = own + extra_img
     same_img = torch.tensor([[a == c for c in images_all] for a in own])
-    positive = same_txt[:, :b] | same_img[:, :b]  # a shared look, text or image: not a negative
+    positive = fits[:, :b] | same_img[:, :b]  # [image a, text c]: a shared look, text or image: not a negative
+    same_txt = fits  # an extra (hard-negative) title that describes row a's image is not its negative either
     eye = torch.eye(b, dtype=torch.bool)
     i2t = (scale * img[:b] @ txt.T).masked_fill(torch.cat([positive & ~eye, same_txt[:, b:]], 1), float("-inf"))
     t2i = (scale * txt[:b] @ img.T).masked_fill(torch.cat([positive.T & ~eye, same_img[:, b:]], 1), float("-inf"))

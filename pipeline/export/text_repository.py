@@ -1,13 +1,14 @@
 """``export --text-model``: a multilingual text tower added to an exported CLIP repository.
 
-Written beside CLIP's towers as the Triton models ``clip_text_multilingual`` (FP32 version 1, FP16 version 2)
-and ``clip_text_multilingual_int8``, with ``tokenizer_multilingual.json``, and recorded in the manifest as
-``multilingual``. Its INT8 variant passes the same gate as CLIP's (cosine to its FP32 on the calibration titles,
-top-10 overlap of title→image retrieval against the repository's FP32 image vectors). Its output dimension must
-equal the image tower's, or the export refuses: its queries search the same image vectors.
+Written beside CLIP's towers as the Triton models ``clip_text_multilingual`` (FP32 version 1, FP16 version 2) and
+``clip_text_multilingual_int8``, with ``tokenizer_multilingual.json``, its bytes-in ensembles
+(``clip_text_multilingual_strings_<precision>``: the tokenizer runs on the server, as CLIP's does), and recorded in
+the manifest as ``multilingual``. Its INT8 variant passes the same gate as CLIP's (cosine to its FP32 on the
+calibration titles, top-10 overlap of title→image retrieval against the repository's FP32 image vectors). Its
+output dimension must equal the image tower's, or the export refuses: its queries search the same image vectors.
 
-Like the main export, the new repository is built in a staging folder and swapped in one step; everything else
-in ``out`` is carried over.
+Like the main export, the new repository is built in a staging folder and swapped in one step; everything else in
+``out`` is carried over.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 from pipeline.errors import ModelError
 from pipeline.export.publish import publish, staging_folder
 from pipeline.export.repository import NO_VNNI_FILE, Log, folder_digest, resolve_source, write_configs
-from pipeline.export.text_tower import MULTILINGUAL_MODEL, MULTILINGUAL_TOKENIZER, export_tower_onnx, load_text_tower
+from pipeline.export.text_tower import MULTILINGUAL_TOKENIZER, export_tower_onnx, load_text_tower
 from pipeline.manifest import (
+    MULTILINGUAL_MODEL,
     PER_ITEM,
     TEXT_INPUTS,
     TEXT_OUTPUT,
@@ -110,7 +112,8 @@ def export_text_tower(
         )
         updated = manifest.model_copy(deep=True)
         updated.multilingual = TextTowerSpec(source=source, source_digest=digest, kind=tower.kind,
-                                             fingerprint=sha256_file(fp32), text=text, model=spec)  # fmt: skip
+                                             fingerprint=sha256_file(fp32), text=text, model=spec,
+                                             strings_ensemble=True)  # fmt: skip
         if Precision.INT8 in variants:
             _gate(updated, staging, out, fp32, calibration, min_cosine, min_overlap, log)
         shutil.rmtree(fp32.parent)
@@ -127,6 +130,8 @@ def _up_to_date(manifest: Manifest, out: Path, digest: str, precisions: Sequence
     """Whether ``out`` already holds this source's tower at these precisions, its files intact."""
     tower = manifest.multilingual
     if tower is None or tower.source_digest != digest or set(tower.model.variants) != set(precisions):
+        return False
+    if not tower.strings_ensemble:  # exported before the tower had its bytes-in ensembles
         return False
     try:
         for variant in tower.model.variants.values():

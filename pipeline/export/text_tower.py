@@ -26,7 +26,6 @@ from pipeline.errors import ModelError
 from pipeline.export.onnx_export import MAX_BATCH
 from pipeline.manifest import TEXT_INPUTS, TEXT_OUTPUT, TextSpec
 
-MULTILINGUAL_MODEL = "clip_text_multilingual"
 MULTILINGUAL_TOKENIZER = "tokenizer_multilingual.json"
 
 

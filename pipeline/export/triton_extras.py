@@ -1,15 +1,18 @@
 """Server-side preprocessing for Triton: python models and per-precision ensembles, written by export.
 
 ``preprocess_image`` and ``tokenize_text`` (python backend, CPU) feed the exported models through ensembles:
-``clip_visual_bytes_<precision>`` takes encoded image files, ``clip_text_strings_<precision>`` takes UTF-8 text.
-A client then ships a JPEG's own bytes (tens of KB) instead of a 600 KB FP32 tensor. Each ensemble calls the
-Triton model and version the manifest records for its precision (INT8: ``clip_*_int8``, unbatched, so the
-ensemble's ``max_batch_size`` is that model's 1).
+``clip_visual_bytes_<precision>`` takes encoded image files, ``clip_text_strings_<precision>`` takes UTF-8 text. A
+client then ships a JPEG's own bytes (tens of KB) instead of a 600 KB FP32 tensor. With a multilingual text tower
+(``export --text-model``), ``tokenize_text_multilingual`` (its own tokenizer) and one
+``clip_text_multilingual_strings_<precision>`` per exported precision of that tower do the same for it. Each
+ensemble calls the Triton model and version the manifest records for its precision (INT8: ``clip_*_int8``,
+unbatched, so the ensemble's ``max_batch_size`` is that model's 1).
 
-Each of these configs records the manifest's fingerprint as the parameter ``fingerprint``: the Triton client
-compares it with its own manifest before use, so a server whose repository holds another model (same tensors,
-other weights) is refused instead of silently answering with other vectors. The python models read their input
-limits from the server's ``PIPELINE__LIMITS__*`` environment at load (see ``pipeline.triton.preprocess_models``).
+Each of these configs records the manifest's fingerprint (the multilingual ones, that tower's) as the parameter
+``fingerprint``: the Triton client compares it with its own manifest before use, so a server whose repository holds
+another model (same tensors, other weights) is refused instead of silently answering with other vectors. The python
+models read their input limits from the server's ``PIPELINE__LIMITS__*`` environment at load (see
+``pipeline.triton.preprocess_models``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.export.triton_config import model_max_batch_size
-from pipeline.manifest import IMAGE_MODEL, TEXT_MODEL, Manifest
+from pipeline.manifest import IMAGE_MODEL, MULTILINGUAL_MODEL, TEXT_MODEL, Manifest
 from pipeline.types import Modality, Precision
 
 IMAGE_PREPROCESS = "preprocess_image"
 TEXT_PREPROCESS = "tokenize_text"
+MULTILINGUAL_PREPROCESS = "tokenize_text_multilingual"
 FINGERPRINT_PARAMETER = "fingerprint"
 
 
@@ -33,8 +37,12 @@ def text_ensemble(precision: Precision) -> str:
     return f"{TEXT_MODEL}_strings_{precision}"
 
 
-def _fingerprint(manifest: Manifest) -> str:
-    return f'parameters {{ key: "{FINGERPRINT_PARAMETER}" value: {{ string_value: "{manifest.fingerprint}" }} }}'
+def multilingual_ensemble(precision: Precision) -> str:
+    return f"{MULTILINGUAL_MODEL}_strings_{precision}"
+
+
+def _fingerprint(value: str) -> str:
+    return f'parameters {{ key: "{FINGERPRINT_PARAMETER}" value: {{ string_value: "{value}" }} }}'
 
 
 def fingerprint_of(config: dict[str, object]) -> str | None:
@@ -46,7 +54,7 @@ def fingerprint_of(config: dict[str, object]) -> str | None:
 
 
 def _python_model(
-    name: str, inputs: str, outputs: str, max_batch_size: int, class_name: str, manifest: Manifest
+    name: str, inputs: str, outputs: str, max_batch_size: int, class_name: str, fingerprint: str
 ) -> tuple[str, str]:
     config = (
         "\n".join(
@@ -59,7 +67,7 @@ def _python_model(
                 outputs,
                 "instance_group [ { kind: KIND_CPU count: 2 } ]",
                 "dynamic_batching { max_queue_delay_microseconds: 1000 }",
-                _fingerprint(manifest),
+                _fingerprint(fingerprint),
             ]
         )
         + "\n"
@@ -69,7 +77,7 @@ def _python_model(
 
 
 def _ensemble(
-    manifest: Manifest,
+    fingerprint: str,
     name: str,
     in_name: str,
     in_type: str,
@@ -95,7 +103,7 @@ def _ensemble(
                 "ensemble_scheduling { step [",
                 ",\n".join(rendered),
                 "] }",
-                _fingerprint(manifest),
+                _fingerprint(fingerprint),
             ]
         )
         + "\n"
@@ -111,21 +119,12 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
         f'output [ {{ name: "pixel_values" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]',
         max_batch_size,
         "PreprocessImage",
-        manifest,
+        manifest.fingerprint,
     )
-    text_cfg, text_shim = _python_model(
-        TEXT_PREPROCESS,
-        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
-        'output [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },'
-        ' { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]',
-        max_batch_size,
-        "TokenizeText",
-        manifest,
-    )
+    text_cfg, text_shim = _tokenizer_model(TEXT_PREPROCESS, "TokenizeText", manifest.fingerprint, max_batch_size)
     for name, config, shim in ((IMAGE_PREPROCESS, image_cfg, image_shim), (TEXT_PREPROCESS, text_cfg, text_shim)):
-        (staging / name / "1").mkdir(parents=True, exist_ok=True)
-        (staging / name / "config.pbtxt").write_text(config)
-        (staging / name / "1" / "model.py").write_text(shim)
+        _write_python_model(staging, name, config, shim)
+    _write_multilingual(staging, manifest, max_batch_size)
     for precision in manifest.precisions():
         image_model, image_version = manifest.triton_model(Modality.IMAGE, precision)
         text_model, text_version = manifest.triton_model(Modality.TEXT, precision)
@@ -135,7 +134,7 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
             (
                 image_ensemble(precision),
                 _ensemble(
-                    manifest,
+                    manifest.fingerprint,
                     image_ensemble(precision),
                     "image_bytes",
                     "TYPE_STRING",
@@ -156,7 +155,7 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
             (
                 text_ensemble(precision),
                 _ensemble(
-                    manifest,
+                    manifest.fingerprint,
                     text_ensemble(precision),
                     "text",
                     "TYPE_STRING",
@@ -175,7 +174,47 @@ def write_extras(staging: Path, manifest: Manifest, max_batch_size: int) -> None
                 ),
             ),
         ):
-            # An ensemble needs a version folder, empty but present; the marker makes it survive the move.
-            (staging / name / "1").mkdir(parents=True, exist_ok=True)
-            (staging / name / "1" / "ENSEMBLE").write_text("version folder of an ensemble (no files needed)\n")
-            (staging / name / "config.pbtxt").write_text(config)
+            _write_ensemble(staging, name, config)
+
+
+def _tokenizer_model(name: str, class_name: str, fingerprint: str, max_batch_size: int) -> tuple[str, str]:
+    return _python_model(
+        name,
+        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
+        'output [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },'
+        ' { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]',
+        max_batch_size,
+        class_name,
+        fingerprint,
+    )
+
+
+def _write_python_model(staging: Path, name: str, config: str, shim: str) -> None:
+    (staging / name / "1").mkdir(parents=True, exist_ok=True)
+    (staging / name / "config.pbtxt").write_text(config)
+    (staging / name / "1" / "model.py").write_text(shim)
+
+
+def _write_ensemble(staging: Path, name: str, config: str) -> None:
+    # An ensemble needs a version folder, empty but present; the marker makes it survive the move.
+    (staging / name / "1").mkdir(parents=True, exist_ok=True)
+    (staging / name / "1" / "ENSEMBLE").write_text("version folder of an ensemble (no files needed)\n")
+    (staging / name / "config.pbtxt").write_text(config)
+
+
+def _write_multilingual(staging: Path, manifest: Manifest, max_batch_size: int) -> None:
+    """The multilingual tower's tokenizer model and one strings ensemble per precision it was exported at, with
+    its own fingerprint (a server holding another multilingual tower is refused)."""
+    tower = manifest.multilingual
+    if tower is None or not tower.strings_ensemble:
+        return
+    config, shim = _tokenizer_model(MULTILINGUAL_PREPROCESS, "TokenizeMultilingual", tower.fingerprint, max_batch_size)
+    _write_python_model(staging, MULTILINGUAL_PREPROCESS, config, shim)
+    for precision, variant in tower.model.variants.items():
+        batch = model_max_batch_size([variant], max_batch_size)
+        ids = {"input_ids": "ids", "attention_mask": "mask"}
+        steps = [(MULTILINGUAL_PREPROCESS, -1, {"text": "text"}, ids),
+                 (variant.triton_model, variant.triton_version, ids, {"text_embeds": "text_embeds"})]  # fmt: skip
+        name = multilingual_ensemble(precision)
+        _write_ensemble(staging, name, _ensemble(tower.fingerprint, name, "text", "TYPE_STRING", "text_embeds",
+                                                 manifest.dim, batch, steps))  # fmt: skip

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EncoderUnavailable, ModelError
-from pipeline.export.triton_extras import IMAGE_PREPROCESS, TEXT_PREPROCESS, image_ensemble, text_ensemble
+from pipeline.export.triton_extras import (
+    IMAGE_PREPROCESS,
+    MULTILINGUAL_PREPROCESS,
+    TEXT_PREPROCESS,
+    image_ensemble,
+    multilingual_ensemble,
+    text_ensemble,
+)
 from pipeline.manifest import MANIFEST_FILE, Manifest
 from pipeline.types import Modality, Precision
 
@@ -56,7 +63,22 @@ def tower_models(
 def model_names(manifest: Manifest, precision: Precision, multilingual: tuple[str, int] | None = None) -> list[str]:
     """The export's names of the models serving ``precision``, in load order (an ensemble after its models)."""
     towers = list(tower_models(manifest, precision, multilingual))
-    return [*towers, IMAGE_PREPROCESS, TEXT_PREPROCESS, image_ensemble(precision), text_ensemble(precision)]
+    names = [*towers, IMAGE_PREPROCESS, TEXT_PREPROCESS, image_ensemble(precision), text_ensemble(precision)]
+    if ensemble := multilingual_strings(manifest, multilingual):
+        names += [MULTILINGUAL_PREPROCESS, ensemble]
+    return names
+
+
+def multilingual_strings(manifest: Manifest, multilingual: tuple[str, int] | None) -> str | None:
+    """The export's name of the bytes-in ensemble of the multilingual variant ``multilingual`` (model, version),
+    or None (no such tower served, or one exported before it had ensembles)."""
+    tower = manifest.multilingual
+    if multilingual is None or tower is None or not tower.strings_ensemble:
+        return None
+    for precision, variant in tower.model.variants.items():
+        if (variant.triton_model, variant.triton_version) == multilingual:
+            return multilingual_ensemble(precision)
+    return None
 
 
 def _renamed(path: Path, names: dict[str, str], versions: list[int], source: str) -> str:
@@ -120,6 +142,9 @@ def write_version(repository: Path, manifest: Manifest, precision: Precision, ta
             # the python-backend models read these from their own folder (another version's may sit beside)
             _place(repository / MANIFEST_FILE, staging / MANIFEST_FILE)
             _place(repository / manifest.text.tokenizer_file, staging / manifest.text.tokenizer_file)
+            if manifest.multilingual is not None:
+                tokenizer = manifest.multilingual.text.tokenizer_file
+                _place(repository / tokenizer, staging / tokenizer)
             staging.rename(target)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Triton python-backend models that run the client's own preprocessing on the server.
 
 ``preprocess_image``: encoded image bytes (TYPE_STRING) → ``pixel_values``; ``tokenize_text``: UTF-8 strings →
-``input_ids`` / ``attention_mask``. Both import ``pipeline.preprocess``, so there is one preprocessing path. A
+``input_ids`` / ``attention_mask``; ``tokenize_text_multilingual``: the same with the multilingual tower's
+tokenizer. Both import ``pipeline.preprocess``, so there is one preprocessing path. A
 bad input fails only its own request (an INVALID_ARG TritonError in that response, which the client reports as
 InvalidInput); the server stays up. The input limits come from ``PIPELINE__LIMITS__*`` in the server's
 environment (or a ``.env`` in its working directory), read the way the service reads them, so the same variables
@@ -20,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import LimitsSettings
 from pipeline.errors import InvalidInput
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, TextSpec
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
 
 
@@ -93,8 +94,12 @@ class PreprocessImage:
 class TokenizeText:
     def initialize(self, args: dict[str, Any]) -> None:
         self.manifest, repository = _manifest(args)
-        self.tokenizer = TextTokenizer(repository / self.manifest.text.tokenizer_file, self.manifest.text)
+        spec = self._spec()
+        self.tokenizer = TextTokenizer(repository / spec.tokenizer_file, spec)
         self.limits = server_limits()
+
+    def _spec(self) -> TextSpec:
+        return self.manifest.text
 
     def _tokens(self, items: np.ndarray) -> dict[str, np.ndarray]:
         texts = [check_text(_as_bytes(v).decode("utf-8"), self.limits, name=f"text {i}") for i, v in enumerate(items)]
@@ -103,3 +108,10 @@ class TokenizeText:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return _respond(requests, "text", self._tokens)
+
+
+class TokenizeMultilingual(TokenizeText):
+    def _spec(self) -> TextSpec:
+        if self.manifest.multilingual is None:
+            raise ValueError("the manifest beside this model has no multilingual text tower; re-export")
+        return self.manifest.multilingual.text
