@@ -82,7 +82,7 @@ def capacity(
 def phrasings(
     demo: str = typer.Option("data/demo", help="make demo's folder (catalog with captions, demo model)"),
 ) -> None:
-    """Held-out shopper phrasings: the demo model trained with captions vs the same training on titles only."""
+    """Held-out shopper phrasings: the demo model (titles) vs its twin trained with shopper captions."""
     from pathlib import Path
 
     from bench.phrasings import run

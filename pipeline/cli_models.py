@@ -135,10 +135,10 @@ def train(
     captions: Annotated[
         str,
         typer.Option(
-            help="More texts per product (JSON lines {id, texts}): a file, 'auto' (captions.jsonl beside "
-            "the catalog, if any) or 'none' (titles and descriptions only)"
+            help="More texts per product (JSON lines {id, texts}), sampled with the title and description: a "
+            "file, 'auto' (captions.jsonl beside the catalog, if any) or 'none' (titles only)"
         ),
-    ] = "auto",
+    ] = "none",
     epochs: Annotated[int | None, typer.Option(min=1, help="Default 12 (150 with --distill-text)")] = None,
     batch_size: Annotated[int, typer.Option(min=2)] = 64,
     lr: Annotated[float | None, typer.Option(help="Default 5e-4 for small, 1e-5 to fine-tune")] = None,

@@ -19,7 +19,7 @@ else
   CATALOG=${CATALOG:-$DEMO/catalog/catalog.jsonl}
   # (parallel.jsonl: catalogs written before the Arabic titles are written again)
   [ -f "$DEMO/catalog/parallel.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
-  [ -f "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --model small --epochs 10 \
+  [ -f "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --model small \
       --catalog "$DEMO/catalog/catalog.jsonl" --out "$DEMO/model"
   # A multilingual text tower distilled from the demo model's own on the English and Arabic titles.
   # (distilled again when the demo model is newer than the student: it was taught another text space)

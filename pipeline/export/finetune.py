@@ -1,14 +1,15 @@
 """``python -m pipeline train``: contrastive fine-tuning of CLIP on a catalog's image-text pairs.
 
-Each image is paired, at every step anew, with one of its product's texts: the title half the time, otherwise the
-description or one of the product's captions (``captions.jsonl`` beside the catalog, or ``--captions``: JSON lines
-``{"id", "texts"}``, sentences a shopper would type), so the model learns more than the title template. Loss: CLIP's
-symmetric InfoNCE with in-batch negatives, plus hard-negative titles (the same category in another colour, the same
-colour in another category) that every image must rank below its own texts. Pairs in a batch that describe the same
-look (the same title) are not counted as negatives. SRC is a checkpoint (hub id or folder) to adapt, or ``small``: a
-compact CLIP built from a config with a tokenizer trained on the catalog's own words, which learns the demo catalog
-in minutes on two CPU cores. Recall@1/5/10 on held-out pairs (and on held-out shopper phrasings, when the catalog
-has them) is measured before and after; the output folder is what ``export`` takes.
+Each image is paired with its product's title; with captions (``--captions``), at every step anew with one of its
+product's texts: the title half the time, otherwise the description or one of the product's captions
+(``captions.jsonl`` beside the catalog, or ``--captions``: JSON lines ``{"id", "texts"}``, sentences a shopper would
+type), so the model learns more than the title template. Loss: CLIP's symmetric InfoNCE with in-batch negatives,
+plus hard-negative titles (the same category in another colour; with captions, also the same colour in another
+category) that every image must rank below its own texts. Pairs in a batch that describe the same look (the same
+title) are not counted as negatives. SRC is a checkpoint (hub id or folder) to adapt, or ``small``: a compact CLIP
+built from a config with a tokenizer trained on the catalog's own words, which learns the demo catalog in minutes on
+two CPU cores. Recall@1/5/10 on held-out pairs (and on held-out shopper phrasings, when the catalog has them) is
+measured before and after; the output folder is what ``export`` takes.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class _Looks:
 
     by_category: dict[str, list[tuple[str, str]]]  # category -> (title, colour)
     by_color: dict[str, list[tuple[str, str]]]  # colour -> (title, category)
+    both_axes: bool  # also a title of the same colour in another category (when training with captions)
 
     @classmethod
     def of(cls, rows: list[dict[str, Any]]) -> _Looks:
@@ -77,18 +79,18 @@ class _Looks:
         for title, category, color in looks:
             by_category.setdefault(category, []).append((title, color))
             by_color.setdefault(color, []).append((title, category))
-        return cls(by_category, by_color)
+        return cls(by_category, by_color, any(len(r.get("texts", ())) > 1 for r in rows))
 
     def hard_negatives(self, row: dict[str, Any], rng: random.Random) -> list[str]:
-        """For a catalog row: a title of its category in another colour, and one of its colour in another
-        category (so neither colour nor kind alone can tell an image's own title from the others)."""
+        """For a catalog row: a title of its category in another colour, and (with captions) one of its colour in
+        another category (so neither colour nor kind alone can tell an image's own title from the others)."""
         if row.get("kind", "catalog") != "catalog":
             return []
         out = []
         if row["category"]:
             others = [t for t, c in self.by_category.get(row["category"], []) if c != row["color"]]
             out += [rng.choice(others)] if others else []
-        if row["color"]:
+        if row["color"] and self.both_axes:
             others = [t for t, c in self.by_color.get(row["color"], []) if c != row["category"]]
             out += [rng.choice(others)] if others else []
         return out
@@ -148,7 +150,9 @@ def catalog_pairs(catalog: Path, captions: dict[str, list[Caption]] | None = Non
         if (p := row.product) is None:
             continue
         title = p.name.lower()
-        own = [Caption(title), Caption(p.description.strip().lower()), *(captions or {}).get(p.id, [])]
+        own = [Caption(title)]
+        if captions is not None:
+            own += [Caption(p.description.strip().lower()), *captions.get(p.id, [])]
         texts = [c for c in dict.fromkeys(own) if c.text]
         for image in p.images:
             rows.append({"image": image, "text": title, "texts": texts, "category": (p.category or "").lower(),
@@ -188,11 +192,11 @@ def read_pairs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None = None, epochs: int = 12,
           batch_size: int = 64, lr: float | None = None, seed: int = 0, log: Log = print,
-          pairs: Path | None = None, captions: Path | str | None = AUTO) -> TrainReport:  # fmt: skip
+          pairs: Path | None = None, captions: Path | str | None = None) -> TrainReport:  # fmt: skip
     """Fine-tune ``source`` on ``catalog`` (or on a ``pairs`` file: catalog pairs and pairs mined from clicks,
     with the images shoppers skipped as negatives) and save the result to ``out`` (a save_pretrained folder).
     ``captions``: a captions file, ``"auto"`` (``captions.jsonl`` beside the catalog when there is one) or None
-    (titles and descriptions only). Held-out shopper phrasings (``phrasings_heldout.jsonl`` beside the catalog)
+    (titles only, the default). Held-out shopper phrasings (``phrasings_heldout.jsonl`` beside the catalog)
     are measured before and after when present."""
     import torch
     from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
@@ -213,7 +217,7 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
         by_id = read_captions(Path(caption_file)) if caption_file and Path(caption_file).is_file() else {}
         if caption_file and captions != AUTO and not by_id:
             raise InvalidInput(f"{caption_file}: no captions")
-        rows = catalog_pairs(catalog, by_id)
+        rows = catalog_pairs(catalog, by_id if caption_file else None)
         n_captioned = sum(1 for texts in by_id.values() if texts)
         phrasings_file = Path(catalog).with_name("phrasings_heldout.jsonl")
         queries = ev.read_phrasings(phrasings_file) if phrasings_file.is_file() else []
@@ -230,9 +234,8 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
 
     out = Path(out)
     if source == SMALL:
-        words = (
-            [r["text"] for r in rows] + [c.text for r in rows for c in r.get("texts", [])] + [r["text"] for r in held]
-        )
+        words = [r["text"] for r in rows] + [c.text for r in rows for c in r.get("texts", [])[1:]]
+        words += [r["text"] for r in held]
         train_tokenizer(out, vocab_size=1200, corpus=words * 3)
         tokenizer = CLIPTokenizer.from_pretrained(out)
         model = CLIPModel(small_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
