@@ -61,11 +61,15 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _is_mongod(pid: int) -> bool:
+def _is_mongod(pid: int, dbpath: Path | None = None) -> bool:
+    """Whether ``pid`` is a mongod (serving ``dbpath``, when given)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"mongod")
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True  # no /proc to ask: the port file and the open port are the evidence
+    if not args[0].endswith(b"mongod"):
+        return False
+    return dbpath is None or os.fsencode(str(dbpath)) in args
 
 
 def _alive(pid: int) -> bool:
@@ -142,8 +146,11 @@ class ManagedMongod:
             self._user.touch()
             return self.uri
 
+    def _dbpath(self) -> Path:
+        return self.data_dir / "db"
+
     def _launch(self) -> None:
-        db = self.data_dir / "db"
+        db = self._dbpath()
         db.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         cmd = [
@@ -193,7 +200,8 @@ class ManagedMongod:
                 pid = int(json.loads((self.data_dir / PORT_FILE).read_text())["pid"])
             except (OSError, ValueError, KeyError):
                 return
-            if self._running() is not None and _is_mongod(pid):  # never a stranger that reused a stale pid
+            # Never a stranger that reused a stale pid; the port need not answer (a loaded machine can be slow to)
+            if _alive(pid) and _is_mongod(pid, self._dbpath()):
                 self._terminate(pid)
             (self.data_dir / PORT_FILE).unlink(missing_ok=True)
 
