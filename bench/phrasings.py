@@ -28,9 +28,12 @@ GROUPS = {"category": "phrasings naming the item only", "category+color": "phras
 
 
 def _twin(demo: Path, catalog: Path) -> Path:
-    """The demo model's twin trained with captions, with the demo model's own training settings."""
+    """The demo model's twin trained with captions: its epoch count, train's other defaults (as make demo's).
+    Trained again when the catalog or the demo model is newer than it."""
     out = demo / "bench" / "model-captions"
-    if (out / "model.safetensors").is_file() and (out / "model.safetensors").stat().st_mtime > catalog.stat().st_mtime:
+    sources = (catalog, demo / "model" / "model.safetensors")
+    twin = out / "model.safetensors"
+    if twin.is_file() and all(twin.stat().st_mtime > s.stat().st_mtime for s in sources):
         return out
     report = json.loads((demo / "model" / "train_report.json").read_text())
     cmd = [sys.executable, "-m", "pipeline", "train", "--model", "small", "--catalog", str(catalog), "--out", str(out),

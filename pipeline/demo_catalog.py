@@ -1,13 +1,13 @@
 """The offline demo catalog: products the project draws itself, so the demo needs no download.
 
-Six categories x eight colours x four patterns, several products per combination, each drawn at a random
-angle, size, position and background; names and descriptions say what is drawn ("blue striped t-shirt"), in
-English and in Arabic (``attributes.name_ar``, ``description_ar``; ``parallel.jsonl`` pairs the titles for
-``train --distill-text``). ``captions.jsonl`` gives each product sentences a shopper would type (synonyms,
-the pattern said another way, what it is for: :mod:`pipeline.demo_phrasings`), which ``train`` samples among
-with the title and description. A held-out set of new drawings (other seeds) with their titles in both
-languages, and ``phrasings_heldout.jsonl``, queries in sentence frames the captions never use, measure
-retrieval after training.
+Six categories x eight colours x four patterns, several products per combination, each drawn at a random angle,
+size, position and background; names and descriptions say what is drawn ("blue striped t-shirt"), in English and in
+Arabic (``attributes.name_ar``, ``description_ar``; ``parallel.jsonl`` pairs the titles for ``train
+--distill-text``). ``captions.jsonl`` gives each product sentences a shopper would type (synonyms, the pattern said
+another way, what it is for: :mod:`pipeline.demo_phrasings`), which ``train --captions auto`` samples among with the
+title and description (``make demo`` trains on titles only: README, "Natural phrasing"). A held-out set of new
+drawings (other seeds) with their titles in both languages, and ``phrasings_heldout.jsonl``, queries in sentence
+frames the captions never use, measure retrieval after training.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ if [ -n "${MODEL:-}" ]; then
 else
   DEMO=${DEMO:-data/demo}
   CATALOG=${CATALOG:-$DEMO/catalog/catalog.jsonl}
-  # (parallel.jsonl: catalogs written before the Arabic titles are written again)
-  [ -f "$DEMO/catalog/parallel.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
+  # (phrasings_heldout.jsonl, its newest file: catalogs written before the Arabic titles, the captions and the
+  # held-out phrasings are written again; the same seed writes the same products)
+  [ -f "$DEMO/catalog/phrasings_heldout.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
   [ -f "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --model small \
       --catalog "$DEMO/catalog/catalog.jsonl" --out "$DEMO/model"
   # A multilingual text tower distilled from the demo model's own on the English and Arabic titles.

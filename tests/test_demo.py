@@ -71,7 +71,7 @@ def test_demo_captions_describe_their_product_and_heldout_phrasings_use_other_fr
 
 
 def test_captions_file_errors_are_clear(small_demo, tmp_path):
-    from pipeline.export.finetune import catalog_pairs, read_captions, train
+    from pipeline.export.finetune import captioned_pairs, catalog_pairs, read_captions, train
 
     bad = tmp_path / "captions.jsonl"
     bad.write_text('{"id": "x", "texts": ["a", {"text": "a mug", "category": "mug"}]}\n{"id": "y"}\n')
@@ -84,6 +84,26 @@ def test_captions_file_errors_are_clear(small_demo, tmp_path):
     empty.write_text("\n")
     with pytest.raises(InvalidInput, match="no captions"):
         train("small", small_demo.catalog, tmp_path / "m", captions=empty, log=lambda _m: None)
+    with pytest.raises(InvalidInput, match="no such captions file"):
+        captioned_pairs(small_demo.catalog, tmp_path / "missing.jsonl")
+    # auto: the captions beside the catalog, titles only (one hard-negative axis) where there are none
+    rows, n = captioned_pairs(small_demo.catalog, "auto")
+    assert n > 0 and all(len(r["texts"]) >= 8 for r in rows)
+    bare = tmp_path / "bare" / "catalog.jsonl"
+    bare.parent.mkdir()
+    bare.write_text(small_demo.catalog.read_text())
+    rows, n = captioned_pairs(bare, "auto")
+    assert n == 0 and all(len(r["texts"]) == 1 for r in rows)
+    assert captioned_pairs(small_demo.catalog, None)[1] == 0
+    # held-out phrasings: a field left out is one the query does not name; a row without text is refused
+    from pipeline.export.train_eval import read_phrasings
+
+    phrasings = tmp_path / "phrasings.jsonl"
+    phrasings.write_text('{"text": "a mug for tea", "category": "mug"}\n\n')
+    assert read_phrasings(phrasings) == [{"text": "a mug for tea", "category": "mug"}]
+    phrasings.write_text('{"text": "a mug"}\n{"category": "mug"}\n')
+    with pytest.raises(InvalidInput, match=r"phrasings.jsonl:2: not a phrasing row"):
+        read_phrasings(phrasings)
     # a product's rows carry its title first, then description and captions; --captions none: no captions
     rows = catalog_pairs(small_demo.catalog, read_captions(small_demo.catalog.parent / "captions.jsonl"))
     assert all(r["texts"][0].text == r["text"] and len(r["texts"]) >= 8 for r in rows)

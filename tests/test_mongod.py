@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
-from pipeline.stores.mongod import ManagedMongod, _port_open
+from pipeline.stores.mongod import ManagedMongod, _is_mongod, _port_open, free_port
 
 
 def test_managed_mongod_stops_when_its_last_user_leaves(tmp_path):
@@ -27,3 +29,35 @@ def test_managed_mongod_stops_when_its_last_user_leaves(tmp_path):
         second.stop_sync()  # the last live user: stops it, though another process started it
     assert not _port_open(port)
     assert not (tmp_path / "mongod.port.json").exists()
+
+
+def test_a_user_naming_the_folder_another_way_stops_it(tmp_path, monkeypatch):
+    """The last user stops the server though it named the data folder relatively and the starter did not."""
+    first = ManagedMongod(tmp_path / "data")
+    first.start_sync()
+    port = first.port
+    monkeypatch.chdir(tmp_path)
+    second = ManagedMongod(Path("data"))
+    try:
+        assert second.start_sync() == first.uri
+        first.stop_sync()
+        assert _port_open(port)
+    finally:
+        second.stop_sync()
+    assert not _port_open(port)
+
+
+def test_a_stale_port_file_never_stops_a_stranger(tmp_path):
+    """A port file left by a crash whose pid now belongs to another process: that process is left alone."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "mongod.port.json").write_text(json.dumps({"pid": stranger.pid, "port": free_port()}))
+        m = ManagedMongod(tmp_path)
+        m.port = 1  # as if it had joined
+        m.stop_sync()
+        assert stranger.poll() is None
+        assert not _is_mongod(stranger.pid, tmp_path / "db", 1)
+        assert not (tmp_path / "mongod.port.json").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.errors import ModelError
+from pipeline.export.publish import _dropped
 from pipeline.manifest import load_manifest
 from pipeline.preprocess import TextTokenizer
 from pipeline.triton.server import unsupported_reason
@@ -82,6 +83,22 @@ def test_sentence_transformers_tower_matches_encode(with_st, st_folder):
     run_cli("export", "--model", str(manifest.source), "--out", str(with_st), "--precision", "fp32", "--precision",
             "int8")  # fmt: skip
     assert load_manifest(with_st).multilingual == tower
+    assert tower.strings_ensemble and (with_st / "clip_text_multilingual_strings_int8").is_dir()
+
+
+def test_a_reexport_without_the_tower_precision_drops_its_ensembles(with_st):
+    """Publishing drops the tower's bytes-in ensembles (and its tokenizer model) with the variants they serve."""
+    manifest = load_manifest(with_st)
+    tower = manifest.multilingual
+    assert tower is not None
+    fp32_only = tower.model.model_copy(update={"variants": {Precision.FP32: tower.model.variants[Precision.FP32]}})
+    narrower = manifest.model_copy(update={"multilingual": tower.model_copy(update={"model": fp32_only})})
+    dropped = _dropped(narrower, manifest)
+    assert Path("clip_text_multilingual_strings_int8") in dropped and Path("tokenize_text_multilingual") not in dropped
+    assert Path("clip_text_multilingual_strings_fp32") not in dropped
+    gone = _dropped(manifest.model_copy(update={"multilingual": None}), manifest)
+    assert {Path("tokenize_text_multilingual"), Path("clip_text_multilingual_strings_fp32")} <= gone
+    assert _dropped(manifest, manifest) == set()
 
 
 def _mclip_reference(folder: Path, texts: list[str]) -> np.ndarray:

@@ -141,6 +141,22 @@ def read_captions(path: Path) -> dict[str, list[Caption]]:
     return out
 
 
+def captioned_pairs(catalog: Path, captions: Path | str | None) -> tuple[list[dict[str, Any]], int]:
+    """The catalog's training rows with the captions ``--captions`` names (a file, ``"auto"``: captions.jsonl
+    beside the catalog when there is one, or None: titles only), and how many products have captions."""
+    caption_file = Path(catalog).with_name("captions.jsonl") if captions == AUTO else captions
+    if caption_file is not None and not Path(caption_file).is_file():
+        if captions != AUTO:
+            raise InvalidInput(f"{caption_file}: no such captions file")
+        caption_file = None  # auto, and none beside the catalog: titles only, as without --captions
+    if caption_file is None:
+        return catalog_pairs(catalog), 0
+    by_id = read_captions(Path(caption_file))
+    if not by_id:
+        raise InvalidInput(f"{caption_file}: no captions")
+    return catalog_pairs(catalog, by_id), sum(1 for texts in by_id.values() if texts)
+
+
 def catalog_pairs(catalog: Path, captions: dict[str, list[Caption]] | None = None) -> list[dict[str, Any]]:
     """A catalog's training rows, one per image: the title (``text``, which also names the look: rows with the
     same title are not each other's negatives) and every text the image may be paired with (``texts``: title,
@@ -213,12 +229,7 @@ def train(source: str, catalog: Path | None, out: Path, *, heldout: Path | None 
         rows, held = read_pairs(pairs)
         source_name = str(pairs)
     elif catalog is not None:
-        caption_file = Path(catalog).with_name("captions.jsonl") if captions == AUTO else captions
-        by_id = read_captions(Path(caption_file)) if caption_file and Path(caption_file).is_file() else {}
-        if caption_file and captions != AUTO and not by_id:
-            raise InvalidInput(f"{caption_file}: no captions")
-        rows = catalog_pairs(catalog, by_id if caption_file else None)
-        n_captioned = sum(1 for texts in by_id.values() if texts)
+        rows, n_captioned = captioned_pairs(catalog, captions)
         phrasings_file = Path(catalog).with_name("phrasings_heldout.jsonl")
         queries = ev.read_phrasings(phrasings_file) if phrasings_file.is_file() else []
         heldout = heldout or Path(catalog).with_name("heldout.jsonl")

@@ -13,8 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.export.triton_extras import image_ensemble, text_ensemble
+from pipeline.export.triton_extras import MULTILINGUAL_PREPROCESS, image_ensemble, multilingual_ensemble, text_ensemble
 from pipeline.manifest import MANIFEST_FILE, Manifest
+from pipeline.types import Precision
 
 _STAGING_LEFTOVER = ".export-staging-"  # the in-``out`` staging folders of older versions: never carried over
 
@@ -58,6 +59,14 @@ def _dropped(manifest: Manifest, existing: Manifest | None) -> set[Path]:
     }
     for precision in existing.precisions() - manifest.precisions():
         dropped |= {Path(image_ensemble(precision)), Path(text_ensemble(precision))}
+
+    def strings(m: Manifest) -> set[Precision]:  # the multilingual tower's bytes-in ensembles
+        tower = m.multilingual
+        return set(tower.model.variants) if tower is not None and tower.strings_ensemble else set()
+
+    dropped |= {Path(multilingual_ensemble(precision)) for precision in strings(existing) - strings(manifest)}
+    if strings(existing) and not strings(manifest):
+        dropped.add(Path(MULTILINGUAL_PREPROCESS))
     return dropped
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import LimitsSettings
+from pipeline.errors import InvalidInput
 from pipeline.manifest import ImageSpec
 from pipeline.preprocess import decode_image
 
@@ -78,8 +79,19 @@ def text_image_similarity(
 
 def read_phrasings(path: Path) -> list[dict[str, Any]]:
     """Held-out shopper queries (JSON lines: ``text``, ``frame``, ``category``, ``color``, ``pattern``; a null
-    field is one the query does not name)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    field, or one left out, is one the query does not name)."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise ValueError("no text")
+        except ValueError as exc:
+            raise InvalidInput(f"{path}:{n}: not a phrasing row {{text, category?, color?, pattern?}} ({exc})") from exc
+        out.append(row)
+    return out
 
 
 def phrasing_recall(model: Any, tokenizer: Any, images: np.ndarray, image_attrs: list[dict[str, Any]],
@@ -89,7 +101,7 @@ def phrasing_recall(model: Any, tokenizer: Any, images: np.ndarray, image_attrs:
     precision@10: the share of the top 10 that answer it."""
     sims = text_image_similarity(model, tokenizer, images, [q["text"] for q in queries], spec)
     top = np.argsort(-sims, axis=1)[:, : max(KS)]
-    ok = np.array([[all(q[f] is None or q[f] == a.get(f) for f in ("category", "color", "pattern"))
+    ok = np.array([[all(q.get(f) is None or q[f] == a.get(f) for f in ("category", "color", "pattern"))
                     for a in image_attrs] for q in queries])  # fmt: skip
     hit = np.take_along_axis(ok, top, axis=1)
     out = {f"phrasing recall@{k}": round(float(hit[:, :k].any(axis=1).mean()), 4) for k in KS}

@@ -61,15 +61,13 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _is_mongod(pid: int, dbpath: Path | None = None) -> bool:
-    """Whether ``pid`` is a mongod (serving ``dbpath``, when given)."""
+def _is_mongod(pid: int, dbpath: Path, port: int) -> bool:
+    """Whether ``pid`` is the mongod serving ``dbpath`` (on ``port``, where /proc cannot say)."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return True  # no /proc to ask: the port file and the open port are the evidence
-    if not args[0].endswith(b"mongod"):
-        return False
-    return dbpath is None or os.fsencode(str(dbpath)) in args
+        return _port_open(port)  # no /proc to ask: the port file and the open port are the evidence
+    return args[0].endswith(b"mongod") and os.fsencode(str(dbpath)) in args
 
 
 def _alive(pid: int) -> bool:
@@ -147,7 +145,7 @@ class ManagedMongod:
             return self.uri
 
     def _dbpath(self) -> Path:
-        return self.data_dir / "db"
+        return (self.data_dir / "db").resolve()  # as launched: every user names it the same way
 
     def _launch(self) -> None:
         db = self._dbpath()
@@ -179,7 +177,7 @@ class ManagedMongod:
                 log_file = self.data_dir / "mongod.log"
                 raise StoreUnavailable(f"mongod failed to start on {db}: {err or f'see {log_file}'}")
             if time.monotonic() > deadline:
-                self._terminate(self._proc.pid)
+                self._terminate(self._proc.pid, self.port)
                 self._proc, self.port = None, None
                 raise StoreUnavailable(f"mongod did not start within {self.start_timeout_s:.0f} s on {db}")
             time.sleep(0.05)
@@ -197,17 +195,25 @@ class ManagedMongod:
             if self._other_users():
                 return
             try:
-                pid = int(json.loads((self.data_dir / PORT_FILE).read_text())["pid"])
-            except (OSError, ValueError, KeyError):
+                info = json.loads((self.data_dir / PORT_FILE).read_text())
+                pid, port = int(info["pid"]), int(info["port"])
+            except (OSError, ValueError, KeyError, TypeError):
                 return
             # Never a stranger that reused a stale pid; the port need not answer (a loaded machine can be slow to)
-            if _alive(pid) and _is_mongod(pid, self._dbpath()):
-                self._terminate(pid)
+            if _alive(pid) and _is_mongod(pid, self._dbpath(), port):
+                self._terminate(pid, port)
             (self.data_dir / PORT_FILE).unlink(missing_ok=True)
 
-    def _terminate(self, pid: int) -> None:
+    def _terminate(self, pid: int, port: int) -> None:
         """SIGTERM (mongod shuts down cleanly on it), SIGKILL after 15 s; returns once it is gone (reaped when
-        it is our child)."""
+        it is our child) and its port is closed: the main thread of a dying process shows as a zombie while
+        its other threads, which share its sockets, are still exiting."""
+        self._stop(pid)
+        deadline = time.monotonic() + 10
+        while _port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _stop(self, pid: int) -> None:
         proc, self._proc = self._proc, None
         child = proc is not None and proc.pid == pid
         with contextlib.suppress(ProcessLookupError):

@@ -12,7 +12,8 @@ contents): Triton's ensembles do not see models loaded that way (triton-inferenc
 server-side preprocessing runs through ensembles.
 
 Only what one precision needs is written and loaded: its two tower models (at that precision's version only),
-the two preprocessing models and its two ensembles, every config file of each (``config.pbtxt`` and
+the two preprocessing models and its two ensembles (with a multilingual tower exported with its bytes-in ensemble,
+that tower, its tokenizer model and its ensemble too), every config file of each (``config.pbtxt`` and
 ``configs/*.pbtxt``, so ``--model-config-name`` picks as for the base) renamed, with its fingerprint parameter
 kept and the export's own name recorded as ``source_model``. The manifest and the tokenizer go into every model's
 folder: the python-backend models read them from there (another version's sit beside them).
