@@ -79,6 +79,14 @@ def capacity(
 
 
 @app.command()
+def languages() -> None:
+    """How often text_tower=auto sends English and other-language queries to the multilingual tower."""
+    from bench.languages import run
+
+    run()
+
+
+@app.command()
 def phrasings(
     demo: str = typer.Option("data/demo", help="make demo's folder (catalog with captions, demo model)"),
 ) -> None:

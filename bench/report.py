@@ -34,6 +34,7 @@ SECTIONS = [
     ("triton", ["triton"]),
     ("recommend", ["recommend"]),
     ("capacity", ["capacity"]),
+    ("languages", ["languages"]),
 ]
 
 

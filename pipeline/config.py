@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import InvalidInput
@@ -38,8 +38,27 @@ class EncoderSettings(BaseModel):
     # onnxruntime execution providers in order of preference; unavailable ones are skipped.
     providers: list[str] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     # The text tower for queries when the model has a multilingual one (export --text-model): "auto" picks it
-    # for text with non-Latin letters, "multilingual" for every query, "clip" never (pipeline.text_towers).
+    # for every query of a non-English catalog, for text with non-Latin letters and for Latin-script text in one
+    # of query_languages; "multilingual" for every query, "clip" never (pipeline.text_towers).
     text_tower: Literal["clip", "multilingual", "auto"] = "auto"
+    # The language of the catalog's titles (ISO 639-1): not "en", every query goes to the multilingual tower.
+    catalog_language: str = Field(default="en", pattern=r"^[a-z]{2}$")
+    # Languages the shoppers type besides English (ISO 639-1, e.g. ["fr", "es"]): Latin-script queries told to be
+    # one of them (langid, restricted to English and these) go to the multilingual tower. Empty: no detection.
+    query_languages: list[str] = []
+    # How sure the language guess must be to send a Latin-script query to the multilingual tower.
+    language_confidence: float = Field(default=0.9, ge=0.5, le=1.0)
+
+    @field_validator("query_languages")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        if value:
+            from pipeline.text_towers import known_languages
+
+            unknown = sorted({v.lower() for v in value} - known_languages())
+            if unknown:
+                raise ValueError(f"no language model for {unknown}: ISO 639-1 codes such as fr, es, de")
+        return [v.lower() for v in value]
 
 
 class LimitsSettings(BaseModel):

@@ -104,8 +104,7 @@ class IngestService:
 
     @property
     def stamp(self) -> ModelStamp:
-        info = self.encoder.info
-        return ModelStamp(info.fingerprint, info.dim, info.model)
+        return ModelStamp.of(self.encoder.info)
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
@@ -314,8 +313,11 @@ class IngestService:
         indexed: list[tuple[str, str]] = []
         left_out: list[str] = []
         # With the same model (an index-settings change, a repair), a product whose stored vectors are those of
-        # its current content is copied from the live collection instead of embedded again.
-        reuse = (await self.index.info()).stamp == stamp
+        # its current content is copied from the live collection instead of embedded again; with the same image
+        # model and another title tower (the catalog's language changed), its image vectors are.
+        live = (await self.index.info()).stamp
+        same_images = live is not None and (live.fingerprint, live.dim) == (stamp.fingerprint, stamp.dim)
+        reuse = "all" if live == stamp else "images" if same_images else None
         async with self.index.rebuild(stamp) as staged:
             batch: list[Product] = []
             async for product in self.mongo.iter_products():
@@ -343,10 +345,13 @@ class IngestService:
         report: IngestReport,
         indexed: list[tuple[str, str]],
         left_out: list[str],
-        reuse: bool,
+        reuse: str | None,
     ) -> None:
         states = await self.mongo.get_states([p.id for p in batch])
         copied = await self._stored_vectors(batch, states) if reuse else []
+        if reuse == "images" and copied:  # the titles embedded again by the tower of now
+            titles = await self.vectors.encode_titles([p for p, _, _ in copied])
+            copied = [(p, images, titles[i]) for i, (p, images, _) in enumerate(copied)]
         done = {p.id for p, _, _ in copied}
         encoded, failed = await self.vectors.encode([p for p in batch if p.id not in done])
         encoded = [*copied, *encoded]
@@ -365,7 +370,8 @@ class IngestService:
         fingerprint = self.stamp.fingerprint
         current = [p for p in batch if (st := states.get(p.id)) is not None and st.fingerprint == fingerprint
                    and st.indexed_hash is not None and st.indexed_hash == st.content_hash]  # fmt: skip
-        stored = await self.index.vectors_of([p.id for p in current]) if current else {}
+        # the live stamp was compared by the caller (its titles may be another tower's, re-embedded there)
+        stored = await self.index.vectors_of([p.id for p in current], check=False) if current else {}
         out = []
         for product in current:
             spaces = stored.get(product.id, {})

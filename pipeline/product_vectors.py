@@ -84,8 +84,12 @@ class ProductVectors:
                 raise result
             else:
                 ok.append((product, result))
-        texts = await self.encoder.encode_texts([p.embedding_text() for p, _ in ok]) if ok else np.zeros((0, 0))
+        texts = await self.encode_titles([p for p, _ in ok]) if ok else np.zeros((0, 0))
         return [(p, img, texts[i]) for i, (p, img) in enumerate(ok)], failed
+
+    async def encode_titles(self, products: Sequence[Product]) -> np.ndarray:
+        """The text-space vectors of ``products`` (their titles), by the tower the catalog's language needs."""
+        return await self.encoder.encode_texts([p.embedding_text() for p in products], self.encoder.info.title_tower)
 
     async def encode_ahead(
         self,

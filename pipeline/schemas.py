@@ -143,7 +143,8 @@ class IngestReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     seconds: float = 0.0
     rejected_count: int | None = None  # when ``rejected`` holds only the first reasons (a job keeps 1,000)
-    copied: int = 0  # a re-index: of ``updated``, products whose current vectors were copied, not re-embedded
+    copied: int = 0  # a re-index: of ``updated``, products whose current vectors (image vectors only, when the
+    # title tower changed) were copied, not re-embedded
 
     @property
     def processed(self) -> int:

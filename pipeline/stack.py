@@ -35,7 +35,7 @@ from pipeline.stores.index_config import IndexSpec, memory_estimate
 from pipeline.stores.keys import KeyStore
 from pipeline.stores.mongo import MongoStore
 from pipeline.stores.mongod import ManagedMongod
-from pipeline.stores.vectors import IndexInfo, VectorIndex
+from pipeline.stores.vectors import IndexInfo, ModelStamp, VectorIndex
 from pipeline.stores.write_lock import WriteLock
 from pipeline.types import Modality
 
@@ -176,6 +176,7 @@ class Stack:
                 "precision": str(info.precision),
                 "dim": info.dim,
                 "fingerprint": info.fingerprint,
+                "titles": info.titles,  # the tower that embeds product titles ("clip" or the multilingual's)
             },
             "generation": gen.name,
             "cache": vars(gen.cache.stats()) | {"hit_rate": round(gen.cache.stats().hit_rate, 3)},
@@ -203,7 +204,8 @@ class Stack:
                 "collection": index.collection,
                 "points": index.points,
                 "fingerprint": stamp.fingerprint if stamp else None,
-                "model_matches": stamp is None or stamp.fingerprint == info.fingerprint,
+                "titles": stamp.titles if stamp else None,
+                "model_matches": stamp is None or stamp == ModelStamp.of(info),
                 "index": index_status(index, self.settings.index.spec(), len(Modality), info.dim),
             }
             if qdrant_ids is not None:

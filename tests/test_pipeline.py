@@ -29,9 +29,9 @@ async def _count_encodes(stack):
         calls["images"] += len(batch)
         return await enc_images(batch)
 
-    async def texts(batch):
+    async def texts(batch, *tower):
         calls["texts"] += len(batch)
-        return await enc_texts(batch)
+        return await enc_texts(batch, *tower)
 
     stack.encoder.encode_images, stack.encoder.encode_texts = images, texts
     return calls

@@ -208,6 +208,15 @@ async def test_queries_pick_their_tower_in_process(with_st, model_repository, st
         np.testing.assert_allclose(mixed[0], (await encoder.encode_texts(["red mug"]))[0], atol=1e-6)
         np.testing.assert_allclose(mixed[1], ours[1], atol=1e-6)
         assert clip_only.info.multilingual is None and clip_only.tower_for(ARABIC[0]) == TextTower.CLIP
+        french = OnnxEncoder.load(with_st, EncoderSettings(precision="fp32", query_languages=["fr"]))
+        try:  # a shop that names French: a French query goes to the multilingual tower, English to CLIP's
+            assert [french.tower_for(t) for t in ("chemise bleue rayée", "blue striped t-shirt")] == [
+                TextTower.MULTILINGUAL, TextTower.CLIP]  # fmt: skip
+            both = await encode_queries(french, ["chemise bleue rayée", "blue striped t-shirt"])
+            alone = await french.encode_texts(["chemise bleue rayée"], TextTower.MULTILINGUAL)
+            np.testing.assert_allclose(both[0], alone[0], atol=1e-6)
+        finally:
+            await french.aclose()
         with pytest.raises(ModelError, match="no multilingual text tower"):
             await clip_only.encode_texts(ARABIC, TextTower.MULTILINGUAL)
     finally:
@@ -241,6 +250,53 @@ async def test_arabic_queries_search_the_catalog(with_st, catalog, tmp_path, mon
         assert stack.cache.get(english_key) is not None
         stray = await stack.search.search_text("ქართული", top_k=5)  # a script no tokenizer covers: still answered
         assert stray.hits
+
+
+async def test_a_catalog_in_another_language_has_its_titles_embedded_by_the_multilingual_tower(
+    with_st, catalog, tmp_path, mongo_uri
+):
+    """catalog_language: the text space is the multilingual tower's (its own stamp); going back to English is a
+    re-index of the titles alone, the image vectors kept."""
+    from pipeline.errors import ModelMismatch
+    from pipeline.stack import open_stack
+    from pipeline.stores.vectors import ModelStamp
+    from pipeline.text_towers import TextTower
+    from pipeline.types import Modality
+    from tests.conftest import make_settings
+
+    def vectors(stored, pid, space):
+        return np.stack(stored[pid][space])
+
+    settings = make_settings(with_st, "edge", tmp_path, mongo_uri, encoder={"catalog_language": "fr"})
+    async with open_stack(settings) as stack:
+        info = stack.encoder.info
+        assert info.titles == info.multilingual and info.title_tower is TextTower.MULTILINGUAL
+        await stack.ingest.ingest(catalog)
+        products = [p async for p in stack.mongo.iter_products()]
+        stored = await stack.index.vectors_of([p.id for p in products])
+        titles = await stack.encoder.encode_texts([p.embedding_text() for p in products], TextTower.MULTILINGUAL)
+        for i, p in enumerate(products):
+            np.testing.assert_allclose(vectors(stored, p.id, Modality.TEXT)[0], titles[i], atol=1e-5)
+        assert stack.encoder.tower_for("blue striped t-shirt") is TextTower.MULTILINGUAL  # every query
+        status = await stack.status()
+        assert status["qdrant"]["titles"] == info.multilingual and status["qdrant"]["model_matches"]
+        assert (await stack.search.search_text("blue striped t-shirt", top_k=3)).hits
+    english = make_settings(with_st, "edge", tmp_path, mongo_uri)
+    english.mongo.database = settings.mongo.database
+    async with open_stack(english) as stack:
+        assert stack.encoder.info.titles == "clip"
+        with pytest.raises(ModelMismatch, match=r"titles embedded by the multilingual tower.*reindex"):
+            await stack.search.search_text("blue striped t-shirt", top_k=3)
+        assert not (await stack.status())["qdrant"]["model_matches"]
+        report = await stack.ingest.reindex()
+        assert report.updated == len(products) and report.copied == len(products)  # image vectors kept
+        again = await stack.index.vectors_of([p.id for p in products])
+        clip_titles = await stack.encoder.encode_texts([p.embedding_text() for p in products])
+        for i, p in enumerate(products):
+            np.testing.assert_array_equal(vectors(again, p.id, Modality.IMAGE), vectors(stored, p.id, Modality.IMAGE))
+            np.testing.assert_allclose(vectors(again, p.id, Modality.TEXT)[0], clip_titles[i], atol=1e-5)
+        assert (await stack.index.info()).stamp == ModelStamp.of(stack.encoder.info)
+        assert (await stack.search.search_text("blue striped t-shirt", top_k=3)).hits
 
 
 @pytest.mark.skipif(unsupported_reason() is not None, reason=f"tritonserver cannot run here: {unsupported_reason()}")

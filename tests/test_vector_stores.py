@@ -82,3 +82,34 @@ async def test_edge_keeps_other_collections_shards(tmp_path):
     await eu.open(OLD)
     assert (await eu.info()).points == 1
     await eu.aclose()
+
+
+@pytest.mark.parametrize("adapter", ["edge", "server"])
+async def test_the_titles_tower_is_part_of_the_stamp(adapter, tmp_path):
+    """A collection whose titles another tower embedded is refused (the same image model): its stamp keeps the
+    tower, and unchecked reads still reach its vectors (a re-index copies the image vectors)."""
+    vec = np.array([0, 0, 1, 0], np.float32)
+    french = ModelStamp(OLD.fingerprint, OLD.dim, OLD.model, titles="c" * 64)
+
+    def handle(client=None):
+        if adapter == "edge":
+            return EdgeIndex(tmp_path, "products")
+        return ServerIndex(":memory:", "products", client=client)
+
+    first = handle()
+    await first.open(french)
+    await first.upsert([_point("p", vec)])
+    assert (await first.info()).stamp == french
+    if adapter == "edge":
+        await first.aclose()
+    second = handle(None if adapter == "edge" else first._client)
+    await second.open(OLD)  # titles by CLIP's tower: not what the collection holds
+    with pytest.raises(ModelMismatch, match=r"titles embedded by the multilingual tower cccccccccccc.*reindex"):
+        await second.search([SpaceQuery(vec, Modality.TEXT)], SearchFilters(), 1)
+    with pytest.raises(ModelMismatch):
+        await second.vectors_of(["p"])
+    stored = await second.vectors_of(["p"], check=False)
+    np.testing.assert_array_equal(stored["p"][Modality.IMAGE][0], vec)
+    await second.aclose()
+    if adapter != "edge":
+        await first.aclose()

@@ -22,11 +22,20 @@ class EncoderInfo:
     backend: str  # "onnxruntime" or "triton"
     # The multilingual text tower's fingerprint when this encoder serves one (its query vectors are its own).
     multilingual: str | None = None
+    # The tower that embeds product titles: "clip", or the multilingual tower's fingerprint (a catalog in another
+    # language: PIPELINE__ENCODER__CATALOG_LANGUAGE). Part of the vector collection's stamp.
+    titles: str = TextTower.CLIP.value
 
     @classmethod
-    def of(cls, manifest: Manifest, precision: Precision, backend: str, multilingual: bool = False) -> EncoderInfo:
+    def of(cls, manifest: Manifest, precision: Precision, backend: str, multilingual: bool = False,
+           titles: TextTower = TextTower.CLIP) -> EncoderInfo:  # fmt: skip
         second = manifest.multilingual.fingerprint if multilingual and manifest.multilingual else None
-        return cls(manifest.name, manifest.fingerprint, precision, manifest.dim, backend, second)
+        by = second if titles is TextTower.MULTILINGUAL and second else TextTower.CLIP.value
+        return cls(manifest.name, manifest.fingerprint, precision, manifest.dim, backend, second, by)
+
+    @property
+    def title_tower(self) -> TextTower:
+        return TextTower.CLIP if self.titles == TextTower.CLIP.value else TextTower.MULTILINGUAL
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from pipeline.encoders.batching import MicroBatcher
 from pipeline.errors import ModelError, ModelMismatch
 from pipeline.manifest import PER_ITEM, Manifest, file_for_this_cpu, load_manifest, verify_model_file
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
-from pipeline.text_towers import TextTower, pick_tower
+from pipeline.text_towers import TextTower, TowerPicker
 from pipeline.types import Modality, Precision
 
 
@@ -78,14 +78,14 @@ class OnnxEncoder:
         backend = (
             "onnxruntime-gpu" if "CUDAExecutionProvider" in sessions[Modality.TEXT].get_providers() else ("onnxruntime")
         )
-        self._info = EncoderInfo.of(manifest, precision, backend, multilingual=multilingual is not None)
+        self._pick = TowerPicker.of(settings, multilingual is not None)
+        self._info = EncoderInfo.of(manifest, precision, backend, multilingual is not None, self._pick.titles)
         self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
         self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         wait = settings.batch_wait_ms / 1000
         merge = settings.cross_request_batching
         # Dynamic INT8 computes activation scales per model call: one input per call keeps vectors batch-independent.
         self._per_row = precision is Precision.INT8
-        self._text_tower = settings.text_tower
         self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait, merge)
         self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait, merge)
         self._ml: tuple[Any, TextTokenizer, bool] | None = None  # session, tokenizer, one row per call
@@ -134,7 +134,7 @@ class OnnxEncoder:
         return self._info
 
     def tower_for(self, text: str) -> TextTower:
-        return pick_tower(text, self._text_tower, self._ml is not None)
+        return self._pick(text)
 
     async def encode_texts(self, texts: Sequence[str], tower: TextTower = TextTower.CLIP) -> np.ndarray:
         for i, text in enumerate(texts):

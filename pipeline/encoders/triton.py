@@ -3,7 +3,8 @@
 Before Triton is first used, and again before it is used after any failure (a fallback, a restart), the client
 reads each model's metadata from the server and refuses to run, naming the model and the difference, when tensor
 names, shapes or dtypes differ from the manifest, or when the repository the server loaded records another model
-fingerprint. Many callers share one channel; the server's dynamic batcher merges their requests.
+fingerprint (``pipeline.encoders.triton_models``). Many callers share one channel; the server's dynamic batcher
+merges their requests.
 
 gRPC statuses: INVALID_ARGUMENT and OUT_OF_RANGE (the request's own data: a bad image, a wrong shape) are
 InvalidInput; every other status is a server-side fault (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN,
@@ -34,10 +35,9 @@ import numpy as np
 
 from pipeline.config import Settings
 from pipeline.encoders.base import Encoder, EncoderInfo
+from pipeline.encoders.triton_models import ServedModels
 from pipeline.errors import EncoderUnavailable, InvalidInput, ModelError, ModelMismatch, PipelineError
 from pipeline.export.triton_extras import (
-    IMAGE_PREPROCESS,
-    fingerprint_of,
     image_ensemble,
     text_ensemble,
 )
@@ -51,26 +51,18 @@ from pipeline.manifest import (
     load_manifest,
 )
 from pipeline.preprocess import TextTokenizer, check_text, load_image_tensor
-from pipeline.text_towers import TextTower, pick_tower
+from pipeline.text_towers import TextTower, TowerPicker
 from pipeline.triton.control import (
-    ensure_loaded,
-    model_names,
     multilingual_strings,
-    remove_version,
     served_name,
-    unload,
-    write_version,
 )
 from pipeline.types import Modality, Precision
 
 log = logging.getLogger(__name__)
-_DTYPES = {"int64": "INT64", "float32": "FP32"}
 _RETRYABLE = {"StatusCode.UNAVAILABLE"}
 # The request's own data is at fault; any other status is the server's (or the network's) and may be retried,
 # or answered in-process.
 _BAD_INPUT = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE"}
-# A model (or version) the server does not know: at start-up a deployment mistake, not an outage.
-_NO_MODEL = {"StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT"}
 _ITEM = re.compile(r"\b(image|text) (\d+):")
 # INT8 requests in flight at once for one call (each carries one item).
 _INT8_CONCURRENCY = 64
@@ -100,14 +92,6 @@ def channel_args(grpcclient: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def _expected(manifest: Manifest, modality: Modality) -> dict[str, list[tuple[str, str, list[int]]]]:
-    spec = manifest.models[modality]
-    return {
-        "inputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.inputs],
-        "outputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.outputs],
-    }
-
-
 def request_error(exc: Any, url: str | None, model: str) -> PipelineError:
     """The project's error for a failed Triton call (an ``InferenceServerException``).
 
@@ -128,13 +112,6 @@ def _shift_items(exc: InvalidInput, offset: int) -> InvalidInput:
         return exc
     renamed = _ITEM.sub(lambda m: f"{m[1]} {int(m[2]) + offset}:", str(exc))
     return type(exc)(renamed)
-
-
-def _actual(meta: dict[str, Any]) -> dict[str, list[tuple[str, str, list[int]]]]:
-    return {
-        kind: [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta.get(kind, [])]
-        for kind in ("inputs", "outputs")
-    }
 
 
 class TritonEncoder:
@@ -176,9 +153,13 @@ class TritonEncoder:
             spec = manifest.multilingual.text
             tokenizer = TextTokenizer(settings.encoder.model_repository / spec.tokenizer_file, spec)
             self._ml = (served_name(variant.triton_model, tag), str(variant.triton_version), tokenizer)
+        self._pick = TowerPicker.of(settings.encoder, self._ml is not None)
         strings = multilingual_strings(manifest, self._ml_export)
         self._ml_strings = served_name(strings, tag) if strings and self._cfg.send == "bytes" else None
-        self._info = EncoderInfo.of(manifest, precision, "triton", multilingual=self._ml is not None)
+        self._info = EncoderInfo.of(manifest, precision, "triton", self._ml is not None, self._pick.titles)
+        ml = (self._ml[0], self._ml[1]) if self._ml else None
+        self._served = ServedModels(client, manifest, precision, settings, tag, self._models, self._ensembles, ml,
+                                    self._ml_export, self._ml_strings)  # fmt: skip
         self._fallback: Encoder | None = None
         self._fallback_until = 0.0
         self._fallback_lock = asyncio.Lock()
@@ -235,137 +216,13 @@ class TritonEncoder:
             return
         async with self._check_lock:
             if not self._verified:
-                await self._check_server()
+                self._max_batch.update(await self._served.check())
                 self._verified = True
-
-    async def _check_server(self) -> None:
-        from tritonclient.utils import InferenceServerException
-
-        timeout = self._cfg.timeout_s
-        max_batch: dict[str, int] = {}
-        try:
-            # Live, not ready: in explicit model-control mode a model unloaded after a switch keeps a strict server
-            # "not ready" for good; whether the models this encoder needs are ready is checked one by one below.
-            if not await self._client.is_server_live(client_timeout=timeout):
-                raise EncoderUnavailable(f"Triton at {self._cfg.url} is not live")
-            await self._load_missing()
-            for modality in Modality:
-                name, version = self._models[modality]
-                try:
-                    meta = await self._client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
-                except InferenceServerException as exc:
-                    if exc.status() not in _NO_MODEL:
-                        raise
-                    raise ModelMismatch(
-                        f"Triton at {self._cfg.url} does not serve model {name!r} version {version} "
-                        f"({self.precision}): {exc.message()}"
-                    ) from exc
-                want, got = _expected(self.manifest, modality), _actual(meta)
-                if want != got:
-                    raise ModelMismatch(
-                        f"Triton model {name!r} v{version} differs from the manifest: server has {got}, "
-                        f"the exported model has {want}; re-export or point the client at the right repository"
-                    )
-                config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
-                max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
-            if self._ml is not None and self.manifest.multilingual is not None:
-                name, version, _ = self._ml
-                meta = await self._client.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
-                spec = self.manifest.multilingual.model
-                want = {"inputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.inputs],
-                        "outputs": [(t.name, _DTYPES[t.dtype], t.shape) for t in spec.outputs]}  # fmt: skip
-                if want != _actual(meta):
-                    raise ModelMismatch(f"Triton model {name!r} v{version} differs from the manifest's multilingual "
-                                        f"tower: server has {_actual(meta)}, the export {want}")  # fmt: skip
-                config = await self._client.get_model_config(name, version, as_json=True, client_timeout=timeout)
-                max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
-                if fingerprint_of(config["config"]) != self.manifest.multilingual.fingerprint:
-                    raise ModelMismatch(f"Triton at {self._cfg.url} serves another multilingual text tower as "
-                                        f"{name!r}; point the client at the server's model repository")  # fmt: skip
-            if self._cfg.send == "bytes":
-                for name in self._strings_ensembles():
-                    if not await self._client.is_model_ready(name, client_timeout=timeout):
-                        raise ModelMismatch(
-                            f"Triton at {self._cfg.url} has no ready ensemble {name!r}; "
-                            "re-export the repository or set PIPELINE__TRITON__SEND=tensors"
-                        )
-                    config = await self._client.get_model_config(name, as_json=True, client_timeout=timeout)
-                    max_batch[name] = int(config["config"].get("max_batch_size", 0)) or 1
-                    self._check_fingerprint(name, config["config"], self._fingerprint_of(name))
-            elif await self._client.is_model_ready(preprocess := served_name(IMAGE_PREPROCESS, self._tag),
-                                                   client_timeout=timeout):  # fmt: skip
-                # The towers' own configs carry no fingerprint; the preprocessing model that the same export
-                # wrote into the same repository does. (A hand-made repository without it gets the tensor check.)
-                config = await self._client.get_model_config(preprocess, as_json=True, client_timeout=timeout)
-                self._check_fingerprint(preprocess, config["config"], self.manifest.fingerprint)
-        except InferenceServerException as exc:
-            raise EncoderUnavailable(f"Triton at {self._cfg.url}: {exc.message()}") from exc
-        self._max_batch.update(max_batch)
-
-    async def _load_missing(self) -> None:
-        """Load this version's models through the model-control API when the server lacks one it needs (the
-        first use of a version, or a server restarted since). Raises ModelMismatch naming the model when the
-        server cannot load it (not in explicit mode, a model the repository does not have)."""
-        timeout = self._cfg.timeout_s
-        needed = [name for name, _ in self._models.values()] + ([self._ml[0]] if self._ml else [])
-        if self._cfg.send == "bytes":
-            needed += self._strings_ensembles()
-        missing = [n for n in needed if not await self._client.is_model_ready(n, client_timeout=timeout)]
-        if not missing:
-            return
-        names = self._served_names()
-        try:
-            if self._tag:
-                root = self._cfg.versions_repository
-                if root is None:
-                    raise ModelError(
-                        "set PIPELINE__TRITON__VERSIONS_REPOSITORY to a folder the server also serves as a model "
-                        "repository (explicit model-control mode) to serve model versions activated later"
-                    )
-                repository = self._settings.encoder.model_repository
-                names = await asyncio.to_thread(
-                    write_version, repository, self.manifest, self.precision, self._tag, root, self._ml_export
-                )
-            await ensure_loaded(self._client, names, self._cfg.url, timeout)
-        except ModelError as exc:
-            if self._tag and self._cfg.versions_repository is not None:
-                # nothing of a version the server refused stays loaded or on its disk (a restart would retry it)
-                await unload(self._client, names, self._cfg.url, timeout)
-                await asyncio.to_thread(remove_version, self._cfg.versions_repository, names)
-            raise ModelMismatch(
-                f"Triton at {self._cfg.url} does not serve {', '.join(repr(n) for n in missing)} "
-                f"({self.precision}) and could not load them: {exc}"
-            ) from exc
 
     async def unload_models(self) -> None:
         """Unload this version's models from the server (after a switch away from it, once drained)."""
-        names = self._served_names()
         self._verified = False
-        await unload(self._client, names, self._cfg.url, self._cfg.timeout_s)
-        if self._tag and self._cfg.versions_repository is not None:
-            await asyncio.to_thread(remove_version, self._cfg.versions_repository, names)
-
-    def _served_names(self) -> list[str]:
-        return [served_name(n, self._tag) for n in model_names(self.manifest, self.precision, self._ml_export)]
-
-    def _strings_ensembles(self) -> list[str]:
-        """The bytes-in ensembles this encoder sends to (PIPELINE__TRITON__SEND=bytes)."""
-        return [*self._ensembles.values(), *([self._ml_strings] if self._ml_strings else [])]
-
-    def _fingerprint_of(self, name: str) -> str:
-        """The fingerprint the served model ``name`` must record: the multilingual tower's for its ensemble."""
-        if name == self._ml_strings and self.manifest.multilingual is not None:
-            return self.manifest.multilingual.fingerprint
-        return self.manifest.fingerprint
-
-    def _check_fingerprint(self, name: str, config: dict[str, Any], expected: str) -> None:
-        served = fingerprint_of(config)
-        if served != expected:
-            raise ModelMismatch(
-                f"Triton at {self._cfg.url} serves another model: {name!r} records fingerprint "
-                f"{served[:12] if served else '(none: exported by an older version; re-run export)'}, the manifest "
-                f"{expected[:12]}; point the client at the server's model repository"
-            )
+        await self._served.unload()
 
     # --- fallback --------------------------------------------------------------------------------------------
 
@@ -396,7 +253,7 @@ class TritonEncoder:
         return self._info
 
     def tower_for(self, text: str) -> TextTower:
-        return pick_tower(text, self._settings.encoder.text_tower, self._ml is not None)
+        return self._pick(text)
 
     @property
     def using_fallback(self) -> bool:

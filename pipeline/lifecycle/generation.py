@@ -58,8 +58,7 @@ class Generation:
 
     @property
     def stamp(self) -> ModelStamp:
-        info = self.encoder.info
-        return ModelStamp(info.fingerprint, info.dim, info.model)
+        return ModelStamp.of(self.encoder.info)
 
     async def aclose(self, unload: bool = False) -> None:
         """Close the collection and the encoder; ``unload``: also unload the model from Triton (a generation
@@ -105,8 +104,7 @@ async def open_generation(shared: Shared, version: ModelVersion, encoder: Encode
     encoder = encoder or await create_encoder(version_settings(settings, version), triton_tag=tag)
     index = create_generation_index(settings, version)
     try:
-        info = encoder.info
-        await index.open(ModelStamp(info.fingerprint, info.dim, info.model))
+        await index.open(ModelStamp.of(encoder.info))
     except BaseException:
         await asyncio.gather(index.aclose(), encoder.aclose() if opened_encoder else asyncio.sleep(0),
                              return_exceptions=True)  # fmt: skip

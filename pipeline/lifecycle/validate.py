@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Settings
+from pipeline.encoders.base import encode_queries
 from pipeline.fusion import Fusion, best_per_product, fuse
 from pipeline.lifecycle.generation import Generation
 from pipeline.lifecycle.pairs import click_pairs, held_out, query_key, title_of
@@ -51,7 +52,7 @@ async def ranks(gen: Generation, queries: Sequence[Query], weights: dict[Modalit
     k = max(KS)
     for first in range(0, len(queries), 64):
         chunk = queries[first : first + 64]
-        vectors = await gen.encoder.encode_texts([q.text for q in chunk])
+        vectors = await encode_queries(gen.encoder, [q.text for q in chunk])  # each by its tower, as search does
         for query, vector in zip(chunk, vectors, strict=True):
             spaces = [SpaceQuery(vector, m) for m in weights]
             lists = await gen.index.search(spaces, SearchFilters(), k * settings.qdrant.overfetch)

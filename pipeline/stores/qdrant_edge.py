@@ -31,6 +31,7 @@ from pipeline.stores.edge_objects import edge as _edge
 from pipeline.stores.edge_optimize import optimize_in_child
 from pipeline.stores.index_config import IndexSpec
 from pipeline.stores.vectors import (
+    CLIP_TITLES,
     INDEXED_FIELDS,
     IndexInfo,
     ModelStamp,
@@ -99,7 +100,7 @@ class EdgeIndex:
         tmp = self._pointer().with_suffix(".json.tmp")
         index = live.spec.as_record() if live.spec else None
         tmp.write_text(json.dumps({"shard": live.path.name, "fingerprint": stamp.fingerprint, "dim": stamp.dim,
-                                   "model": stamp.model, "index": index}))  # fmt: skip
+                                   "model": stamp.model, "titles": stamp.titles, "index": index}))  # fmt: skip
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self._pointer())
@@ -130,7 +131,9 @@ class EdgeIndex:
                 path = self.root / pointer["shard"]
                 spec = IndexSpec.from_record(pointer.get("index"))
                 self._live = _Shard(_edge().EdgeShard.load(str(path)), path, spec)
-                self._stamp = ModelStamp(pointer["fingerprint"], int(pointer["dim"]), pointer["model"])
+                self._stamp = ModelStamp(
+                    pointer["fingerprint"], int(pointer["dim"]), pointer["model"], pointer.get("titles", CLIP_TITLES)
+                )
         except (OSError, RuntimeError, ValueError) as exc:
             raise StoreUnavailable(f"Qdrant Edge at {self.root}: {exc}") from exc
         self._remove_orphans()
@@ -260,10 +263,12 @@ class EdgeIndex:
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
         return (await self.vectors_of([product_id])).get(product_id, {})
 
-    async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
+    async def vectors_of(
+        self, product_ids: Sequence[str], check: bool = True
+    ) -> dict[str, dict[Modality, list[np.ndarray]]]:
         q = _edge()
         flt, limit = build_filter(SearchFilters(), products=product_ids), MAX_IMAGES * max(1, len(product_ids))
-        async with self._use() as live:
+        async with self._use(check) as live:
             records, _ = await asyncio.to_thread(
                 live.shard.scroll, q.ScrollRequest(filter=flt, limit=limit, with_payload=True, with_vector=True)
             )

@@ -30,6 +30,7 @@ from pipeline.schemas import MAX_IMAGES, SearchFilters
 from pipeline.stores.index_config import IndexSpec
 from pipeline.stores.server_objects import build_filter, collection_config, search_params
 from pipeline.stores.vectors import (
+    CLIP_TITLES,
     INDEXED_FIELDS,
     IndexInfo,
     ModelStamp,
@@ -108,7 +109,13 @@ class ServerIndex:
             name,
             shard_number=self.shard_number,  # local mode ignores these and the index settings
             replication_factor=self.replication_factor,
-            metadata={"fingerprint": stamp.fingerprint, "dim": stamp.dim, "model": stamp.model, "index": index},
+            metadata={
+                "fingerprint": stamp.fingerprint,
+                "dim": stamp.dim,
+                "model": stamp.model,
+                "titles": stamp.titles,
+                "index": index,
+            },
             **collection_config(stamp.dim, self.spec, bulk),
         )
         if self.backend != "qdrant-local":  # local mode ignores payload indexes (and warns)
@@ -140,7 +147,11 @@ class ServerIndex:
         if target is None:
             raise StoreUnavailable(f"Qdrant at {self.url}: alias {self.alias!r} names no collection")
         meta = (await self._client.get_collection(target)).config.metadata or {}
-        self._stamp = ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"]) if meta else None
+        self._stamp = (
+            ModelStamp(meta["fingerprint"], int(meta["dim"]), meta["model"], meta.get("titles", CLIP_TITLES))
+            if meta
+            else None
+        )
         self._index = IndexSpec.from_record(meta.get("index"))
         self._params = {f: search_params(self._index, f) for f in (False, True)}
         self._live, self._read_at = target, time.monotonic()
@@ -224,13 +235,16 @@ class ServerIndex:
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
         return (await self.vectors_of([product_id])).get(product_id, {})
 
-    async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
+    async def vectors_of(
+        self, product_ids: Sequence[str], check: bool = True
+    ) -> dict[str, dict[Modality, list[np.ndarray]]]:
         flt, limit = build_filter(SearchFilters(), products=product_ids), MAX_IMAGES * max(1, len(product_ids))
         records, _ = await self._on(
             "scroll",
             lambda name: self._client.scroll(
                 name, scroll_filter=flt, limit=limit, with_payload=True, with_vectors=True
             ),
+            check=check,
         )
         return vectors_by_product(records)
 

@@ -23,6 +23,8 @@ from pipeline.schemas import Product, SearchFilters
 from pipeline.stores.index_config import IndexSpec
 from pipeline.types import Modality
 
+CLIP_TITLES = "clip"
+
 _NAMESPACE = uuid.UUID("6f1c1a9e-3d4b-5c8e-9a7f-2b1d0c4e5f60")
 FILTER_FIELDS = ("category", "brand", "color")
 INDEXED_FIELDS = {
@@ -85,6 +87,17 @@ class ModelStamp:
     fingerprint: str
     dim: int
     model: str
+    # The tower that embedded the titles (the text space): "clip", or the multilingual tower's fingerprint for a
+    # catalog in another language (PIPELINE__ENCODER__CATALOG_LANGUAGE). Collections before it: "clip".
+    titles: str = CLIP_TITLES
+
+    @classmethod
+    def of(cls, info: Any) -> ModelStamp:
+        """The stamp of what an encoder (its ``EncoderInfo``) writes."""
+        return cls(info.fingerprint, info.dim, info.model, info.titles)
+
+    def titles_name(self) -> str:
+        return "CLIP's text tower" if self.titles == CLIP_TITLES else f"the multilingual tower {self.titles[:12]}"
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,12 @@ def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> N
         raise ModelMismatch(
             f"{where} was filled by model {found.model} (fingerprint {found.fingerprint[:12]}), but the encoder is "
             f"{expected.model}; vectors of two models never mix: run `python -m pipeline reindex`"
+        )
+    if found is not None and found.titles != expected.titles:
+        raise ModelMismatch(
+            f"{where} has its titles embedded by {found.titles_name()}, but this encoder embeds them with "
+            f"{expected.titles_name()} (PIPELINE__ENCODER__CATALOG_LANGUAGE, TEXT_TOWER): title vectors of two towers "
+            "never mix: run `python -m pipeline reindex`"
         )
 
 
@@ -160,8 +179,11 @@ class VectorIndex(Protocol):
         """The stored vectors of one product (image vectors in image order); empty when unknown."""
         ...
 
-    async def vectors_of(self, product_ids: Sequence[str]) -> dict[str, dict[Modality, list[np.ndarray]]]:
-        """The stored vectors of several products in one read; unknown ids are absent."""
+    async def vectors_of(
+        self, product_ids: Sequence[str], check: bool = True
+    ) -> dict[str, dict[Modality, list[np.ndarray]]]:
+        """The stored vectors of several products in one read; unknown ids are absent. ``check=False``: whatever
+        model's they are (a re-index reusing image vectors whose titles another tower embedded)."""
         ...
 
     async def product_ids(self) -> set[str]: ...

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pipeline.api.deps import Service, ServiceDep
 from pipeline.api.errors import documented, error_response
 from pipeline.errors import PipelineError
+from pipeline.stores.vectors import ModelStamp
 
 router = APIRouter(tags=["health"])
 _PROCESS = psutil.Process()
@@ -37,7 +38,7 @@ async def _encoder(svc: Service) -> dict[str, Any]:
 
 async def _qdrant(svc: Service) -> dict[str, Any]:
     info = await svc.stack.index.info()
-    matches = info.stamp is None or info.stamp.fingerprint == svc.stack.encoder.info.fingerprint
+    matches = info.stamp is None or info.stamp == ModelStamp.of(svc.stack.encoder.info)  # titles' tower too
     return {"backend": info.backend, "collection": info.collection, "points": info.points, "model_matches": matches}
 
 
@@ -71,6 +72,7 @@ async def report(svc: Service) -> dict[str, Any]:
             "precision": str(info.precision),
             "backend": info.backend,
             "dim": info.dim,
+            "titles": info.titles,
         },
         "uptime_s": round(time.time() - svc.started, 1),
         "products": {"mongo": checks["mongo"].get("products"), "qdrant_points": checks["qdrant"].get("points")},
