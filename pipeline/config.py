@@ -7,11 +7,12 @@ working directory is read too. Build it once at start-up (``Settings()``) and pa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.errors import InvalidInput
 from pipeline.lifecycle.settings import ModelsSettings
@@ -43,11 +44,27 @@ class EncoderSettings(BaseModel):
     text_tower: Literal["clip", "multilingual", "auto"] = "auto"
     # The language of the catalog's titles (ISO 639-1): not "en", every query goes to the multilingual tower.
     catalog_language: str = Field(default="en", pattern=r"^[a-z]{2}$")
-    # Languages the shoppers type besides English (ISO 639-1, e.g. ["fr", "es"]): Latin-script queries told to be
-    # one of them (langid, restricted to English and these) go to the multilingual tower. Empty: no detection.
-    query_languages: list[str] = []
+    # Languages the shoppers type besides English (ISO 639-1: "fr,es" or ["fr", "es"]): Latin-script queries told to
+    # be one of them (langid, restricted to English and these) go to the multilingual tower. Empty: no detection.
+    query_languages: Annotated[list[str], NoDecode] = []
     # How sure the language guess must be to send a Latin-script query to the multilingual tower.
     language_confidence: float = Field(default=0.9, ge=0.5, le=1.0)
+
+    @field_validator("catalog_language", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("query_languages", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        """From the environment: a JSON list, or codes separated by commas ("" is none)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [code.strip() for code in text.split(",") if code.strip()]
+        return value
 
     @field_validator("query_languages")
     @classmethod

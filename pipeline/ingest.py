@@ -296,7 +296,9 @@ class IngestService:
         """Rebuild the collection from every product in MongoDB (with the index settings of now) and swap it
         in atomically. With another model than the live collection's, every product is embedded again; with
         the same model, a product whose stored vectors are those of its current content is copied instead
-        (an index-settings change costs no model call), and only the others are embedded.
+        (an index-settings change costs no model call), and only the others are embedded; with the same model
+        and another title tower (``PIPELINE__ENCODER__CATALOG_LANGUAGE`` changed), its image vectors are
+        copied and its title embedded again.
 
         The live collection keeps answering until the swap. Products embedded again whose images can no
         longer be read are reported and left out of the new collection (their metadata stays). Product writes wait until
@@ -317,7 +319,7 @@ class IngestService:
         # model and another title tower (the catalog's language changed), its image vectors are.
         live = (await self.index.info()).stamp
         same_images = live is not None and (live.fingerprint, live.dim) == (stamp.fingerprint, stamp.dim)
-        reuse = "all" if live == stamp else "images" if same_images else None
+        reuse = "all" if stamp.matches(live) else "images" if same_images else None
         async with self.index.rebuild(stamp) as staged:
             batch: list[Product] = []
             async for product in self.mongo.iter_products():

@@ -205,7 +205,7 @@ class Stack:
                 "points": index.points,
                 "fingerprint": stamp.fingerprint if stamp else None,
                 "titles": stamp.titles if stamp else None,
-                "model_matches": stamp is None or stamp == ModelStamp.of(info),
+                "model_matches": stamp is None or stamp.matches(ModelStamp.of(info)),
                 "index": index_status(index, self.settings.index.spec(), len(Modality), info.dim),
             }
             if qdrant_ids is not None:

@@ -19,6 +19,7 @@ embed English as CLIP's does), only less precisely: the costs of the two mistake
 
 from __future__ import annotations
 
+import logging
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -26,10 +27,13 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import ModelError
+
 if TYPE_CHECKING:
     from pipeline.config import EncoderSettings
 
 ENGLISH = "en"
+log = logging.getLogger(__name__)
 
 
 class TextTower(StrEnum):
@@ -91,6 +95,17 @@ class TowerPicker:
 
     def __init__(self, setting: str, has_multilingual: bool, catalog_language: str = ENGLISH,
                  query_languages: Sequence[str] = (), confidence: float = 0.9) -> None:  # fmt: skip
+        other_catalog = catalog_language.lower() != ENGLISH
+        if other_catalog and setting != TextTower.CLIP and not has_multilingual:
+            raise ModelError(
+                f"PIPELINE__ENCODER__CATALOG_LANGUAGE={catalog_language} needs a multilingual text tower to embed "
+                "the catalog's titles and queries, and this model serves none: export it with --text-model (a "
+                "fine-tuned CLIP drops the tower distilled into the old space), or set TEXT_TOWER=clip to embed "
+                "them with CLIP's English tower anyway"
+            )
+        if other_catalog and setting == TextTower.CLIP:
+            log.warning("catalog language %s, text tower clip: titles and queries embedded by CLIP's English tower",
+                        catalog_language)  # fmt: skip
         self.setting = setting if has_multilingual else TextTower.CLIP.value
         self.always = self.setting == TextTower.MULTILINGUAL or (
             self.setting == "auto" and catalog_language.lower() != ENGLISH
@@ -120,8 +135,3 @@ class TowerPicker:
             if language != ENGLISH and probability >= self.confidence:
                 return TextTower.MULTILINGUAL
         return TextTower.CLIP
-
-
-def pick_tower(text: str, setting: str, has_multilingual: bool) -> TextTower:
-    """The tower for one query under ``setting`` alone (no catalog language, no language detection)."""
-    return TowerPicker(setting, has_multilingual)(text)

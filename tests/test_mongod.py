@@ -61,3 +61,22 @@ def test_a_stale_port_file_never_stops_a_stranger(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_server_started_with_a_relative_folder_is_still_recognised(tmp_path, monkeypatch):
+    """A mongod launched before data folders were resolved has a relative --dbpath: it is still ours to stop."""
+    monkeypatch.chdir(tmp_path)
+    first = ManagedMongod(Path("data"))
+    monkeypatch.setattr(first, "_dbpath", lambda: Path("data") / "db")  # as older versions launched it
+    first.start_sync()
+    port = first.port
+    second = ManagedMongod(tmp_path / "data")
+    try:
+        assert second.start_sync() == first.uri
+        first._proc = None  # leaves without stopping it, as a process that exited would
+        first.stop_sync()
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")  # the last user runs in another folder than the server
+    finally:
+        second.stop_sync()
+    assert not _port_open(port)

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.config import EncoderSettings, Settings
+from pipeline.errors import ModelError
 from pipeline.text_towers import TextTower, TowerPicker
 
 CLIP, ML = TextTower.CLIP, TextTower.MULTILINGUAL
@@ -34,9 +35,14 @@ def test_the_shops_languages_are_told_from_english():
 
 
 def test_a_catalog_in_another_language_sends_every_query_to_the_multilingual_tower():
-    pick = TowerPicker.of(EncoderSettings(catalog_language="fr"), has_multilingual=True)
-    assert [pick(t) for t in ENGLISH + OTHERS] == [ML] * 8
-    assert TowerPicker.of(EncoderSettings(catalog_language="fr", text_tower="clip"), True)("tasse") is CLIP
+    pick = TowerPicker.of(EncoderSettings(catalog_language="FR"), has_multilingual=True)
+    assert [pick(t) for t in ENGLISH + OTHERS] == [ML] * 8 and pick.titles is ML
+    assert TowerPicker.of(EncoderSettings(), True).titles is CLIP
+    # a model without the tower (a fine-tuned CLIP) cannot serve a French catalog, unless CLIP's is asked for
+    with pytest.raises(ModelError, match=r"CATALOG_LANGUAGE=fr needs a multilingual text tower.*--text-model"):
+        TowerPicker.of(EncoderSettings(catalog_language="fr"), has_multilingual=False)
+    clip = TowerPicker.of(EncoderSettings(catalog_language="fr", text_tower="clip"), True)
+    assert clip("tasse") is CLIP and clip.titles is CLIP
 
 
 def test_bad_language_settings_are_refused(monkeypatch):
@@ -46,6 +52,11 @@ def test_bad_language_settings_are_refused(monkeypatch):
         EncoderSettings(catalog_language="French")
     with pytest.raises(ValidationError):
         EncoderSettings(language_confidence=1.5)
-    monkeypatch.setenv("PIPELINE__ENCODER__QUERY_LANGUAGES", '["fr", "de"]')
-    monkeypatch.setenv("PIPELINE__ENCODER__CATALOG_LANGUAGE", "en")
-    assert Settings().encoder.query_languages == ["fr", "de"]
+    monkeypatch.setenv("PIPELINE__ENCODER__CATALOG_LANGUAGE", "EN")
+    for value, expected in (('["fr", "de"]', ["fr", "de"]), ("fr, DE", ["fr", "de"]), ("es", ["es"]), ("", [])):
+        monkeypatch.setenv("PIPELINE__ENCODER__QUERY_LANGUAGES", value)
+        assert Settings().encoder.query_languages == expected
+    assert Settings().encoder.catalog_language == "en"
+    monkeypatch.setenv("PIPELINE__ENCODER__QUERY_LANGUAGES", "fr,xx")
+    with pytest.raises(ValidationError, match="no language model"):
+        Settings()

@@ -113,3 +113,26 @@ async def test_the_titles_tower_is_part_of_the_stamp(adapter, tmp_path):
     await second.aclose()
     if adapter != "edge":
         await first.aclose()
+
+
+async def test_an_edge_collection_from_before_title_towers_reads_as_clip_titles(tmp_path):
+    """A pointer written before the stamp had ``titles`` opens as CLIP-embedded titles: an English catalog's
+    encoder searches it as before."""
+    import json
+
+    vec = np.array([0, 1, 0, 0], np.float32)
+    index = EdgeIndex(tmp_path, "products")
+    await index.open(OLD)
+    await index.upsert([_point("p", vec)])
+    await index.aclose()
+    pointer = index._pointer()
+    record = json.loads(pointer.read_text())
+    del record["titles"]
+    pointer.write_text(json.dumps(record))
+    again = EdgeIndex(tmp_path, "products")
+    await again.open(OLD)
+    assert (await again.info()).stamp == OLD
+    assert [h.product_id for h in (await again.search([SpaceQuery(vec, Modality.TEXT)], SearchFilters(), 1))[0]] == [
+        "p"
+    ]
+    await again.aclose()

@@ -139,7 +139,9 @@ async def _activate(stack: Stack, target: ModelVersion, gen: Generation, current
                          f"(fingerprint {gen.encoder.info.fingerprint[:12]} vs {target.fingerprint[:12]})")  # fmt: skip
     out: dict[str, Any] = {"version": name, "previous": current.name}
     left_out: list[str] = []
-    rollback = target.built and target.current_until is not None and (await gen.index.info()).points > 0
+    built = await gen.index.info()
+    # a collection whose titles another tower embedded (the catalog's language changed since) is built again
+    rollback = target.built and target.current_until is not None and built.points > 0 and gen.stamp.matches(built.stamp)
     if rollback:
         since = target.current_until
         assert since is not None

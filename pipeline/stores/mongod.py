@@ -67,7 +67,13 @@ def _is_mongod(pid: int, dbpath: Path, port: int) -> bool:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return _port_open(port)  # no /proc to ask: the port file and the open port are the evidence
-    return args[0].endswith(b"mongod") and os.fsencode(str(dbpath)) in args
+    if not args[0].endswith(b"mongod") or b"--dbpath" not in args[:-1]:
+        return False
+    served = Path(os.fsdecode(args[args.index(b"--dbpath") + 1]))
+    if not served.is_absolute():  # as the starter named it (a relative folder, before they were resolved)
+        with contextlib.suppress(OSError):
+            served = Path(os.readlink(f"/proc/{pid}/cwd")) / served
+    return served.resolve() == dbpath.resolve()
 
 
 def _alive(pid: int) -> bool:
@@ -202,6 +208,8 @@ class ManagedMongod:
             # Never a stranger that reused a stale pid; the port need not answer (a loaded machine can be slow to)
             if _alive(pid) and _is_mongod(pid, self._dbpath(), port):
                 self._terminate(pid, port)
+            elif _alive(pid) and _port_open(port):
+                return  # a server this process cannot tell is ours: its file stays (the next start re-checks it)
             (self.data_dir / PORT_FILE).unlink(missing_ok=True)
 
     def _terminate(self, pid: int, port: int) -> None:

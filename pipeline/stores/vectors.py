@@ -96,6 +96,12 @@ class ModelStamp:
         """The stamp of what an encoder (its ``EncoderInfo``) writes."""
         return cls(info.fingerprint, info.dim, info.model, info.titles)
 
+    def matches(self, other: ModelStamp | None) -> bool:
+        """The same vectors: model, dimension and title tower (``model``, a name, may differ for the same
+        weights exported from another folder)."""
+        return other is not None and (self.fingerprint, self.dim, self.titles) == (other.fingerprint, other.dim,
+                                                                                   other.titles)  # fmt: skip
+
     def titles_name(self) -> str:
         return "CLIP's text tower" if self.titles == CLIP_TITLES else f"the multilingual tower {self.titles[:12]}"
 

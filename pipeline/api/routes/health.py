@@ -38,7 +38,7 @@ async def _encoder(svc: Service) -> dict[str, Any]:
 
 async def _qdrant(svc: Service) -> dict[str, Any]:
     info = await svc.stack.index.info()
-    matches = info.stamp is None or info.stamp == ModelStamp.of(svc.stack.encoder.info)  # titles' tower too
+    matches = info.stamp is None or info.stamp.matches(ModelStamp.of(svc.stack.encoder.info))  # titles' tower too
     return {"backend": info.backend, "collection": info.collection, "points": info.points, "model_matches": matches}
 
 
