@@ -58,6 +58,13 @@ class Server:
             return None
         return pid if psutil.pid_exists(pid) else None
 
+    def mongod_users(self) -> list[int]:
+        """Live processes other than this server registered as users of its mongod (``mongod.users/``)."""
+        if self.mongo_dir is None:
+            return []
+        pids = (path.name.split(".", 1)[0] for path in (self.mongo_dir / "mongod.users").glob("*"))
+        return [int(p) for p in pids if p.isdigit() and int(p) != self.proc.pid and psutil.pid_exists(int(p))]
+
     def cpu_s(self) -> float:
         """CPU seconds (user + system, all threads) of the server process and its descendants, mongod included."""
         total = 0.0
@@ -136,8 +143,8 @@ def stop(server: Server | None, grace_s: float = 30.0) -> None:
             server.proc.kill()
             server.proc.wait()
     server.log_fh.close()
-    if mongod is not None and psutil.pid_exists(mongod):
-        # The service owns its mongod and should stop it on SIGTERM; one left behind is stopped here.
+    if mongod is not None and psutil.pid_exists(mongod) and not server.mongod_users():
+        # The service stops its mongod on SIGTERM when no other process uses it; one left behind is stopped here.
         deadline = time.monotonic() + 20
         while psutil.pid_exists(mongod) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import aio
 from pipeline.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,11 @@ class EventLog:
                 await self._write(batch)
                 self.written += len(batch)
             except StoreUnavailable as exc:
-                if self.dropped == 0:
-                    log.warning("event log: MongoDB unavailable, dropping events (%s)", exc)
                 self.dropped += len(batch)
+                if aio.cancelling():  # the write swallowed the shutdown
+                    raise asyncio.CancelledError from exc
+                if self.dropped == len(batch):
+                    log.warning("event log: MongoDB unavailable, dropping events (%s)", exc)
             except Exception:  # whatever else a write raises costs this batch, never the log itself
                 log.exception("event log: writing %d events failed; dropped", len(batch))
                 self.dropped += len(batch)
@@ -74,7 +77,5 @@ class EventLog:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush_timeout_s):
                 await self._queue.join()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await aio.stop(self._task)
         self._task = None

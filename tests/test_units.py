@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import numpy as np
@@ -202,3 +203,58 @@ def test_triton_python_model_pads_requests_to_longest():
     assert ids.tolist() == [[0, 5, 1, 1, 1], [0, 5, 6, 7, 1], [0, 1, 1, 1, 1]]
     pixels = _concat([np.zeros((1, 3, 2, 2)), np.ones((2, 3, 2, 2))], pad_value=0)
     assert pixels.shape == (3, 3, 2, 2)
+
+
+def test_stop_ends_a_task_whose_loop_swallowed_the_cancellation():
+    """A driver call that turns the cancellation into its own error (PyMongo's server selection, seen while
+    mongod was gone) left a retry loop running and ``cancel(); await task`` waiting forever."""
+    from pipeline import aio
+
+    async def swallowing_call() -> None:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            raise ConnectionError("server selection timed out") from None  # the cancellation is spent
+
+    async def retry_loop(rounds: list[int]) -> None:
+        while True:
+            rounds.append(1)
+            with contextlib.suppress(ConnectionError):
+                await swallowing_call()
+            await asyncio.sleep(0.01)
+
+    async def main() -> tuple[bool, int, bool]:
+        rounds: list[int] = []
+        task = asyncio.create_task(retry_loop(rounds))
+        await asyncio.sleep(0.02)  # inside the swallowing call
+        task.cancel()
+        await asyncio.sleep(0.2)
+        survived = not task.done()  # what made the shutdown hang
+        stopped = await aio.stop(task, grace_s=5, every_s=0.05)
+        return survived, len(rounds), stopped and task.cancelled()
+
+    survived, rounds, stopped = asyncio.run(main())
+    assert survived and rounds > 1 and stopped
+
+
+def test_stop_gives_up_on_a_task_that_never_ends_instead_of_hanging(caplog):
+    from pipeline import aio
+
+    async def main() -> tuple[bool, bool]:
+        released = asyncio.Event()
+
+        async def stubborn() -> None:
+            while not released.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(stubborn(), name="stubborn")
+        await asyncio.sleep(0)
+        stopped = await aio.stop(task, grace_s=0.3, every_s=0.05)
+        running = not task.done()
+        released.set()
+        await task
+        return stopped, running
+
+    assert asyncio.run(main()) == (False, True)
+    assert "'stubborn' did not stop within" in caplog.text

@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from pipeline import aio
 from pipeline.api import errors
 from pipeline.api.auth import Authenticator
 from pipeline.api.deps import Service
@@ -66,13 +67,9 @@ async def _follow(stack: Stack) -> None:
         try:
             await stack.follow()
         except Exception as exc:
+            if aio.cancelling():  # the call swallowed the service's shutdown
+                raise asyncio.CancelledError from exc
             log.warning("following the active model version: %s", exc)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
@@ -106,7 +103,7 @@ def create_app(settings: Settings, public_url: str | None = None) -> FastAPI:
             runner = _runner(settings, stack, urls)
             await runner.start()
             follower = asyncio.create_task(_follow(stack), name="follow the active generation")
-            exits.push_async_callback(_stop, follower)
+            exits.push_async_callback(aio.stop, follower)
             exits.push_async_callback(runner.aclose)  # before the stack closes: a running job is handed back
             app.state.service = Service(settings, stack, auth, metrics, urls, uploads, runner)
             if announce:

@@ -12,13 +12,14 @@ that, since one request may hold many inputs: its ``run`` takes the rows one at 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 import numpy as np
+
+from pipeline import aio
 
 T = TypeVar("T")
 
@@ -99,7 +100,5 @@ class MicroBatcher(Generic[T]):
 
     async def aclose(self) -> None:
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await aio.stop(self._worker)
             self._worker = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from pipeline import aio
 from pipeline.errors import Busy, PipelineError, StoreUnavailable
 from pipeline.jobs.kinds import Cancelled, JobContext, ProgressHook, run_job
 from pipeline.jobs.model import RESUMABLE, Job, JobKind, JobState
@@ -33,8 +34,11 @@ async def execute(ctx: JobContext, hand_back: bool = True) -> Job:
     async def beat() -> None:
         while True:
             await asyncio.sleep(store.heartbeat_s)
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await store.beat(job.id)
+            except StoreUnavailable as exc:  # missed beats are retried; a swallowed cancellation is not missed
+                if aio.cancelling():
+                    raise asyncio.CancelledError from exc
 
     beating = asyncio.create_task(beat(), name=f"job {job.id} heartbeat")
     try:
@@ -60,9 +64,7 @@ async def execute(ctx: JobContext, hand_back: bool = True) -> Job:
         log.exception("job %s (%s) failed", job.id, job.kind)
         await store.finish(job.id, JobState.FAILED, f"internal error ({type(exc).__name__}); see the service log")
     finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        await aio.stop(beating)
     return await store.get(job.id)
 
 
@@ -131,9 +133,7 @@ class LocalRunner:
     async def aclose(self) -> None:
         self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await aio.stop(self._task, grace_s=30.0, every_s=5.0)  # a running job records its hand-back first
             self._task = None
 
 

@@ -40,6 +40,7 @@ import httpx
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from pipeline import aio
 from pipeline.errors import PipelineError, StoreUnavailable
 from pipeline.jobs.celery_app import PUBLISH_TIMEOUT_S, QUEUE, TASK, check_celery, create_celery, enqueue
 from pipeline.jobs.context import JobContext
@@ -108,9 +109,7 @@ class JobWorker:
             try:
                 await self._stop.wait()
             finally:
-                recovering.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await recovering
+                await aio.stop(recovering)
 
     def close(self) -> None:
         """Close the stack and stop the loop (after the Celery worker has stopped)."""
@@ -173,6 +172,8 @@ class JobWorker:
                     log.warning("job %s has been queued with no message in Redis: publishing it again", job_id)
                     await self._publish(job_id)
             except (StoreUnavailable, TimeoutError, KombuError, RedisError, OSError) as exc:
+                if aio.cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning("jobs: cannot look for interrupted jobs or lost messages now: %s", exc)
 
     def _on_ready(self, **_: Any) -> None:

@@ -25,6 +25,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from pipeline import aio
 from pipeline.errors import Busy, StoreUnavailable
 
 
@@ -119,16 +120,17 @@ class WriteLock:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self._lease.total_seconds() / 3)
-                with contextlib.suppress(PyMongoError):  # a missed renewal is retried; the lease outlives two
+                try:  # a missed renewal is retried; the lease outlives two
                     await self._locks.update_one({"_id": self.name, **holder}, {"$set": {field: _now() + self._lease}})
+                except PyMongoError as exc:
+                    if aio.cancelling():
+                        raise asyncio.CancelledError from exc
 
         task = asyncio.create_task(renew(), name=f"lease {self.name}")
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await aio.stop(task)
 
     async def _release(self, update: dict[str, Any], holder: dict[str, Any] | None = None) -> None:
         # Best effort: a release that cannot reach MongoDB leaves a lease that expires by itself.
