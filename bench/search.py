@@ -78,6 +78,7 @@ class Baseline:
 async def _fill(stack: Any, n: int, dim: int) -> None:
     """n products with synthetic vectors and real metadata, written through the stores' own APIs."""
     from pipeline.stores.vectors import VectorPoint, payload_of
+    from pipeline.types import Modality
 
     images, texts = clustered(n, dim, 1), clustered(n, dim, 2)
     for start in range(0, n, 1000):
@@ -88,6 +89,8 @@ async def _fill(stack: Any, n: int, dim: int) -> None:
         ]
         await stack.index.upsert(points)
         await stack.mongo.mark_indexed([(p.id, "h") for p in batch], stack.encoder.info.fingerprint)
+    if (await stack.index.info()).graph_due(len(Modality)):  # as a bulk ingest job ends (jobs.index_phase)
+        await stack.ingest.reindex()
 
 
 async def _stack_latency(settings: Any, n: int, dim: int, repeat: int) -> dict[str, list[float]]:

@@ -149,9 +149,12 @@ class IndexSettings(BaseModel):
     oversampling: float = Field(default=IndexSpec.oversampling, ge=1.0, le=16.0)
     # Original vectors memory-mapped from disk rather than held in RAM (pair it with int8).
     on_disk: bool = IndexSpec.on_disk
+    # Qdrant Edge: a bulk job (ingest, sync, embed-all) that left exact_below points or more outside any graph
+    # ends with a re-index that builds the graphs (once, in a child process). Not recorded in collections.
+    build_after_bulk: bool = True
 
     def spec(self) -> IndexSpec:
-        return IndexSpec(**self.model_dump())
+        return IndexSpec(**self.model_dump(exclude={"build_after_bulk"}))
 
 
 class MongoSettings(BaseModel):

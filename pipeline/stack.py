@@ -227,10 +227,10 @@ def index_status(index: IndexInfo, configured: IndexSpec, spaces: int, dim: int)
     note = None
     if built != configured:
         note = "the settings differ from the live collection's: run `python -m pipeline reindex` to apply them"
-    elif (index.backend == "qdrant-edge" and built is not None
-          and index.points - (index.indexed_vectors or 0) / spaces >= built.exact_below):  # fmt: skip
+    elif index.graph_due(spaces):
         note = ("over exact_below points written since the last re-index are scanned, not in a graph (Qdrant "
-                "Edge builds graphs in a re-index): run `python -m pipeline reindex` after a bulk ingest")  # fmt: skip
+                "Edge builds graphs in a re-index, and bulk jobs end with one unless BUILD_AFTER_BULK is off): "
+                "run `python -m pipeline reindex`")  # fmt: skip
     return {
         "configured": configured.as_record(),
         "collection": built.as_record() if built else None,

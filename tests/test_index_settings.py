@@ -168,3 +168,39 @@ def test_memory_estimate_follows_the_layout():
     assert int8_disk["vectors_ram"] == 0 and int8_disk["quantized_ram"] == 2 * 512 * 1_000_000
     assert int8_disk["total_ram"] < plain["total_ram"] / 3
     assert memory_estimate(100, 2, 512, IndexSpec())["graph"] == 0  # below exact_below: no graph
+
+
+@pytest.mark.parametrize("build_after_bulk", [True, False])
+async def test_a_bulk_ingest_job_on_edge_ends_with_one_graph_build(
+    model_repository, catalog, tmp_path, mongo_uri, build_after_bulk
+):
+    """Qdrant Edge builds graphs only in a re-index (an optimize holds the GIL): an ingest job whose writes left
+    exact_below points or more outside any graph ends with one, its progress covering it; a job that wrote
+    nothing new, or a setting turned off, builds none."""
+    from pipeline.jobs.model import JobKind, JobState
+    from pipeline.jobs.runner import run_foreground
+    from pipeline.stack import open_stack
+
+    index = {"exact_below": 10, "build_after_bulk": build_after_bulk}
+    settings = make_settings(model_repository, "edge", tmp_path, mongo_uri, index=index)
+    seen: list[tuple[int, int | None]] = []
+    async with open_stack(settings) as stack:
+        job = await run_foreground(
+            stack, stack.jobs, JobKind.INGEST, {"path": str(catalog)}, lambda d, t: seen.append((d, t))
+        )
+        assert job.state is JobState.SUCCEEDED, job.message
+        status = (await stack.status(deep=False))["qdrant"]["index"]
+        hits = await stack.search.search_text("red mug", top_k=5)
+        assert hits.hits
+        if not build_after_bulk:
+            assert "index" not in job.result and status["indexed_vectors"] == 0
+            assert "reindex" in status["note"]  # what to do instead
+            return
+        assert job.result["added"] == 24
+        assert job.result["index"]["copied"] == 24 and job.result["index"]["reindexed"] == 24  # no model call
+        assert status["indexed_vectors"] == status["vectors"] > 0 and status["note"] is None
+        # The bar went past the catalog's rows to cover the build of its 24 products, and ended full
+        rows = len(catalog.read_text().splitlines())
+        assert seen[-1] == (rows + 24, rows + 24) and (rows, rows) in seen
+        again = await run_foreground(stack, stack.jobs, JobKind.INGEST, {"path": str(catalog)})
+        assert again.result["unchanged"] == 24 and "index" not in again.result  # nothing new outside a graph

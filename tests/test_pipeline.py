@@ -139,6 +139,41 @@ async def test_search_kinds_group_per_product(stack, catalog):
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.parametrize("slack", [16, 0])
+async def test_a_product_left_out_after_the_search_gives_the_filtered_answer(stack, catalog, monkeypatch, slack):
+    """ "More like this" drops the product itself from a few extra points instead of a must-not filter (which
+    the engine plans as a scan); with too little slack it falls back to the filter. Same answer either way."""
+    import pipeline.search as search_module
+
+    await stack.ingest.ingest(catalog)
+    monkeypatch.setattr(search_module, "EXCLUDE_SLACK", slack)
+    calls: list[tuple[int, tuple[str, ...]]] = []
+    search = stack.index.search
+
+    async def counted(spaces, filters, limit, min_similarity=None, exclude=()):
+        calls.append((limit, tuple(exclude)))
+        return await search(spaces, filters, limit, min_similarity, exclude)
+
+    monkeypatch.setattr(stack.index, "search", counted)
+    for product_id in ("mug-red-0", "poster-green-1", "shirt-blue-0"):
+        stored = await stack.index.product_vectors(product_id)
+        spaces = [
+            SpaceQuery(stored[Modality.IMAGE][0], Modality.IMAGE),
+            SpaceQuery(stored[Modality.TEXT][0], Modality.TEXT),
+        ]
+        for limit in (3, 8, 40):
+            calls.clear()
+            got = await stack.search._search(spaces, SearchFilters(), limit, None, [product_id])
+            expected = await search(spaces, SearchFilters(), limit, None, [product_id])
+            assert [[h.product_id for h in hits] for hits in got] == [[h.product_id for h in hits] for hits in expected]
+            assert all(product_id not in {h.product_id for h in hits} for hits in got)
+            # First unfiltered with the slack; the filter only when the product's own points ate into it
+            assert calls[0] == (limit + slack, ())
+            assert len(calls) == 1 or (slack == 0 and calls[1] == (limit, (product_id,)))
+            if slack == 0 and limit < 24:  # the product is its own best match and the list was full: filtered
+                assert len(calls) == 2
+
+
 @pytest.mark.parametrize("fusion", ["weighted", "dbsf", "rrf"])
 async def test_hits_follow_the_score_they_show(model_repository, backend, tmp_path, mongo_uri, catalog, fusion):
     # Whatever the fusion, the order of the hits is the order of the score each hit reports (random weights:

@@ -22,6 +22,7 @@ import httpx
 from pipeline.catalog import Row, count_rows, read_catalog
 from pipeline.errors import InvalidInput
 from pipeline.jobs.context import Cancelled, JobContext, ProgressHook, tally
+from pipeline.jobs.index_phase import BULK, build_graph_if_due, reindex_reporting
 from pipeline.jobs.model import (
     PARAMS,
     ActivateParams,
@@ -216,37 +217,8 @@ async def run_delete(ctx: JobContext, p: IdsParams) -> dict[str, Any]:
 async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
     await ctx.stack.follow()  # rebuild the active generation's collection, not one this process served before
     total = (await ctx.stack.mongo.counts())["products"]
-    done = 0
-    pending: set[asyncio.Task[None]] = set()
-    stop: list[Cancelled] = []
-
-    def note(task: asyncio.Task[None]) -> None:
-        pending.discard(task)
-        if not task.cancelled() and isinstance(task.exception(), Cancelled):
-            stop.append(task.exception())  # type: ignore[arg-type]
-
-    def advance(n: int) -> None:
-        """Between two batches, before the swap: a cancel seen by an earlier report abandons the re-index
-        here (its new collection is dropped, the live one untouched); once swapped, nothing cancels it."""
-        nonlocal done
-        if stop:
-            raise stop[0]
-        done += n
-        task = asyncio.ensure_future(ctx.report(done, total, {"reindexed": done}, {}, []))
-        pending.add(task)
-        task.add_done_callback(note)
-
     ctx.begin(0)
-    try:
-        report = await ctx.stack.ingest.reindex(progress=advance)
-    finally:
-        await asyncio.gather(*pending, return_exceptions=True)
-    return {
-        "reindexed": report.updated,
-        "copied": report.copied,
-        "left_out": len(report.rejected),
-        "seconds": round(report.seconds, 2),
-    }
+    return await reindex_reporting(ctx, lambda done: ctx.report(done, total, {"reindexed": done}, {}, []))
 
 
 async def run_train_kind(ctx: JobContext, p: TrainParams) -> dict[str, Any]:
@@ -277,4 +249,7 @@ KINDS: dict[JobKind, _Kind] = {
 async def run_job(ctx: JobContext) -> dict[str, Any]:
     """Run the job of ``ctx`` to its end; raises Cancelled, or the error that failed it."""
     params = PARAMS[ctx.job.kind].model_validate(ctx.job.params)
-    return await KINDS[ctx.job.kind](ctx, params)
+    result = await KINDS[ctx.job.kind](ctx, params)
+    if ctx.job.kind in BULK:  # on Qdrant Edge, one graph build for the whole load (pipeline.jobs.index_phase)
+        result = await build_graph_if_due(ctx, result)
+    return result

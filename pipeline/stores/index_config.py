@@ -24,7 +24,7 @@ class IndexSpec:
     ``oversampling`` × limit candidates are rescored with the original vectors (``rescore``). ``on_disk``: the
     original vectors are memory-mapped from disk instead of held in RAM (with INT8, only rescoring reads them)."""
 
-    exact_below: int = 20_000
+    exact_below: int = 10_000  # Qdrant's own default indexing threshold (20,000 KB) at 512 dimensions
     m: int = 16
     ef_construct: int = 100
     ef: int = 128

@@ -39,9 +39,12 @@ from pipeline.stores.vectors import (
     VectorPoint,
     check_stamp,
     hit_of,
+    narrows,
     vectors_by_product,
 )
 from pipeline.types import Modality
+
+INLINE_READS = 8  # a read of up to this many products' points runs on the event loop (see search)
 
 
 class _Shard:
@@ -253,11 +256,14 @@ class EdgeIndex:
                     score_threshold=min_similarity,
                     with_payload=True,
                     with_vector=False,
-                    params=live.params[flt is not None],
+                    params=live.params[narrows(filters)],
                 )
                 for sq in queries
             ]
-            results = await asyncio.to_thread(live.shard.query_batch, q.QueryBatchRequest(requests))
+            # Called on the event loop, not in a thread: qdrant-edge-py holds the GIL for the whole query (two
+            # threads querying take as long as one doing both), so a thread would block the loop just the same
+            # and add two hand-offs (measured: 2.2 -> 1.3 ms per text query at 10k products).
+            results = live.shard.query_batch(q.QueryBatchRequest(requests))
         return [[hit_of(p.payload, p.score, sq.using) for p in res] for sq, res in zip(queries, results, strict=True)]
 
     async def product_vectors(self, product_id: str) -> dict[Modality, list[np.ndarray]]:
@@ -268,10 +274,12 @@ class EdgeIndex:
     ) -> dict[str, dict[Modality, list[np.ndarray]]]:
         q = _edge()
         flt, limit = build_filter(SearchFilters(), products=product_ids), MAX_IMAGES * max(1, len(product_ids))
+        request = q.ScrollRequest(filter=flt, limit=limit, with_payload=True, with_vector=True)
         async with self._use(check) as live:
-            records, _ = await asyncio.to_thread(
-                live.shard.scroll, q.ScrollRequest(filter=flt, limit=limit, with_payload=True, with_vector=True)
-            )
+            if len(product_ids) <= INLINE_READS:  # see search: a thread would only add its hand-offs
+                records, _ = live.shard.scroll(request)
+            else:
+                records, _ = await asyncio.to_thread(live.shard.scroll, request)
         return vectors_by_product(records)
 
     async def product_ids(self) -> set[str]:

@@ -38,6 +38,7 @@ from pipeline.stores.vectors import (
     VectorPoint,
     check_stamp,
     hit_of,
+    narrows,
     vectors_by_product,
 )
 from pipeline.types import Modality
@@ -222,7 +223,7 @@ class ServerIndex:
             requests = [
                 models.QueryRequest(query=v, using=sq.using.value, filter=flt, limit=limit,
                                     score_threshold=min_similarity, with_payload=True,
-                                    params=self._params[flt is not None])
+                                    params=self._params[narrows(filters)])
                 for v, sq in zip(vectors, queries, strict=True)
             ]  # fmt: skip
             return self._client.query_batch_points(name, requests)

@@ -115,6 +115,13 @@ class IndexInfo:
     index: IndexSpec | None = None  # what the live collection was built with (None: before index settings)
     indexed_vectors: int | None = None  # vectors in HNSW graphs (all spaces); the rest are scanned
 
+    def graph_due(self, spaces: int) -> bool:
+        """Qdrant Edge (which builds graphs only in a re-index) holds ``exact_below`` points or more outside any
+        graph: written since the last re-index, and scanned by every query."""
+        if self.backend != "qdrant-edge" or self.index is None:
+            return False
+        return self.points - (self.indexed_vectors or 0) / spaces >= self.index.exact_below
+
 
 def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> None:
     if found is not None and found.fingerprint != expected.fingerprint:
@@ -128,6 +135,13 @@ def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> N
             f"{expected.titles_name()} (PIPELINE__ENCODER__CATALOG_LANGUAGE, TEXT_TOWER): title vectors of two towers "
             "never mix: run `python -m pipeline reindex`"
         )
+
+
+def narrows(filters: SearchFilters) -> bool:
+    """Whether a search's filter keeps only part of the catalog (a category, a brand, a price range): the graph
+    walk then goes further (``ef_filtered``). Leaving a few products out (``exclude``: "more like this" drops
+    the product itself) keeps the neighbourhood, so the unfiltered ``ef`` finds the same neighbours."""
+    return filters.model_dump(exclude_none=True) != {}
 
 
 def hit_of(payload: dict[str, Any] | None, score: float, using: Modality) -> PointHit:
