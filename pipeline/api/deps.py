@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +41,11 @@ class Service:
         return WireSearch.of(response)
 
 
-def get_service(request: Request) -> Service:
+# Dependencies are ``async def`` even with nothing to await: FastAPI runs a plain ``def`` one in its thread
+# pool, two hand-offs per request for a dictionary lookup.
+
+
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -49,12 +53,12 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def only_params(*names: str) -> Callable[[Request], None]:
+def only_params(*names: str) -> Callable[[Request], Awaitable[None]]:
     """A dependency refusing query parameters the route does not take: ``?colour=red`` must fail, not
     silently return unfiltered results."""
     allowed = set(names)
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - allowed)
         if unknown:
             raise InvalidInput(f"unknown query parameter(s): {', '.join(unknown)}")

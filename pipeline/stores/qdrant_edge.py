@@ -32,6 +32,7 @@ from pipeline.stores.edge_optimize import optimize_in_child
 from pipeline.stores.index_config import IndexSpec
 from pipeline.stores.vectors import (
     CLIP_TITLES,
+    HIT_FIELDS,
     INDEXED_FIELDS,
     IndexInfo,
     ModelStamp,
@@ -254,7 +255,7 @@ class EdgeIndex:
                     query=q.Query.Nearest(sq.vector.astype(np.float32).tolist(), using=sq.using.value),
                     filter=flt,
                     score_threshold=min_similarity,
-                    with_payload=True,
+                    with_payload=q.PayloadSelector.Include(list(HIT_FIELDS)),  # what a hit reads, no more
                     with_vector=False,
                     params=live.params[narrows(filters)],
                 )

@@ -31,6 +31,7 @@ from pipeline.stores.index_config import IndexSpec
 from pipeline.stores.server_objects import build_filter, collection_config, search_params
 from pipeline.stores.vectors import (
     CLIP_TITLES,
+    HIT_FIELDS,
     INDEXED_FIELDS,
     IndexInfo,
     ModelStamp,
@@ -222,7 +223,7 @@ class ServerIndex:
             # Built once the alias is resolved: the search parameters are those of the collection called.
             requests = [
                 models.QueryRequest(query=v, using=sq.using.value, filter=flt, limit=limit,
-                                    score_threshold=min_similarity, with_payload=True,
+                                    score_threshold=min_similarity, with_payload=list(HIT_FIELDS),
                                     params=self._params[narrows(filters)])
                 for v, sq in zip(vectors, queries, strict=True)
             ]  # fmt: skip

@@ -144,6 +144,9 @@ def narrows(filters: SearchFilters) -> bool:
     return filters.model_dump(exclude_none=True) != {}
 
 
+HIT_FIELDS = ("product_id", "image_index")  # the payload a search hit is read from (hit_of)
+
+
 def hit_of(payload: dict[str, Any] | None, score: float, using: Modality) -> PointHit:
     payload = payload or {}
     return PointHit(str(payload.get("product_id")), int(payload.get("image_index", 0)), float(score), using)
