@@ -39,7 +39,7 @@ async def stop(task: asyncio.Task[Any] | None, grace_s: float = 10.0, every_s: f
             log.warning("task %r did not stop within %.0f s of being cancelled; left behind", task.get_name(), grace_s)
             return False
         task.cancel()
-        await asyncio.wait({task}, timeout=min(every_s * random.uniform(0.5, 1.5), left))  # never in step with it
+        await asyncio.wait({task}, timeout=min(every_s * random.uniform(1.0, 1.5), left))  # never in step with it
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("task %r had failed: %s", task.get_name(), exc, exc_info=exc)
     return True

@@ -27,9 +27,9 @@ from pipeline.events import EventLog
 from pipeline.fusion import Fusion, best_per_product, fuse
 from pipeline.lifecycle.queries import RecentQueries
 from pipeline.preprocess import check_text
-from pipeline.schemas import Hit, QueryKind, SearchFilters, SearchResponse
+from pipeline.schemas import MAX_IMAGES, Hit, QueryKind, SearchFilters, SearchResponse
 from pipeline.stores.mongo import MongoStore
-from pipeline.stores.vectors import PointHit, SpaceQuery, VectorIndex
+from pipeline.stores.vectors import EXCLUDE_FEW, PointHit, SpaceQuery, VectorIndex
 from pipeline.text_towers import TextTower
 from pipeline.types import Modality
 
@@ -37,8 +37,9 @@ from pipeline.types import Modality
 # CLIP's cross-modal match (query text vs product photos) and title similarity alike. Photo queries search
 # the photos only: fusing in the weak photo-vs-title space let neighbours outrank an exact match of the
 # shopper's photo. "More like this" adds the product's title at half weight (the product itself is excluded).
-# Up to this many products left out of a search are dropped after it, from this many extra points (see _search)
-EXCLUDE_FEW, EXCLUDE_SLACK = 4, 16
+# Up to EXCLUDE_FEW products left out of a search are dropped after it, from this many extra points (see _search):
+# one point per image, so "more like this" never needs the filtered search
+EXCLUDE_SLACK = MAX_IMAGES
 WEIGHTS = {
     QueryKind.TEXT: {Modality.IMAGE: 1.0, Modality.TEXT: 1.0},
     QueryKind.IMAGE: {Modality.IMAGE: 1.0},
@@ -141,7 +142,7 @@ class SearchService:
     ) -> list[list[PointHit]]:
         """``index.search``, leaving ``exclude`` out. A few products (the product itself, for "more like this")
         are dropped here from ``EXCLUDE_SLACK`` more points rather than by a filter: a must-not filter makes
-        the engine plan a filtered search (on Qdrant Edge, a scan: 3 ms instead of 1 at 10k products) for a
+        the engine plan a filtered search (on Qdrant Edge, a scan) for a
         condition that removes a handful of points. The answer is the same: the best ``limit`` points that are
         not excluded, or the filtered search when more than the slack had to go."""
         if not exclude or len(exclude) > EXCLUDE_FEW:

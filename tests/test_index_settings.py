@@ -7,6 +7,7 @@ settings is a re-index that queries never notice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import numpy as np
@@ -204,3 +205,32 @@ async def test_a_bulk_ingest_job_on_edge_ends_with_one_graph_build(
         assert seen[-1] == (rows + 24, rows + 24) and (rows, rows) in seen
         again = await run_foreground(stack, stack.jobs, JobKind.INGEST, {"path": str(catalog)})
         assert again.result["unchanged"] == 24 and "index" not in again.result  # nothing new outside a graph
+        # Updates move points out of the graph although the engine still counts their old copies as indexed:
+        # the job's own writes decide too.
+        changed = catalog.parent / f"changed-{uuid.uuid4().hex[:6]}.jsonl"
+        rows = [json.loads(line) for line in catalog.read_text().splitlines()]
+        changed.write_text("".join(json.dumps({**r, "name": r["name"] + " v2"}) + "\n" for r in rows))
+        updated = await run_foreground(stack, stack.jobs, JobKind.INGEST, {"path": str(changed)})
+        assert updated.result["updated"] == 24 and updated.result["index"]["copied"] == 24
+
+
+async def test_a_failed_graph_build_leaves_the_rows_written_and_says_so(
+    model_repository, catalog, tmp_path, mongo_uri, monkeypatch
+):
+    import pipeline.stores.qdrant_edge as edge_module
+    from pipeline.errors import StoreUnavailable
+    from pipeline.jobs.model import JobKind, JobState
+    from pipeline.jobs.runner import run_foreground
+    from pipeline.stack import open_stack
+
+    async def broken(path):
+        raise StoreUnavailable("the index build ran out of disk")
+
+    monkeypatch.setattr(edge_module, "optimize_in_child", broken)
+    settings = make_settings(model_repository, "edge", tmp_path, mongo_uri, index={"exact_below": 10})
+    async with open_stack(settings) as stack:
+        job = await run_foreground(stack, stack.jobs, JobKind.INGEST, {"path": str(catalog)})
+        assert job.state is JobState.SUCCEEDED and job.result["added"] == 24
+        assert "out of disk" in job.result["index"]["failed"]
+        assert (await stack.search.search_text("red mug", top_k=5)).hits  # the live collection as it was
+        assert "reindex" in (await stack.status(deep=False))["qdrant"]["index"]["note"]

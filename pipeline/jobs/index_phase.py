@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import Busy
+from pipeline.errors import Busy, PipelineError
 from pipeline.jobs.context import Cancelled, JobContext
 from pipeline.jobs.model import JobKind
 from pipeline.types import Modality
@@ -60,29 +60,53 @@ async def reindex_reporting(ctx: JobContext, report: Callable[[int], Any]) -> di
     }
 
 
-async def build_graph_if_due(ctx: JobContext, result: dict[str, Any]) -> dict[str, Any]:
-    """``result`` of a bulk job, with ``index`` added when its writes left enough points outside any graph
-    for a build (what the build did, or why it was skipped)."""
+def _written(result: dict[str, Any]) -> int:
+    """Products a bulk job wrote (added or updated): an update moves a point out of its graph into the scanned
+    segment, which the engine's counts do not show (the old copy still counts as indexed until a rebuild)."""
+    return int(result.get("added", 0)) + int(result.get("updated", 0))
+
+
+async def build_graph_if_due(ctx: JobContext, result: dict[str, Any], resumed: dict[str, Any] | None) -> dict[str, Any]:
+    """``result`` of a bulk job, with ``index`` added when its writes (or earlier ones) left ``exact_below``
+    points or more outside any graph: what the build did, or why it stopped. ``resumed``: the phase as a run
+    interrupted during it recorded it (the rows are done: the build starts again, nothing is read again).
+
+    The rows are written whatever happens here: a cancel or a failure during the build ends the job SUCCEEDED
+    with ``index: {"cancelled"|"failed": why}`` and the live collection as it was (``reindex`` builds it later).
+    """
     stack = ctx.stack
-    if not stack.settings.index.build_after_bulk:
-        return result
-    if not (await stack.index.info()).graph_due(len(Modality)):
-        return result
-    job = await ctx.store.get(ctx.job.id)
-    checkpoint = await ctx.store.checkpoint(ctx.job.id)  # kept: a resume skips the rows, then builds again
-    rows_done = job.progress.done
+    if resumed is None:
+        if not stack.settings.index.build_after_bulk:
+            return result
+        info = await stack.index.info()
+        spec = info.index
+        due = info.graph_due(len(Modality)) or (
+            info.backend == "qdrant-edge" and spec is not None and _written(result) >= spec.exact_below
+        )
+        if not due:
+            return result
+        job = await ctx.store.get(ctx.job.id)
+        resumed = {"rows_done": job.progress.done, "result": result}
+    rows_done, result = int(resumed["rows_done"]), dict(resumed["result"])
+    checkpoint = {**await ctx.store.checkpoint(ctx.job.id), "index_phase": resumed}  # a resume starts here
     products = (await stack.mongo.counts())["products"]
     total = rows_done + products
-    log.info("job %s: %d products written; building the index graph (re-index of %d)", job.id, rows_done, products)
+    log.info("job %s: building the index graph (re-index of %d products)", ctx.job.id, products)
 
     async def report(done: int) -> None:
-        phase = {"phase": "building the index graph", "done": done, "total": products}
+        step = "copying vectors" if done < products else "building the graphs"  # then the child process builds
+        phase = {"phase": step, "done": done, "total": products}
         await ctx.report(rows_done + done, total, {**result, "index": phase}, checkpoint, [])
 
     ctx.begin(rows_done)  # the rate (and ETA) of the build, not of the rows
-    await report(0)
     try:
+        await report(0)
         built = await reindex_reporting(ctx, report)
-    except Busy as exc:  # another re-index (an activation) holds the collection: it builds the graphs too
+    except Cancelled as exc:
+        return {**result, "index": {"cancelled": str(exc)}}
+    except Busy as exc:  # another re-index holds the collection (its own build, or an activation's)
         return {**result, "index": {"skipped": str(exc)}}
+    except PipelineError as exc:  # the copy or the build failed (disk full, the child killed): rows stay written
+        log.warning("job %s: the index graph was not built: %s", ctx.job.id, exc)
+        return {**result, "index": {"failed": str(exc)}}
     return {**result, "index": built}

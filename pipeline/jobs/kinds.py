@@ -249,7 +249,10 @@ KINDS: dict[JobKind, _Kind] = {
 async def run_job(ctx: JobContext) -> dict[str, Any]:
     """Run the job of ``ctx`` to its end; raises Cancelled, or the error that failed it."""
     params = PARAMS[ctx.job.kind].model_validate(ctx.job.params)
-    result = await KINDS[ctx.job.kind](ctx, params)
-    if ctx.job.kind in BULK:  # on Qdrant Edge, one graph build for the whole load (pipeline.jobs.index_phase)
-        result = await build_graph_if_due(ctx, result)
-    return result
+    if ctx.job.kind not in BULK:
+        return await KINDS[ctx.job.kind](ctx, params)
+    # On Qdrant Edge, one graph build for the whole load (pipeline.jobs.index_phase); a run interrupted during
+    # it resumes there, without reading its rows (or downloading its catalog) again.
+    resumed = (await ctx.store.checkpoint(ctx.job.id)).get("index_phase")
+    result = resumed["result"] if resumed else await KINDS[ctx.job.kind](ctx, params)
+    return await build_graph_if_due(ctx, result, resumed)

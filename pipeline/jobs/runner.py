@@ -40,9 +40,17 @@ async def execute(ctx: JobContext, hand_back: bool = True) -> Job:
                 if aio.cancelling():
                     raise asyncio.CancelledError from exc
 
+    async def run() -> dict[str, Any]:
+        try:
+            return await run_job(ctx)
+        except PipelineError as exc:  # a driver call swallowed the shutdown: hand the job back, not FAILED
+            if aio.cancelling():
+                raise asyncio.CancelledError from exc
+            raise
+
     beating = asyncio.create_task(beat(), name=f"job {job.id} heartbeat")
     try:
-        result = await run_job(ctx)
+        result = await run()
         await store.finish(job.id, JobState.SUCCEEDED, result=result)
     except Cancelled as exc:
         await store.finish(job.id, JobState.CANCELLED, str(exc))

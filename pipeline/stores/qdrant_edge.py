@@ -257,7 +257,7 @@ class EdgeIndex:
                     score_threshold=min_similarity,
                     with_payload=q.PayloadSelector.Include(list(HIT_FIELDS)),  # what a hit reads, no more
                     with_vector=False,
-                    params=live.params[narrows(filters)],
+                    params=live.params[narrows(filters, exclude)],
                 )
                 for sq in queries
             ]

@@ -224,7 +224,7 @@ class ServerIndex:
             requests = [
                 models.QueryRequest(query=v, using=sq.using.value, filter=flt, limit=limit,
                                     score_threshold=min_similarity, with_payload=list(HIT_FIELDS),
-                                    params=self._params[narrows(filters)])
+                                    params=self._params[narrows(filters, exclude)])
                 for v, sq in zip(vectors, queries, strict=True)
             ]  # fmt: skip
             return self._client.query_batch_points(name, requests)

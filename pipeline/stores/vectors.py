@@ -137,11 +137,14 @@ def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> N
         )
 
 
-def narrows(filters: SearchFilters) -> bool:
-    """Whether a search's filter keeps only part of the catalog (a category, a brand, a price range): the graph
-    walk then goes further (``ef_filtered``). Leaving a few products out (``exclude``: "more like this" drops
-    the product itself) keeps the neighbourhood, so the unfiltered ``ef`` finds the same neighbours."""
-    return filters.model_dump(exclude_none=True) != {}
+EXCLUDE_FEW = 4  # leaving out up to this many products keeps a search's neighbourhood (see narrows)
+
+
+def narrows(filters: SearchFilters, exclude: Sequence[str] = ()) -> bool:
+    """Whether a search's filter keeps only part of the catalog (a category, a brand, a price range) or leaves
+    out many products (a buyer's history, which is the query's own neighbourhood): the graph walk then goes
+    further (``ef_filtered``). Leaving out a few ("more like this" drops the product itself) does not."""
+    return filters.model_dump(exclude_none=True) != {} or len(exclude) > EXCLUDE_FEW
 
 
 HIT_FIELDS = ("product_id", "image_index")  # the payload a search hit is read from (hit_of)
