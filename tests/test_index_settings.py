@@ -234,3 +234,52 @@ async def test_a_failed_graph_build_leaves_the_rows_written_and_says_so(
         assert "out of disk" in job.result["index"]["failed"]
         assert (await stack.search.search_text("red mug", top_k=5)).hits  # the live collection as it was
         assert "reindex" in (await stack.status(deep=False))["qdrant"]["index"]["note"]
+
+
+async def test_a_shutdown_during_the_build_resumes_at_the_build(
+    model_repository, catalog, tmp_path, mongo_uri, monkeypatch
+):
+    """Stopped while it builds the graph, a bulk job is handed back and resumes at the build: its rows (or a
+    downloaded catalog) are not read again, its progress starts from the rows' count again, not past it."""
+    import httpx
+
+    import pipeline.jobs.index_phase as phase_module
+    import pipeline.jobs.kinds as kinds_module
+    from pipeline.jobs.context import JobContext
+    from pipeline.jobs.model import JobKind, JobState
+    from pipeline.jobs.runner import execute
+    from pipeline.jobs.store import this_process
+    from pipeline.stack import open_stack
+
+    settings = make_settings(model_repository, "edge", tmp_path, mongo_uri, index={"exact_below": 10})
+    build = phase_module.reindex_reporting
+
+    async def stopped(ctx, report):
+        await report(5)
+        raise asyncio.CancelledError  # the service stopping under the job
+
+    async with open_stack(settings) as stack, httpx.AsyncClient() as http:
+        store, owner = stack.jobs, this_process()
+        job = await store.create(JobKind.INGEST, {"path": str(catalog)}, by="test", local=True)
+        claimed = await store.claim(owner, job.id)
+        assert claimed is not None
+        monkeypatch.setattr(phase_module, "reindex_reporting", stopped)
+        with pytest.raises(asyncio.CancelledError):
+            await execute(JobContext(stack, store, claimed, http, local=True))
+        handed_back = await store.get(job.id)
+        assert handed_back.state is JobState.QUEUED and handed_back.result["index"]["done"] == 5
+        rows = handed_back.progress.total - 24  # the rows, then the 24 products to copy
+
+        async def never(ctx, params):
+            raise AssertionError("the rows were read again")
+
+        monkeypatch.setattr(phase_module, "reindex_reporting", build)
+        monkeypatch.setitem(kinds_module.KINDS, JobKind.INGEST, never)
+        again = await store.claim(owner, job.id)
+        assert again is not None
+        done = await execute(JobContext(stack, store, again, http, local=True))
+        assert done.state is JobState.SUCCEEDED, done.message
+        assert done.result["added"] == 24 and done.result["index"]["copied"] == 24
+        assert done.progress.done == done.progress.total == rows + 24
+        status = (await stack.status(deep=False))["qdrant"]["index"]
+        assert status["indexed_vectors"] == status["vectors"] > 0
