@@ -258,3 +258,17 @@ def test_stop_gives_up_on_a_task_that_never_ends_instead_of_hanging(caplog):
 
     assert asyncio.run(main()) == (False, True)
     assert "'stubborn' did not stop within" in caplog.text
+
+
+def test_inference_threads_divide_the_cores_among_the_workers(monkeypatch):
+    import os
+
+    from pipeline.config import EncoderSettings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert EncoderSettings().threads_per_call() == 8  # two workers by default: a text beside a photo
+    assert EncoderSettings(infer_workers=1).threads_per_call() == 16
+    assert EncoderSettings(infer_workers=32).threads_per_call() == 1
+    assert EncoderSettings(intra_op_threads=3).threads_per_call() == 3  # set: taken as it is
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert EncoderSettings().threads_per_call() == 1

@@ -45,7 +45,7 @@ def _session(path: Path, settings: EncoderSettings, providers: list[str]) -> Any
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = settings.threads_per_call()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
@@ -81,7 +81,7 @@ class OnnxEncoder:
         self._pick = TowerPicker.of(settings, multilingual is not None)
         self._info = EncoderInfo.of(manifest, precision, backend, multilingual is not None, self._pick.titles)
         self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
-        self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        self._infer = ThreadPoolExecutor(max_workers=settings.infer_workers, thread_name_prefix="onnx")
         wait = settings.batch_wait_ms / 1000
         merge = settings.cross_request_batching
         # Dynamic INT8 computes activation scales per model call: one input per call keeps vectors batch-independent.
