@@ -33,13 +33,14 @@ from pipeline.stores.vectors import EXCLUDE_FEW, PointHit, SpaceQuery, VectorInd
 from pipeline.text_towers import TextTower
 from pipeline.types import Modality
 
+# Up to EXCLUDE_FEW products left out of a search are dropped after it, from this many extra points (see _search):
+# one point per image at most, so "more like this" never needs the filtered search.
+EXCLUDE_SLACK = MAX_IMAGES
+
 # Which stored spaces a query searches, and their weight in the fusion. Text queries weigh
 # CLIP's cross-modal match (query text vs product photos) and title similarity alike. Photo queries search
 # the photos only: fusing in the weak photo-vs-title space let neighbours outrank an exact match of the
 # shopper's photo. "More like this" adds the product's title at half weight (the product itself is excluded).
-# Up to EXCLUDE_FEW products left out of a search are dropped after it, from this many extra points (see _search):
-# one point per image, so "more like this" never needs the filtered search
-EXCLUDE_SLACK = MAX_IMAGES
 WEIGHTS = {
     QueryKind.TEXT: {Modality.IMAGE: 1.0, Modality.TEXT: 1.0},
     QueryKind.IMAGE: {Modality.IMAGE: 1.0},
@@ -142,9 +143,9 @@ class SearchService:
     ) -> list[list[PointHit]]:
         """``index.search``, leaving ``exclude`` out. A few products (the product itself, for "more like this")
         are dropped here from ``EXCLUDE_SLACK`` more points rather than by a filter: a must-not filter makes
-        the engine plan a filtered search (on Qdrant Edge, a scan) for a
-        condition that removes a handful of points. The answer is the same: the best ``limit`` points that are
-        not excluded, or the filtered search when more than the slack had to go."""
+        the engine plan a filtered search (on Qdrant Edge, a scan) for a condition that removes a handful of
+        points. The answer is the same: the best ``limit`` points that are not excluded, or the filtered search
+        when more than the slack had to go."""
         if not exclude or len(exclude) > EXCLUDE_FEW:
             return await self.index.search(spaces, filters, limit, min_score, exclude)
         lists = await self.index.search(spaces, filters, limit + EXCLUDE_SLACK, min_score)

@@ -2,11 +2,11 @@
 
 Qdrant Edge builds HNSW graphs only when a shard is optimized, which holds Python's GIL for the whole build
 (see :mod:`pipeline.stores.edge_optimize`), so the live shard never is: products written to it are scanned.
-After a bulk job (``ingest``, ``sync``, ``embed-all``) has left at least ``exact_below`` points outside any
-graph, the job ends with a re-index that copies every product's vectors into a new shard, builds its graphs in
-a child process and swaps it in: one build for the whole bulk load, never one per batch, and the job's progress
-covers it. ``PIPELINE__INDEX__BUILD_AFTER_BULK=false`` leaves that to an explicit ``reindex``. A Qdrant server
-indexes by itself: nothing to do there.
+After a bulk job (``ingest``, ``sync``, ``embed-all``) that wrote (added or updated) ``exact_below`` products or
+more, or after which that many points sit outside any graph, the job ends with a re-index that copies every
+product's vectors into a new shard, builds its graphs in a child process and swaps it in: one build for the whole
+bulk load, never one per batch, and the job's progress covers it. ``PIPELINE__INDEX__BUILD_AFTER_BULK=false``
+leaves that to an explicit ``reindex``. A Qdrant server indexes by itself: nothing to do there.
 """
 
 from __future__ import annotations
@@ -60,12 +60,6 @@ async def reindex_reporting(ctx: JobContext, report: Callable[[int], Any]) -> di
     }
 
 
-def _written(result: dict[str, Any]) -> int:
-    """Products a bulk job wrote (added or updated): an update moves a point out of its graph into the scanned
-    segment, which the engine's counts do not show (the old copy still counts as indexed until a rebuild)."""
-    return int(result.get("added", 0)) + int(result.get("updated", 0))
-
-
 async def build_graph_if_due(ctx: JobContext, result: dict[str, Any], resumed: dict[str, Any] | None) -> dict[str, Any]:
     """``result`` of a bulk job, with ``index`` added when its writes (or earlier ones) left ``exact_below``
     points or more outside any graph: what the build did, or why it stopped. ``resumed``: the phase as a run
@@ -78,12 +72,8 @@ async def build_graph_if_due(ctx: JobContext, result: dict[str, Any], resumed: d
     if resumed is None:
         if not stack.settings.index.build_after_bulk:
             return result
-        info = await stack.index.info()
-        spec = info.index
-        due = info.graph_due(len(Modality)) or (
-            info.backend == "qdrant-edge" and spec is not None and _written(result) >= spec.exact_below
-        )
-        if not due:
+        written = int(result.get("added", 0)) + int(result.get("updated", 0))
+        if not (await stack.index.info()).graph_due(len(Modality), written):
             return result
         job = await ctx.store.get(ctx.job.id)
         resumed = {"rows_done": job.progress.done, "result": result}

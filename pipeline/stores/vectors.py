@@ -115,12 +115,14 @@ class IndexInfo:
     index: IndexSpec | None = None  # what the live collection was built with (None: before index settings)
     indexed_vectors: int | None = None  # vectors in HNSW graphs (all spaces); the rest are scanned
 
-    def graph_due(self, spaces: int) -> bool:
+    def graph_due(self, spaces: int, written: int = 0) -> bool:
         """Qdrant Edge (which builds graphs only in a re-index) holds ``exact_below`` points or more outside any
-        graph: written since the last re-index, and scanned by every query."""
+        graph, scanned by every query: added since the last re-index, or ``written`` (added or updated) by a
+        job. An update moves a point out of its graph, which the engine's counts do not show (the old copy still
+        counts as indexed until a rebuild)."""
         if self.backend != "qdrant-edge" or self.index is None:
             return False
-        return self.points - (self.indexed_vectors or 0) / spaces >= self.index.exact_below
+        return max(self.points - (self.indexed_vectors or 0) / spaces, written) >= self.index.exact_below
 
 
 def check_stamp(found: ModelStamp | None, expected: ModelStamp, where: str) -> None:
