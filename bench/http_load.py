@@ -124,7 +124,7 @@ def _cells(row: Row) -> list[str]:
         f"{row.server_p50():.1f}",
         str(len(row.errors)),
         f"{cached:.0%}",
-        f"{row.rss_mb:.0f}",
+        f"{row.rss_mb:.0f} ({row.files_mb:.0f})",
         f"{row.mongod_mb:.0f}" if row.mongod_mb is not None else "—",
         f"{row.other_cpu:.0%}" + (" !" if row.other_cpu > BUSY else ""),
     ]
@@ -179,7 +179,9 @@ def _notes(rows: list[Row], n: int, seconds: float, single: int) -> str:
         "request one model call of one input). "
         "Cached = share of answers with `cached: true`. Latency over successful requests; errors = non-2xx, an "
         "answer without hits, or an exception. Server RSS = peak, sampled every 0.25 s, of the server process and "
-        "its children except mongod (ours' managed mongod: its own column). Server p50 = median of the `took_ms` "
+        "its children except mongod (ours' managed mongod: its own column); (files) = the part of it that maps files "
+        "(shared libraries; ours: Qdrant's memory-mapped segments and write-ahead log), page cache the kernel can "
+        "reclaim. Server p50 = median of the `took_ms` "
         "the server reports (its search call; for the peer, its handler): the rest of the client's time is HTTP, "
         "routing, validation, auth, JSON and waiting for a worker. Other CPU = share of the machine's CPU used "
         "during the row by processes other than the benchmark, the server and its mongod (the other systems' "
@@ -228,7 +230,7 @@ def run(
     order = [MIXED, *SINGLE]
     rows.sort(key=lambda r: (order.index(r.workload), r.clients, list(SYSTEMS).index(r.system)))
     headers = ["system", "workload", "clients", "requests", "req/s", "p50 ms", "p99 ms", "server p50 ms"]
-    headers += ["errors", "cached", "server RSS MB", "mongod RSS MB", "other CPU"]
+    headers += ["errors", "cached", "server RSS MB (files)", "mongod RSS MB", "other CPU"]
     show(
         f"HTTP load, {n:,} products: our service vs a seed-style peer (eager CLIP + FAISS + dict)",
         headers,

@@ -81,28 +81,31 @@ class Server:
             total += t.user + t.system
         return total
 
-    def rss_mb(self) -> tuple[float, float | None]:
-        """RSS of the server process and its descendants except mongod; and mongod's own RSS (None: no mongod)."""
+    def rss_mb(self) -> tuple[float, float, float | None]:
+        """RSS of the server process and its descendants except mongod, the part of it that maps files (shared
+        libraries, memory-mapped storage: page cache the kernel can reclaim), and mongod's own RSS (None: no mongod).
+        """
         mongod = self.mongod_pid()
         try:
             root = psutil.Process(self.proc.pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
-            return 0.0, None
-        total, mongo = 0, None
+            return 0.0, 0.0, None
+        total, files, mongo = 0, 0, None
         for p in procs:
             try:
-                rss = p.memory_info().rss
+                memory = p.memory_info()
             except psutil.Error:
                 continue
             if p.pid != mongod:
-                total += rss
+                total += memory.rss
+                files += memory.shared
         if mongod is not None:
             try:
                 mongo = psutil.Process(mongod).memory_info().rss / 2**20
             except psutil.Error:
                 mongo = None
-        return total / 2**20, mongo
+        return total / 2**20, files / 2**20, mongo
 
 
 def _spawn(name: str, cmd: list[str], env: dict[str, str], log: Path, port: int) -> Server:

@@ -47,6 +47,7 @@ class Row:
     outcomes: list[Outcome]
     elapsed_s: float
     rss_mb: float
+    files_mb: float  # of rss_mb, the pages that map files, at the peak sample
     mongod_mb: float | None
     other_cpu: float  # share of the machine's CPU used by processes outside the benchmark and the server
 
@@ -158,14 +159,15 @@ async def drive(
     """``clients`` loops sending ``pick``'s requests until ``seconds`` pass or ``max_requests`` are sent."""
     limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
     outcomes: list[Outcome] = []
-    peak: dict[str, float] = {"rss": 0.0, "mongod": -1.0}
+    peak: dict[str, float] = {"rss": 0.0, "files": 0.0, "mongod": -1.0}
     budget = [max_requests]
     done = asyncio.Event()
 
     async def sampler() -> None:
         while not done.is_set():
-            rss, mongo = server.rss_mb()
-            peak["rss"] = max(peak["rss"], rss)
+            rss, files, mongo = server.rss_mb()
+            if rss > peak["rss"]:
+                peak["rss"], peak["files"] = rss, files
             peak["mongod"] = max(peak["mongod"], mongo if mongo is not None else -1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.25)
@@ -188,4 +190,4 @@ async def drive(
         done.set()
         await sampling
     mongod = peak["mongod"] if peak["mongod"] >= 0 else None
-    return Row(system, workload, clients, outcomes, elapsed, peak["rss"], mongod, other)
+    return Row(system, workload, clients, outcomes, elapsed, peak["rss"], peak["files"], mongod, other)

@@ -7,6 +7,8 @@ model calls go through a micro-batcher on a single inference thread (onnxruntime
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +50,16 @@ def _session(path: Path, settings: EncoderSettings, providers: list[str]) -> Any
     options.intra_op_num_threads = settings.threads_per_call()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Building a session parses the whole graph, copies its weights out and frees the parse: glibc keeps most of that
+    freed memory mapped, 70 MB of RSS for the ViT-B/32 INT8 towers (measured: 346 -> 276 MB).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _check_contract(session: Any, manifest: Manifest, modality: Modality, path: Path) -> None:
@@ -127,6 +139,7 @@ class OnnxEncoder:
         if variant is not None:
             path = verify_model_file(repository, file_for_this_cpu(variant))
             multilingual = (_session(path, settings, providers), variant.precision)
+        release_freed_memory()
         return cls(manifest, repository, precision, sessions, settings, limits or LimitsSettings(), multilingual)
 
     @property
