@@ -162,3 +162,40 @@ async def test_int8_vectors_do_not_depend_on_batch_mates(model_repository):
     pixels = np.stack([load_image_tensor(data, manifest.image, LimitsSettings()) for data in images])
     batched = session.run(None, {"pixel_values": pixels})[0][0]
     assert np.abs(batched - image_alone).max() > 1e-4
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_micro_batcher_runs_up_to_its_concurrency_of_model_calls(concurrency):
+    """Calls of one batcher overlap up to ``concurrency`` (a queue of photos may use both cores); a failing call
+    fails only its callers and frees its slot."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.encoders.batching import MicroBatcher
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def run(items: list[int]) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.15)
+        with lock:
+            running[0] -= 1
+        if -1 in items:
+            raise ValueError("bad row")
+        return np.array([[i * 2] for i in items])
+
+    pool = ThreadPoolExecutor(max_workers=4)
+    batcher = MicroBatcher(run, pool, max_batch=4, wait_s=0, merge=False, concurrency=concurrency)
+    try:
+        results = await asyncio.gather(*(batcher.submit([i]) for i in range(6)), batcher.submit([-1]),
+                                       return_exceptions=True)  # fmt: skip
+        assert [r.tolist() for r in results[:6]] == [[[i * 2]] for i in range(6)]
+        assert isinstance(results[6], ValueError)
+        assert peak[0] == concurrency
+        assert (await batcher.submit([7])).tolist() == [[14]]  # the failed call gave its slot back
+    finally:
+        await batcher.aclose()
+        pool.shutdown()

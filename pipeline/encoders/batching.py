@@ -4,9 +4,13 @@ Callers ``await submit(items)``; a single worker task waits up to ``wait_s`` for
 ``max_batch`` items), runs the merged batch in the executor, and hands each caller its own rows. Inputs must
 already be valid: a failure of the model call fails every request in that batch.
 
-With ``merge=False`` each request runs as its own model call (still one at a time, still split at
-``max_batch``). A model whose output for one input depends on its batch-mates (dynamic INT8) needs more than
-that, since one request may hold many inputs: its ``run`` takes the rows one at a time.
+With ``merge=False`` each request runs as its own model call (still split at ``max_batch``). A model whose
+output for one input depends on its batch-mates (dynamic INT8) needs more than that, since one request may hold
+many inputs: its ``run`` takes the rows one at a time; merging such requests gains nothing and makes each wait
+for the whole merged batch.
+
+Up to ``concurrency`` model calls of one batcher run at once (the executor's threads, shared with the other
+batchers, decide which run first): with one, a queue of photos waits for one core while the other idles.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ class MicroBatcher(Generic[T]):
         max_batch: int,
         wait_s: float,
         merge: bool = True,
+        concurrency: int = 1,
     ) -> None:
         self._run = run
         self._executor = executor
         self._max_batch = max_batch
         self._wait_s = wait_s
         self._merge = merge
+        self._slots = asyncio.Semaphore(concurrency)
+        self._calls: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         # A job that would have pushed a batch past max_batch waits here to open the next batch.
@@ -60,8 +67,8 @@ class MicroBatcher(Generic[T]):
 
     async def _serve(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()  # a batch is formed when a model call can start
             if self._carry is not None:
                 batch, self._carry = [self._carry], None
             else:
@@ -83,22 +90,33 @@ class MicroBatcher(Generic[T]):
                 size += len(job[0])
             batch = [(items, fut) for items, fut in batch if not fut.cancelled()]
             if not batch:
+                self._slots.release()
                 continue
+            call = asyncio.create_task(self._call(batch), name="micro-batch call")
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[tuple[list[T], asyncio.Future[np.ndarray]]]) -> None:
+        """One model call for ``batch``; each caller gets its rows, or the call's exception to re-raise."""
+        try:
             merged = [item for items, _ in batch for item in items]
-            try:
-                out = await loop.run_in_executor(self._executor, self._run, merged)
-            except Exception as exc:  # handed to every waiting caller, who re-raises it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            start = 0
-            for items, fut in batch:
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
+        except Exception as exc:
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(out[start : start + len(items)])
-                start += len(items)
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        start = 0
+        for items, fut in batch:
+            if not fut.done():
+                fut.set_result(out[start : start + len(items)])
+            start += len(items)
 
     async def aclose(self) -> None:
         if self._worker is not None:
             await aio.stop(self._worker)
             self._worker = None
+        for call in list(self._calls):
+            await aio.stop(call)

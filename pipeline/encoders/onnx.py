@@ -94,19 +94,21 @@ class OnnxEncoder:
         self._info = EncoderInfo.of(manifest, precision, backend, multilingual is not None, self._pick.titles)
         self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="preprocess")
         self._infer = ThreadPoolExecutor(max_workers=settings.infer_workers, thread_name_prefix="onnx")
-        wait = settings.batch_wait_ms / 1000
-        merge = settings.cross_request_batching
-        # Dynamic INT8 computes activation scales per model call: one input per call keeps vectors batch-independent.
+        wait, calls = settings.batch_wait_ms / 1000, settings.infer_workers
+        # Dynamic INT8 computes activation scales per model call: one input per call keeps vectors batch-independent,
+        # and merging requests whose rows then run one by one would only make each wait for the others.
         self._per_row = precision is Precision.INT8
-        self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait, merge)
-        self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait, merge)
+        merge = settings.cross_request_batching and not self._per_row
+        self._texts = MicroBatcher(self._run_text, self._infer, settings.max_batch_size, wait, merge, calls)
+        self._images = MicroBatcher(self._run_image, self._infer, settings.max_batch_size, wait, merge, calls)
         self._ml: tuple[Any, TextTokenizer, bool] | None = None  # session, tokenizer, one row per call
         self._ml_texts: MicroBatcher[list[int]] | None = None
         if multilingual is not None and manifest.multilingual is not None:
             session, ml_precision = multilingual
             spec = manifest.multilingual.text
             self._ml = (session, TextTokenizer(repository / spec.tokenizer_file, spec), ml_precision in PER_ITEM)
-            self._ml_texts = MicroBatcher(self._run_ml, self._infer, settings.max_batch_size, wait, merge)
+            ml_merge = settings.cross_request_batching and not self._ml[2]
+            self._ml_texts = MicroBatcher(self._run_ml, self._infer, settings.max_batch_size, wait, ml_merge, calls)
 
     @classmethod
     def load(
