@@ -147,7 +147,11 @@ def train(
         bool, typer.Option(help="Distil a multilingual text tower from --model's text tower instead (--parallel)")
     ] = False,
     parallel: Annotated[
-        Path | None, typer.Option(help="--distill-text: parallel sentences, JSON lines {source, target}")
+        list[Path] | None,
+        typer.Option(
+            help="--distill-text: JSON lines {source, target}: translations, or a shopper's phrasings of the source "
+            "(source: a text, or a list of texts whose mean the target aims at); repeat for more files"
+        ),
     ] = None,
     student: Annotated[
         str, typer.Option(help="--distill-text: 'small' (a compact DistilBERT) or a sentence-transformers model")
@@ -160,7 +164,7 @@ def train(
     if distill_text:
         from pipeline.export.distill import distill
 
-        if parallel is None:
+        if not parallel:
             raise InvalidInput("--distill-text needs --parallel (JSON lines: source, target)")
         result = distill(model, parallel, out, student=student, epochs=epochs or 150, batch_size=batch_size, lr=lr,
                          seed=seed, log=lambda m: err.print(m, markup=False))  # fmt: skip

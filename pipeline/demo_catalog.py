@@ -5,7 +5,9 @@ size, position and background; names and descriptions say what is drawn ("blue s
 Arabic (``attributes.name_ar``, ``description_ar``; ``parallel.jsonl`` pairs the titles for ``train
 --distill-text``). ``captions.jsonl`` gives each product sentences a shopper would type (synonyms, the pattern said
 another way, what it is for: :mod:`pipeline.demo_phrasings`), which ``train --captions auto`` samples among with the
-title and description (``make demo`` trains on titles only: README, "Natural phrasing"). A held-out set of new
+title and description; ``paraphrases.jsonl`` pairs each title with the captions of its look (and every title of a
+kind of item with the captions that name only the kind), which ``make demo`` distils into the multilingual text
+tower beside the translations (README, "Natural phrasing"). A held-out set of new
 drawings (other seeds) with their titles in both languages, and ``phrasings_heldout.jsonl``, queries in sentence
 frames the captions never use, measure retrieval after training.
 """
@@ -170,7 +172,7 @@ def title_ar(color: str, pattern: str, category: str) -> str:
 def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combination: int = 2,
                        seed: int = 0) -> DemoSummary:  # fmt: skip
     """Write ``out/catalog.jsonl``, ``out/heldout.jsonl``, ``captions.jsonl``, ``phrasings_heldout.jsonl``,
-    ``parallel.jsonl`` and the images under ``out/images/`` and ``out/heldout/``."""
+    ``parallel.jsonl``, ``paraphrases.jsonl`` and the images under ``out/images/`` and ``out/heldout/``."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "heldout").mkdir(exist_ok=True)
@@ -178,6 +180,9 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
     rows, heldout, n_images = [], [], 0
     parallel: list[dict[str, str]] = []
     caption_rows: list[dict[str, object]] = []
+    # for train --distill-text: each look's title -> its captions; a kind of item's titles -> captions naming it
+    look_captions: dict[str, dict[str, None]] = {}
+    kind_captions: dict[str, dict[str, None]] = {}
     caption_rng = random.Random(seed)
     combos = [(c, col, p) for c in SHAPES for col in COLORS for p in PATTERNS]
     for k, (category, color, pattern) in enumerate(combos):
@@ -201,7 +206,13 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
                 "price": price, "images": images,
                 "attributes": {"pattern": pattern, "name_ar": name_ar, "description_ar": f"{name_ar} من {brand}."},
             })  # fmt: skip
-            caption_rows.append({"id": pid, "texts": captions(category, color, pattern, caption_rng)})
+            texts = captions(category, color, pattern, caption_rng)
+            caption_rows.append({"id": pid, "texts": texts})
+            for text in texts:
+                if isinstance(text, str):
+                    look_captions.setdefault(name, {})[text] = None
+                else:
+                    kind_captions.setdefault(category, {})[text["text"]] = None
         for h in range(heldout_per_combination):
             rel = f"heldout/{category.replace(' ', '-')}-{color}-{pattern}-{h}.jpg"
             draw_product(category, color, pattern, seed=10**9 + seed * 1_000_003 + k * 100 + h).save(
@@ -215,6 +226,12 @@ def build_demo_catalog(out: Path, per_combination: int = 12, heldout_per_combina
     # English titles and their Arabic translations: what `train --distill-text` learns from.
     (out / "parallel.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in parallel))
     (out / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in caption_rows))
+    titles_of = {c: [title(col, p, c) for col in COLORS for p in PATTERNS] for c in SHAPES}
+    paraphrases: list[dict[str, str | list[str]]] = [
+        {"source": name, "target": t} for name, texts in look_captions.items() for t in texts
+    ]
+    paraphrases += [{"source": titles_of[c], "target": t} for c, texts in kind_captions.items() for t in texts]
+    (out / "paraphrases.jsonl").write_text("".join(json.dumps(p) + "\n" for p in paraphrases))
     queries = heldout_queries(list(SHAPES), list(COLORS), list(PATTERNS), seed)
     (out / "phrasings_heldout.jsonl").write_text("".join(json.dumps(q.__dict__) + "\n" for q in queries))
     return DemoSummary(len(rows), n_images, len(heldout), catalog, heldout_file)

@@ -17,21 +17,25 @@ if [ -n "${MODEL:-}" ]; then
 else
   DEMO=${DEMO:-data/demo}
   CATALOG=${CATALOG:-$DEMO/catalog/catalog.jsonl}
-  # (phrasings_heldout.jsonl, its newest file: catalogs written before the Arabic titles, the captions and the
-  # held-out phrasings are written again; the same seed writes the same products)
-  [ -f "$DEMO/catalog/phrasings_heldout.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
+  # (paraphrases.jsonl, its newest file: catalogs written before the Arabic titles, the captions, the held-out
+  # phrasings and the paraphrases are written again; the same seed writes the same products)
+  [ -f "$DEMO/catalog/paraphrases.jsonl" ] || $PY -m pipeline demo-catalog "$DEMO/catalog"
   [ -f "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --model small \
       --catalog "$DEMO/catalog/catalog.jsonl" --out "$DEMO/model"
-  # A multilingual text tower distilled from the demo model's own on the English and Arabic titles.
-  # (distilled again when the demo model is newer than the student: it was taught another text space)
-  [ "$DEMO/text_student/modules.json" -nt "$DEMO/model/model.safetensors" ] || $PY -m pipeline train --distill-text --model "$DEMO/model" \
-      --parallel "$DEMO/catalog/parallel.jsonl" --out "$DEMO/text_student"
+  # A text tower distilled from the demo model's own on the English and Arabic titles and on the shoppers'
+  # phrasings of them, which answers every query of the demo (PIPELINE__ENCODER__TEXT_TOWER=multilingual below).
+  # (distilled again when the demo model or the paraphrases are newer than the student)
+  student="$DEMO/text_student/modules.json"
+  { [ "$student" -nt "$DEMO/model/model.safetensors" ] && [ "$student" -nt "$DEMO/catalog/paraphrases.jsonl" ]; } \
+    || $PY -m pipeline train --distill-text --model "$DEMO/model" --parallel "$DEMO/catalog/parallel.jsonl" \
+         --parallel "$DEMO/catalog/paraphrases.jsonl" --epochs "${DISTILL_EPOCHS:-10}" --out "$DEMO/text_student"
   $PY -m pipeline export --model "$DEMO/model" --out "$DEMO/model_repository" --precision int8 --precision fp32 \
       --text-model "$DEMO/text_student"
 fi
 export PIPELINE__ENCODER__MODEL_REPOSITORY="$DEMO/model_repository"
 export PIPELINE__QDRANT__PATH="$DEMO/qdrant"
 export PIPELINE__MONGO__DATA_DIR="$DEMO/mongo"
+[ -n "${MODEL:-}" ] || export PIPELINE__ENCODER__TEXT_TOWER=${PIPELINE__ENCODER__TEXT_TOWER:-multilingual}
 $PY -m pipeline serve --port "$API_PORT" 2> "$DEMO/service.log" &
 service=$!
 trap 'kill -TERM $service 2>/dev/null; wait $service 2>/dev/null' EXIT

@@ -68,6 +68,17 @@ def test_demo_captions_describe_their_product_and_heldout_phrasings_use_other_fr
                     "pattern": None}]  # fmt: skip
     # "in blue" names no pattern: such a query does not ask for a plain one
     assert all(q["pattern"] is None for q in queries if q["frame"] == "do you have a {c} {n}?")
+    # the distillation's phrasings: each product's captions under its title, the kind-only ones under every title
+    # of its kind (a centroid), none of them a held-out phrasing
+    from pipeline.export.distill import read_parallel
+
+    pairs = read_parallel(folder / "paraphrases.jsonl")
+    for p in products.values():
+        for c in captions[p.id]:
+            sources = (p.name.lower(),) if c.names is None else tuple(
+                t.lower() for t in sorted({q.name for q in products.values() if q.category == p.category}))
+            assert any(sorted(s) == sorted(sources) and t == c.text for s, t in pairs), (p.id, c.text)  # fmt: skip
+    assert len({t for _, t in pairs}) <= len(trained) and not {t for _, t in pairs} & {q["text"] for q in queries}
 
 
 def test_captions_file_errors_are_clear(small_demo, tmp_path):

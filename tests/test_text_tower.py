@@ -336,11 +336,16 @@ def test_distill_a_student_then_export_it(tiny_checkpoint, model_repository, tmp
     rows = [{"source": title(c, p, s), "target": title_ar(c, p, s)} for s in SHAPES for c in COLORS for p in PATTERNS]
     parallel = tmp_path / "parallel.jsonl"
     parallel.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    # a second file: a shopper's phrasings of titles, and of a kind of item (a list of sources: their centroid)
+    phrasings = [{"source": r["source"], "target": f"i'm looking for a {r['source']}"} for r in rows[:40]]
+    phrasings += [{"source": [title(c, "plain", s) for c in COLORS], "target": f"any {s} please"} for s in SHAPES]
+    paraphrases = tmp_path / "paraphrases.jsonl"
+    paraphrases.write_text("".join(json.dumps(r) + "\n" for r in phrasings))
     student = tmp_path / "student"
-    run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(parallel), "--out",
-            str(student), "--epochs", "6")  # fmt: skip
+    run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(parallel), "--parallel",
+            str(paraphrases), "--out", str(student), "--epochs", "6")  # fmt: skip
     report = json.loads((student / "distill_report.json").read_text())
-    assert report["pairs"] + report["heldout"] == len(rows) and report["heldout"] > 0
+    assert report["pairs"] + report["heldout"] == len(rows) + len(phrasings) and report["heldout"] > 0
     assert report["cosine"]["target"] > 0.3, report  # learnt from nothing (a random student starts near 0)
     out = tmp_path / "repo"
     shutil.copytree(model_repository, out)
@@ -360,4 +365,8 @@ def test_distill_refuses_bad_parallel_files(tiny_checkpoint, tmp_path):
     proc = run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(bad), "--out",
                    str(tmp_path / "s"), check=False)  # fmt: skip
     assert proc.returncode != 0 and "bad.jsonl:2" in proc.stderr
+    bad.write_text('{"source": "red mug", "target": "كوب أحمر"}\n{"source": ["red mug", 3], "target": "a mug"}\n')
+    proc = run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(bad), "--out",
+                   str(tmp_path / "s"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "bad.jsonl:2" in proc.stderr and "list of texts" in proc.stderr
     assert not (tmp_path / "s").exists()

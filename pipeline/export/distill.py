@@ -7,6 +7,12 @@ English sentence, the student learns to produce that vector from the English and
 was made, at a much smaller scale. The student's queries then search the image vectors the teacher's image
 tower made, in any language it was taught.
 
+The target side need not be a translation: a shopper's phrasing of the source ("a cup for my morning coffee,
+blue with stripes" for "blue striped mug") teaches the student the shop's words in the teacher's space, which
+a small CLIP trained on titles cannot learn without losing its titles. A source may be a list of English
+texts: the target then aims at the mean of their vectors (the centroid of every title of a kind of item, for
+"i'm looking for a cup"); such a pair has no source side to learn.
+
 The student is a sentence-transformers folder (transformer → mean pooling → Dense to the teacher's dimension),
 which ``export --text-model`` reads. ``--student small`` builds a compact DistilBERT from a config with a
 WordPiece tokenizer trained on both sides of the parallel sentences (the offline demo); a sentence-transformers
@@ -39,21 +45,31 @@ class DistillReport:
     cosine: dict[str, float]  # mean cosine student↔teacher on held-out pairs: "source" and "target" sides
 
 
-def read_parallel(path: Path) -> list[tuple[str, str]]:
-    """``(source, target)`` pairs from a JSON-lines file; a malformed line is an error naming it."""
-    pairs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            source, target = str(row["source"]).strip(), str(row["target"]).strip()
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InvalidInput(f'{path}:{n}: expected {{"source": ..., "target": ...}} ({exc})') from exc
-        if source and target:
-            pairs.append((source, target))
+Pair = tuple[tuple[str, ...], str]  # the teacher's English text(s), the text the student learns to place there
+
+
+def read_parallel(paths: Path | list[Path]) -> list[Pair]:
+    """``(sources, target)`` pairs from JSON-lines files (``source``: a text or a list of texts); a malformed line
+    is an error naming it."""
+    pairs: list[Pair] = []
+    for path in [paths] if isinstance(paths, Path) else paths:
+        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                source, target = row["source"], str(row["target"]).strip()
+                texts = [source] if isinstance(source, str) else source
+                if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                    raise TypeError("source is neither a text nor a list of texts")
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InvalidInput(f'{path}:{n}: expected {{"source": ..., "target": ...}} ({exc})') from exc
+            sources = tuple(t.strip() for t in texts if t.strip())
+            if sources and target:
+                pairs.append((sources, target))
     if len(pairs) < 8:
-        raise InvalidInput(f"{path}: {len(pairs)} parallel pairs; distillation needs at least 8")
+        raise InvalidInput(f"{', '.join(map(str, [paths] if isinstance(paths, Path) else paths))}: {len(pairs)} "
+                           "parallel pairs; distillation needs at least 8")  # fmt: skip
     return pairs
 
 
@@ -100,31 +116,42 @@ def _student(spec: str, out: Path, texts: list[str], dim: int) -> Any:
     return student
 
 
-def distill(teacher: str, parallel: Path, out: Path, *, student: str = SMALL, epochs: int = 150,
+def distill(teacher: str, parallel: Path | list[Path], out: Path, *, student: str = SMALL, epochs: int = 150,
             batch_size: int = 64, lr: float | None = None, heldout_every: int = 10, seed: int = 0,
             log: Log = print) -> DistillReport:  # fmt: skip
     """Distil ``teacher``'s text tower into ``student`` on ``parallel`` and save the student to ``out`` (a
-    sentence-transformers folder). Every ``heldout_every``-th pair is held out to measure the result."""
+    sentence-transformers folder). Every ``heldout_every``-th English source is held out to measure the result."""
     import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     pairs = read_parallel(parallel)
-    held = pairs[::heldout_every] if heldout_every > 1 else []
-    train_pairs = [p for i, p in enumerate(pairs) if heldout_every <= 1 or i % heldout_every]
+    # Every heldout_every-th English source in order of appearance, with all its pairs (its translation and its
+    # phrasings): what the student is measured on, it never learns.
+    sources = list(dict.fromkeys(s for s, _ in pairs))
+    unseen = set(sources[::heldout_every]) if heldout_every > 1 else set()
+    held = [p for p in pairs if p[0] in unseen]
+    train_pairs = [p for p in pairs if p[0] not in unseen]
     model, tokenizer = _teacher(teacher)
     dim = int(model.config.projection_dim)
     with torch.no_grad():
-        sources = sorted({s for s, _ in pairs})
-        tok = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
-        feats = model.get_text_features(**tok)
-        feats = getattr(feats, "pooler_output", feats)
-        target_of = dict(zip(sources, torch.nn.functional.normalize(feats, dim=-1), strict=True))
+        texts = sorted({t for sources, _ in pairs for t in sources})
+        feats = []
+        for i in range(0, len(texts), 256):
+            tok = tokenizer(texts[i : i + 256], padding=True, truncation=True, return_tensors="pt")
+            out_i = model.get_text_features(**tok)
+            feats.append(getattr(out_i, "pooler_output", out_i))
+        vector_of = dict(zip(texts, torch.nn.functional.normalize(torch.cat(feats), dim=-1), strict=True))
+        normalize = torch.nn.functional.normalize
+        target_of = {sources: normalize(torch.stack([vector_of[t] for t in sources]).mean(0), dim=-1)
+                     for sources in {s for s, _ in pairs}}  # fmt: skip
     out = Path(out)
-    st = _student(student, out, [t for p in pairs for t in p], dim)
+    st = _student(student, out, [t for sources, target in pairs for t in (*sources, target)], dim)
     st.train()
-    # Both sides of every training pair aim at the teacher's vector of the English side.
-    rows = [(text, target_of[source]) for source, target in train_pairs for text in (source, target)]
+    # Both sides of every training pair aim at the teacher's vector of the English side (a single source text; a
+    # list of them is a centroid, not a text to learn), each distinct text once per epoch.
+    rows = list({text: target_of[sources] for sources, target in train_pairs
+                 for text in ((sources[0], target) if len(sources) == 1 else (target,))}.items())  # fmt: skip
     lr = lr or (1e-3 if student == SMALL else 2e-5)
     optimizer = torch.optim.AdamW(st.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(rows) / batch_size)
@@ -164,10 +191,19 @@ def _embed(st: Any, texts: list[str]) -> Any:
     return torch.nn.functional.normalize(out, dim=-1)
 
 
-def _agreement(st: Any, pairs: list[tuple[str, str]], target_of: dict[str, Any]) -> dict[str, float]:
+def _agreement(st: Any, pairs: list[Pair], target_of: dict[tuple[str, ...], Any]) -> dict[str, float]:
+    """Mean cosine of the student's vectors to the teacher's: of the English side (single-text sources) and of
+    the target side."""
     import torch
 
+    out = {}
     with torch.no_grad():
-        teacher = torch.stack([target_of[s] for s, _ in pairs])
-        return {side: round(float((_embed(st, [p[i] for p in pairs]) * teacher).sum(-1).mean()), 4)
-                for i, side in enumerate(("source", "target"))}  # fmt: skip
+        for side, chosen in (("source", [(s[0], s) for s, _ in pairs if len(s) == 1]),
+                             ("target", [(t, s) for s, t in pairs])):  # fmt: skip
+            if chosen:
+                teacher = torch.stack([target_of[sources] for _, sources in chosen])
+                vectors = torch.cat(
+                    [_embed(st, [t for t, _ in chosen[i : i + 256]]) for i in range(0, len(chosen), 256)]
+                )
+                out[side] = round(float((vectors * teacher).sum(-1).mean()), 4)
+    return out

@@ -99,7 +99,13 @@ def phrasing_recall(model: Any, tokenizer: Any, images: np.ndarray, image_attrs:
     """Each held-out phrasing queries all held-out images; an image answers it when it has every attribute the
     query names (category, and colour / pattern where given). recall@k: an answer in the top k;
     precision@10: the share of the top 10 that answer it."""
-    sims = text_image_similarity(model, tokenizer, images, [q["text"] for q in queries], spec)
+    return phrasing_scores(text_image_similarity(model, tokenizer, images, [q["text"] for q in queries], spec),
+                           image_attrs, queries)  # fmt: skip
+
+
+def phrasing_scores(sims: np.ndarray, image_attrs: list[dict[str, Any]],
+                    queries: list[dict[str, Any]]) -> dict[str, float]:  # fmt: skip
+    """:func:`phrasing_recall`'s figures from a queries x images similarity matrix (any text tower's)."""
     top = np.argsort(-sims, axis=1)[:, : max(KS)]
     ok = np.array([[all(q.get(f) is None or q[f] == a.get(f) for f in ("category", "color", "pattern"))
                     for a in image_attrs] for q in queries])  # fmt: skip
