@@ -128,12 +128,13 @@ def distill(teacher: str, parallel: Path | list[Path], out: Path, *, student: st
     pairs = read_parallel(parallel)
     # Every heldout_every-th English source in order of appearance, with all its pairs (its translation and its
     # phrasings): what the student is measured on, it never learns.
-    sources = list(dict.fromkeys(s for s, _ in pairs))
-    unseen = set(sources[::heldout_every]) if heldout_every > 1 else set()
+    english = list(dict.fromkeys(s for s, _ in pairs))
+    unseen = set(english[::heldout_every]) if heldout_every > 1 else set()
     held = [p for p in pairs if p[0] in unseen]
     train_pairs = [p for p in pairs if p[0] not in unseen]
     model, tokenizer = _teacher(teacher)
     dim = int(model.config.projection_dim)
+    normalize = torch.nn.functional.normalize
     with torch.no_grad():
         texts = sorted({t for sources, _ in pairs for t in sources})
         feats = []
@@ -141,10 +142,9 @@ def distill(teacher: str, parallel: Path | list[Path], out: Path, *, student: st
             tok = tokenizer(texts[i : i + 256], padding=True, truncation=True, return_tensors="pt")
             out_i = model.get_text_features(**tok)
             feats.append(getattr(out_i, "pooler_output", out_i))
-        vector_of = dict(zip(texts, torch.nn.functional.normalize(torch.cat(feats), dim=-1), strict=True))
-        normalize = torch.nn.functional.normalize
+        vector_of = dict(zip(texts, normalize(torch.cat(feats), dim=-1), strict=True))
         target_of = {sources: normalize(torch.stack([vector_of[t] for t in sources]).mean(0), dim=-1)
-                     for sources in {s for s, _ in pairs}}  # fmt: skip
+                     for sources in english}  # fmt: skip
     out = Path(out)
     st = _student(student, out, [t for sources, target in pairs for t in (*sources, target)], dim)
     st.train()
@@ -192,13 +192,13 @@ def _embed(st: Any, texts: list[str]) -> Any:
 
 
 def _agreement(st: Any, pairs: list[Pair], target_of: dict[tuple[str, ...], Any]) -> dict[str, float]:
-    """Mean cosine of the student's vectors to the teacher's: of the English side (single-text sources) and of
-    the target side."""
+    """Mean cosine of the student's vectors to the teacher's: of the English side (each single-text source once)
+    and of the target side."""
     import torch
 
     out = {}
     with torch.no_grad():
-        for side, chosen in (("source", [(s[0], s) for s, _ in pairs if len(s) == 1]),
+        for side, chosen in (("source", list(dict.fromkeys((s[0], s) for s, _ in pairs if len(s) == 1))),
                              ("target", [(t, s) for s, t in pairs])):  # fmt: skip
             if chosen:
                 teacher = torch.stack([target_of[sources] for _, sources in chosen])
