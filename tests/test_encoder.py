@@ -199,3 +199,30 @@ async def test_micro_batcher_runs_up_to_its_concurrency_of_model_calls(concurren
     finally:
         await batcher.aclose()
         pool.shutdown()
+
+
+async def test_micro_batcher_closing_fails_its_waiting_callers_and_can_serve_again():
+    """Closing while a call runs and more wait (a generation closed after its drain): every caller gets
+    EncoderUnavailable at once, none waits forever; the batcher serves again afterwards (no slot lost)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.encoders.batching import MicroBatcher
+    from pipeline.errors import EncoderUnavailable
+
+    def run(items: list[int]) -> np.ndarray:
+        time.sleep(0.3)
+        return np.array([[i] for i in items])
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    batcher = MicroBatcher(run, pool, max_batch=2, wait_s=0.05, merge=True, concurrency=1)
+    try:
+        waiting = [asyncio.create_task(batcher.submit([i])) for i in range(5)]
+        await asyncio.sleep(0.1)  # the first call runs, the others are queued or being gathered
+        await asyncio.wait_for(batcher.aclose(), 5)
+        results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        assert all(isinstance(r, EncoderUnavailable) for r in results), results
+        assert (await asyncio.wait_for(batcher.submit([7]), 5)).tolist() == [[7]]
+    finally:
+        await batcher.aclose()
+        pool.shutdown()

@@ -369,4 +369,9 @@ def test_distill_refuses_bad_parallel_files(tiny_checkpoint, tmp_path):
     proc = run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(bad), "--out",
                    str(tmp_path / "s"), check=False)  # fmt: skip
     assert proc.returncode != 0 and "bad.jsonl:2" in proc.stderr and "list of texts" in proc.stderr
+    one = tmp_path / "one.jsonl"  # every pair the phrasing of one title: nothing would be left to learn from
+    one.write_text("".join(json.dumps({"source": "red mug", "target": f"a red cup {i}"}) + "\n" for i in range(9)))
+    proc = run_cli("train", "--distill-text", "--model", str(tiny_checkpoint), "--parallel", str(one), "--out",
+                   str(tmp_path / "s"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "all held out" in proc.stderr
     assert not (tmp_path / "s").exists()

@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from pipeline import aio
+from pipeline.errors import EncoderUnavailable
 
 T = TypeVar("T")
 
@@ -49,6 +50,7 @@ class MicroBatcher(Generic[T]):
         self._worker: asyncio.Task[None] | None = None
         # A job that would have pushed a batch past max_batch waits here to open the next batch.
         self._carry: tuple[list[T], asyncio.Future[np.ndarray]] | None = None
+        self._forming: list[tuple[list[T], asyncio.Future[np.ndarray]]] = []  # the batch being gathered
 
     async def submit(self, items: Sequence[T]) -> np.ndarray:
         """Rows of the model's output for ``items``, in order; requests over max_batch are split."""
@@ -66,29 +68,13 @@ class MicroBatcher(Generic[T]):
         return np.concatenate(parts, axis=0)
 
     async def _serve(self) -> None:
-        assert self._queue is not None
         while True:
             await self._slots.acquire()  # a batch is formed when a model call can start
-            if self._carry is not None:
-                batch, self._carry = [self._carry], None
-            else:
-                batch = [await self._queue.get()]
-            size = len(batch[0][0])
-            deadline = time.monotonic() + self._wait_s
-            while self._merge and size < self._max_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-                if size + len(job[0]) > self._max_batch:
-                    self._carry = job
-                    break
-                batch.append(job)
-                size += len(job[0])
-            batch = [(items, fut) for items, fut in batch if not fut.cancelled()]
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
             if not batch:
                 self._slots.release()
                 continue
@@ -96,15 +82,42 @@ class MicroBatcher(Generic[T]):
             self._calls.add(call)
             call.add_done_callback(self._calls.discard)
 
+    async def _next_batch(self) -> list[tuple[list[T], asyncio.Future[np.ndarray]]]:
+        """The next job, with the jobs that arrive within ``wait_s`` when merging (up to ``max_batch`` items)."""
+        assert self._queue is not None
+        self._forming = batch = []
+        if self._carry is not None:
+            batch.append(self._carry)
+            self._carry = None
+        else:
+            batch.append(await self._queue.get())
+        size = len(batch[0][0])
+        deadline = time.monotonic() + self._wait_s
+        while self._merge and size < self._max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                job = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            if size + len(job[0]) > self._max_batch:
+                self._carry = job
+                break
+            batch.append(job)
+            size += len(job[0])
+        self._forming = []
+        return [(items, fut) for items, fut in batch if not fut.cancelled()]
+
     async def _call(self, batch: list[tuple[list[T], asyncio.Future[np.ndarray]]]) -> None:
         """One model call for ``batch``; each caller gets its rows, or the call's exception to re-raise."""
         try:
             merged = [item for items, _ in batch for item in items]
             out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
-        except Exception as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+        except BaseException as exc:  # each caller re-raises the call's error; closing fails them cleanly
+            _fail(batch, exc if isinstance(exc, Exception) else EncoderUnavailable(CLOSED))
+            if not isinstance(exc, Exception):
+                raise
             return
         finally:
             self._slots.release()
@@ -115,8 +128,23 @@ class MicroBatcher(Generic[T]):
             start += len(items)
 
     async def aclose(self) -> None:
+        """Stop gathering and calling; a caller still waiting gets EncoderUnavailable, never waits forever."""
         if self._worker is not None:
             await aio.stop(self._worker)
             self._worker = None
         for call in list(self._calls):
             await aio.stop(call)
+        waiting = [*self._forming, *([self._carry] if self._carry else [])]
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        self._forming, self._carry = [], None
+        _fail(waiting, EncoderUnavailable(CLOSED))
+
+
+CLOSED = "the encoder was closed before this input was embedded"
+
+
+def _fail(jobs: Sequence[tuple[object, asyncio.Future[np.ndarray]]], exc: BaseException) -> None:
+    for _, fut in jobs:
+        if not fut.done():
+            fut.set_exception(exc)

@@ -1,7 +1,8 @@
 """In-process encoder: onnxruntime sessions on the exported graphs, no torch, no transformers.
 
 Preprocessing (decode, tokenise) runs per request in a thread pool, so a bad input fails only its caller;
-model calls go through a micro-batcher on a single inference thread (onnxruntime parallelises inside a call).
+model calls go through a micro-batcher per tower on ``INFER_WORKERS`` inference threads (up to that many calls at
+once, the cores divided among them; onnxruntime parallelises inside a call).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def release_freed_memory() -> None:
     Building a session parses the whole graph, copies its weights out and frees the parse: glibc keeps most of that
     freed memory mapped, 70 MB of RSS for the ViT-B/32 INT8 towers (measured: 346 -> 276 MB).
     """
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # no glibc (musl, macOS, Windows): nothing to do
         ctypes.CDLL(None).malloc_trim(0)
 
 

@@ -52,8 +52,9 @@ def read_parallel(paths: Path | list[Path]) -> list[Pair]:
     """``(sources, target)`` pairs from JSON-lines files (``source``: a text or a list of texts); a malformed line
     is an error naming it."""
     pairs: list[Pair] = []
-    for path in [paths] if isinstance(paths, Path) else paths:
-        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    for path in files:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -64,12 +65,12 @@ def read_parallel(paths: Path | list[Path]) -> list[Pair]:
                     raise TypeError("source is neither a text nor a list of texts")
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise InvalidInput(f'{path}:{n}: expected {{"source": ..., "target": ...}} ({exc})') from exc
-            sources = tuple(t.strip() for t in texts if t.strip())
+            stripped = [t.strip() for t in texts if t.strip()]
+            sources = tuple(sorted(set(stripped))) if len(stripped) > 1 else tuple(stripped)  # a set of texts: one key
             if sources and target:
                 pairs.append((sources, target))
     if len(pairs) < 8:
-        raise InvalidInput(f"{', '.join(map(str, [paths] if isinstance(paths, Path) else paths))}: {len(pairs)} "
-                           "parallel pairs; distillation needs at least 8")  # fmt: skip
+        raise InvalidInput(f"{', '.join(map(str, files))}: {len(pairs)} parallel pairs; distillation needs at least 8")
     return pairs
 
 
@@ -132,6 +133,9 @@ def distill(teacher: str, parallel: Path | list[Path], out: Path, *, student: st
     unseen = set(english[::heldout_every]) if heldout_every > 1 else set()
     held = [p for p in pairs if p[0] in unseen]
     train_pairs = [p for p in pairs if p[0] not in unseen]
+    if not train_pairs:
+        raise InvalidInput(f"all {len(pairs)} pairs share {len(english)} English source(s), all held out: distillation "
+                           f"needs at least {heldout_every} different sources")  # fmt: skip
     model, tokenizer = _teacher(teacher)
     dim = int(model.config.projection_dim)
     normalize = torch.nn.functional.normalize
