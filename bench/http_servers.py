@@ -99,7 +99,7 @@ class Server:
                 continue
             if p.pid != mongod:
                 total += memory.rss
-                files += memory.shared
+                files += getattr(memory, "shared", 0)  # Linux only
         if mongod is not None:
             try:
                 mongo = psutil.Process(mongod).memory_info().rss / 2**20

@@ -78,15 +78,13 @@ async def _measure(repository: Path, held: list[dict], image_bytes: list[bytes],
 def run(demo: Path) -> None:
     repository, heldout = demo / "model_repository", demo / "catalog" / "heldout.jsonl"
     held = [json.loads(line) for line in heldout.read_text(encoding="utf-8").splitlines()]
-    parallel = demo / "catalog" / "parallel.jsonl"
-    pairs = [json.loads(line) for line in parallel.read_text(encoding="utf-8").splitlines() if line.strip()]
-    not_distilled = {p["source"] for p in pairs[::10]}  # what train --distill-text holds out (every 10th pair)
+    report = demo / "text_student" / "distill_report.json"
+    distilled = json.loads(report.read_text()) if report.is_file() else {}
+    not_distilled = set(distilled.get("heldout_sources", []))  # what train --distill-text held out, with its pairs
     image_bytes = [(heldout.parent / h["image"]).read_bytes() for h in held]
     phrasings_file = demo / "catalog" / "phrasings_heldout.jsonl"
     phrasings = read_phrasings(phrasings_file) if phrasings_file.is_file() else []
     rows = asyncio.run(_measure(repository, held, image_bytes, not_distilled, phrasings))
-    report = demo / "text_student" / "distill_report.json"
-    distilled = json.loads(report.read_text()) if report.is_file() else {}
     by_name = {str(r[0]): r for r in rows}
     english = by_name["English, the distilled student"][4]
     arabic = by_name["Arabic, the distilled student"][4]

@@ -346,6 +346,9 @@ def test_distill_a_student_then_export_it(tiny_checkpoint, model_repository, tmp
             str(paraphrases), "--out", str(student), "--epochs", "6")  # fmt: skip
     report = json.loads((student / "distill_report.json").read_text())
     assert report["pairs"] + report["heldout"] == len(rows) + len(phrasings) and report["heldout"] > 0
+    # every 10th English title in order of appearance leaves with all its pairs (what bench multilingual reads)
+    assert set(report["heldout_sources"]) == {r["source"] for r in rows[::10]}
+    assert report["heldout"] == len(rows[::10]) + sum(p["source"] in report["heldout_sources"] for p in phrasings)
     assert report["cosine"]["target"] > 0.3, report  # learnt from nothing (a random student starts near 0)
     out = tmp_path / "repo"
     shutil.copytree(model_repository, out)

@@ -43,6 +43,7 @@ class DistillReport:
     epochs: int
     seconds: float
     cosine: dict[str, float]  # mean cosine student↔teacher on held-out pairs: "source" and "target" sides
+    heldout_sources: list[str]  # the English texts held out with all their pairs (single-text sources)
 
 
 Pair = tuple[tuple[str, ...], str]  # the teacher's English text(s), the text the student learns to place there
@@ -182,7 +183,8 @@ def distill(teacher: str, parallel: Path | list[Path], out: Path, *, student: st
     log(f"student ↔ teacher cosine on {'held-out' if held else 'training'} pairs: {cosine}")
     st.save(str(out))
     shutil.rmtree(out.parent / f".{out.name}-base", ignore_errors=True)  # the small student's starting point
-    report = DistillReport(len(train_pairs), len(held), epochs, round(seconds, 1), cosine)
+    held_texts = [s[0] for s in english if s in unseen and len(s) == 1]
+    report = DistillReport(len(train_pairs), len(held), epochs, round(seconds, 1), cosine, held_texts)
     (out / "distill_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
 
