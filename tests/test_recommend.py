@@ -5,6 +5,7 @@ ranking against a brute-force one, exclusions, diversity, the popular fallback, 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from pipeline.recommend.buyer import encode_buyer, mmr
 from pipeline.recommend.events import EventType, Interaction
 from pipeline.types import Modality
-from tests.conftest import wait_job
+from tests.conftest import asgi_service, make_settings, wait_job
 from tests.service import error_message
 
 BUYER = "shopper$1.example"  # `$` and `.` are just characters in a buyer id
@@ -132,8 +133,16 @@ async def test_popular_fallback_for_a_buyer_with_no_history(app_client, catalog)
     assert [h["id"] for h in shirts["hits"]] == ["shirt-red-1"]
 
 
-async def test_diversify_is_mmr_over_the_same_candidates(app_client, catalog):
-    svc, client = await _ingested(app_client, catalog)
+async def test_diversify_is_mmr_over_the_same_candidates(model_repository, mongo_uri, tmp_path, catalog):
+    # a strong pull to diversity (lambda 0.3, default 0.7), so the list it gives differs from the plain top 6
+    # whatever the last float digits of the candidates' scores (their batch-mates at embedding time vary)
+    settings = make_settings(model_repository, "edge", tmp_path, mongo_uri, recommend={"mmr_lambda": 0.3})
+    async with asgi_service(settings) as opened:
+        await _check_diversify(await _ingested(opened, catalog))
+
+
+async def _check_diversify(opened: Any) -> None:
+    svc, client = opened
     await client.post("/v1/events", json={"events": [_event("mug-red-0", "purchase")]})
     url = f"/v1/buyers/{BUYER}/recommendations"
     every = (await client.get(url, params={"top_k": 24})).json()["hits"]  # all candidates, exactly scored
