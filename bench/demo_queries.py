@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import show
-from pipeline.export.train_eval import read_phrasings
+from pipeline.export.train_eval import answers, read_phrasings
 
 QUERIES = ["blue striped t-shirt", "red mug", "black dotted sneaker", "yellow checked cap", "pink vase",
            "green striped tote bag", "white dotted mug", "orange checked t-shirt"]  # fmt: skip
@@ -53,11 +53,10 @@ def _names(response: Any) -> list[str | None]:
 def _answers(response: Any, query: dict[str, Any]) -> float:
     """Precision@10 of a held-out phrasing: the share of the top 10 with everything the query names."""
 
-    def fits(p: Any) -> bool:
-        have = {"category": p.category, "color": p.color, "pattern": p.attributes.get("pattern")}
-        return all(query.get(f) is None or query[f] == have[f] for f in have)
+    def attrs(p: Any) -> dict[str, Any]:
+        return {"category": p.category, "color": p.color, "pattern": p.attributes.get("pattern")}
 
-    return sum(1 for h in response.hits if h.product is not None and fits(h.product)) / 10
+    return sum(1 for h in response.hits if h.product is not None and answers(query, attrs(h.product))) / 10
 
 
 def _ordered(response: Any) -> bool:

@@ -103,12 +103,16 @@ def phrasing_recall(model: Any, tokenizer: Any, images: np.ndarray, image_attrs:
                            image_attrs, queries)  # fmt: skip
 
 
+def answers(query: dict[str, Any], attrs: dict[str, Any]) -> bool:
+    """Whether an item with ``attrs`` (category, color, pattern) has everything a held-out phrasing names."""
+    return all(query.get(f) is None or query[f] == attrs.get(f) for f in ("category", "color", "pattern"))
+
+
 def phrasing_scores(sims: np.ndarray, image_attrs: list[dict[str, Any]],
                     queries: list[dict[str, Any]]) -> dict[str, float]:  # fmt: skip
     """:func:`phrasing_recall`'s figures from a queries x images similarity matrix (any text tower's)."""
     top = np.argsort(-sims, axis=1)[:, : max(KS)]
-    ok = np.array([[all(q.get(f) is None or q[f] == a.get(f) for f in ("category", "color", "pattern"))
-                    for a in image_attrs] for q in queries])  # fmt: skip
+    ok = np.array([[answers(q, a) for a in image_attrs] for q in queries])
     hit = np.take_along_axis(ok, top, axis=1)
     out = {f"phrasing recall@{k}": round(float(hit[:, :k].any(axis=1).mean()), 4) for k in KS}
     out["phrasing precision@10"] = round(float(hit.mean()), 4)
