@@ -49,11 +49,17 @@ def stage(
 @app.command()
 def scale(
     sizes: str = typer.Option("10000,100000", help="catalog sizes in products, comma separated (1000000: ~1 h)"),
+    engines: str = typer.Option(
+        "exact,hnsw,int8,faiss-hnsw,faiss-ivf",
+        help="rows to run, comma separated (the Qdrant Edge configurations "
+        "exact, hnsw, int8: HNSW + INT8 + rescore, int8-disk: the same with the vectors on disk; "
+        "faiss-hnsw, faiss-ivf)",
+    ),
 ) -> None:
     """The vector index as the catalog grows: Qdrant Edge exact / HNSW / HNSW+INT8 vs FAISS HNSW and IVF."""
     from bench.scale import run
 
-    run(tuple(int(s) for s in sizes.split(",")))
+    run(tuple(int(s) for s in sizes.split(",")), tuple(e.strip() for e in engines.split(",")))
 
 
 @app.command()

@@ -12,14 +12,17 @@ space, unfiltered and with a keyword filter matching 1/8 (category) and 1/100 (b
 Recall@10 against exact search (numpy, FP32) on the same data. FAISS is tuned to the same recall: the smallest
 ``efSearch`` / ``nprobe`` whose unfiltered recall reaches the Qdrant HNSW row's; it holds the image vectors only
 (no payload, no title space), so its build and memory are of half the vectors; filters are an ``IDSelectorBatch``.
-Build: from precomputed vectors, to searchable (upserts + graph). RSS: the process's growth while building
-(Edge maps its files: pages it touched). Disk: the shard folder, or FAISS's serialised index.
+Build: from precomputed vectors, to searchable (upserts + graph). RSS: the process's growth once built and once
+its queries ran (Edge maps its files: pages it touched count), and the peak of the child process that built the
+graphs. Disk: the shard folder, or FAISS's serialised index. Vectors are drawn in blocks; 1M products hold 6 GB
+of vectors in this process besides the engine's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -38,23 +41,43 @@ QUERIES = 200
 
 
 def catalog_vectors(products: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(photo vectors [2n, D], title vectors [n, D], category [n], brand [n]): unit vectors in families."""
+    """(photo vectors [2n, D], title vectors [n, D], category [n], brand [n]): unit vectors in families.
+
+    Drawn in blocks of products (the generator's stream is the same as one draw of the whole: the same vectors at
+    any size), so a million products need the vectors' own memory (6 GB), not several float64 copies of it."""
     rng = np.random.default_rng(seed)
     categories = rng.standard_normal((64, DIM)).astype(np.float32)
     families = max(1, products // 20)
     family_of = rng.integers(0, families, products)
     family_cat = rng.integers(0, 64, families)
     fam = categories[family_cat] + 0.5 * rng.standard_normal((families, DIM)).astype(np.float32)
-    product = fam[family_of] + 0.25 * rng.standard_normal((products, DIM)).astype(np.float32)
-    photos = np.repeat(product, 2, axis=0) + 0.1 * rng.standard_normal((2 * products, DIM)).astype(np.float32)
-    titles = product + 0.3 * rng.standard_normal((products, DIM)).astype(np.float32)
-    photos /= np.linalg.norm(photos, axis=1, keepdims=True)
-    titles /= np.linalg.norm(titles, axis=1, keepdims=True)
+    product = np.empty((products, DIM), np.float32)
+    for lo, hi in _blocks(products):
+        product[lo:hi] = fam[family_of[lo:hi]] + 0.25 * rng.standard_normal((hi - lo, DIM)).astype(np.float32)
+    photos = np.empty((2 * products, DIM), np.float32)
+    for lo, hi in _blocks(2 * products):
+        photos[lo:hi] = product[lo // 2 : (hi + 1) // 2].repeat(2, axis=0)[: hi - lo]
+        photos[lo:hi] += 0.1 * rng.standard_normal((hi - lo, DIM)).astype(np.float32)
+        photos[lo:hi] /= np.linalg.norm(photos[lo:hi], axis=1, keepdims=True)
+    titles = product  # in place: the products' centres are not needed once the photos are drawn
+    for lo, hi in _blocks(products):
+        titles[lo:hi] += 0.3 * rng.standard_normal((hi - lo, DIM)).astype(np.float32)
+        titles[lo:hi] /= np.linalg.norm(titles[lo:hi], axis=1, keepdims=True)
     return photos, titles, family_cat[family_of] % 8, np.arange(products) % 100
+
+
+def _blocks(n: int, size: int = 65_536) -> list[tuple[int, int]]:
+    """[lo, hi) ranges covering ``n`` rows (``size`` is even: a block of photos starts at a product's first)."""
+    return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
 
 
 def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
+
+
+def _child_peak() -> int:
+    """The largest peak RSS of any child process waited for so far (the graph builds), in bytes."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def _disk(path: Path) -> int:
@@ -72,9 +95,11 @@ class Case:
     def __init__(self, name: str, mask: np.ndarray, photos: np.ndarray, queries: np.ndarray) -> None:
         self.name, self.mask = name, mask
         self.allowed = np.flatnonzero(mask).astype(np.int64)
-        sims = queries @ photos.T
-        sims[:, ~mask] = -np.inf
-        self.truth = [set(row) for row in np.argsort(-sims, axis=1)[:, :10].tolist()]
+        self.truth = []
+        for lo, hi in _blocks(len(queries), 25):  # 25 queries x 2M points: 200 MB of scores at a time
+            sims = queries[lo:hi] @ photos.T
+            sims[:, ~mask] = -np.inf
+            self.truth += [set(row) for row in np.argpartition(-sims, 10, axis=1)[:, :10].tolist()]
 
 
 def _measure(search: Callable[[np.ndarray, Case], list[int]], queries: np.ndarray, case: Case,
@@ -136,13 +161,14 @@ def _edge_row(label: str, spec: Any, data: Data) -> dict[str, Any]:
         return [2 * int(h.product_id) + h.image_index for h in hits]
 
     try:
-        before, start = _rss(), time.perf_counter()
+        before, peak_before, start = _rss(), _child_peak(), time.perf_counter()
         loop.run_until_complete(fill())
-        build_s, grown = time.perf_counter() - start, _rss() - before
+        build_s, grown, peak = time.perf_counter() - start, _rss() - before, _child_peak()
         info = loop.run_until_complete(index.info())
-        return {"engine": label, "build_s": build_s, "rss": grown, "disk": _disk(root),
-                "indexed": f"{info.indexed_vectors or 0:,}/{info.points * 2:,}",
-                **{c.name: _measure(search, data.queries, c) for c in data.cases}}  # fmt: skip
+        measured = {c.name: _measure(search, data.queries, c) for c in data.cases}
+        return {"engine": label, "build_s": build_s, "rss": grown, "rss_after": _rss() - before,
+                "child_peak": peak if peak > peak_before else None, "disk": _disk(root),
+                "indexed": f"{info.indexed_vectors or 0:,}/{info.points * 2:,}", **measured}  # fmt: skip
     finally:
         loop.run_until_complete(index.aclose())
         loop.close()
@@ -189,7 +215,8 @@ def _faiss_row(kind: str, data: Data, target: dict[str, float]) -> dict[str, Any
         goal = min(0.99, target[case.name])
         knob = next((k for k in knobs if _measure(searcher(k), data.queries, case, 60)["recall"] >= goal), knobs[-1])
         measured[case.name] = {**_measure(searcher(knob), data.queries, case), "knob": f"{knob_name} {knob}"}
-    return {"engine": label, "build_s": build_s, "rss": grown, "disk": len(faiss.serialize_index(index)),
+    return {"engine": label, "build_s": build_s, "rss": grown, "rss_after": _rss() - before, "child_peak": None,
+            "disk": len(faiss.serialize_index(index)),
             "indexed": "photos only", **measured}  # fmt: skip
 
 
@@ -198,23 +225,39 @@ def _cell(m: dict[str, Any]) -> str:
     return f"{m['p50']:.2f} / {m['p99']:.2f} ({m['recall']:.3f}{knob})"
 
 
-def run(sizes: tuple[int, ...]) -> None:
+ENGINES = ("exact", "hnsw", "int8", "int8-disk", "faiss-hnsw", "faiss-ivf")
+DEFAULT_ENGINES = ("exact", "hnsw", "int8", "faiss-hnsw", "faiss-ivf")
+
+
+def run(sizes: tuple[int, ...], engines: tuple[str, ...] = DEFAULT_ENGINES) -> None:
+    """The table (and plot) for ``sizes``, with the ``engines`` rows. FAISS is tuned to the recall of the first
+    Qdrant graph row there (HNSW, else HNSW + INT8, in RAM or on disk), or to 0.99 when none runs."""
     from pipeline.stores.index_config import IndexSpec
 
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        raise ValueError(f"unknown engines {sorted(unknown)}: choose among {', '.join(ENGINES)}")
     rows: list[list[str]] = []
     curves: dict[str, list[tuple[int, float]]] = {}
-    configs = [("Qdrant Edge, exact", None), ("Qdrant Edge, HNSW", IndexSpec()),
-               ("Qdrant Edge, HNSW + INT8 + rescore", IndexSpec(quantization="int8"))]  # fmt: skip
+    configs = {"exact": ("Qdrant Edge, exact", None), "hnsw": ("Qdrant Edge, HNSW", IndexSpec()),
+               "int8": ("Qdrant Edge, HNSW + INT8 + rescore", IndexSpec(quantization="int8")),
+               "int8-disk": ("Qdrant Edge, HNSW + INT8 + rescore, vectors on disk",
+                             IndexSpec(quantization="int8", on_disk=True))}  # fmt: skip
     for products in sizes:
         data = Data(products)
-        edge = [_edge_row(label, spec, data) for label, spec in configs]
-        target = {c.name: edge[1][c.name]["recall"] for c in data.cases}
-        for row in [*edge, _faiss_row("hnsw", data, target), _faiss_row("ivf", data, target)]:
+        edge = {name: _edge_row(*configs[name], data) for name in configs if name in engines}
+        graph = edge.get("hnsw") or edge.get("int8") or edge.get("int8-disk")
+        target = {c.name: graph[c.name]["recall"] if graph else 0.99 for c in data.cases}
+        faiss = [_faiss_row(kind, data, target) for kind in ("hnsw", "ivf") if f"faiss-{kind}" in engines]
+        for row in [*edge.values(), *faiss]:
             curves.setdefault(row["engine"].split(" (nlist")[0], []).append((products, row["unfiltered"]["p50"]))
-            rows.append([f"{products:,}", row["engine"], f"{row['build_s']:.1f}", f"{row['rss'] / 2**20:.0f}",
+            child = f" (build process {row['child_peak'] / 2**20:.0f})" if row["child_peak"] else ""
+            rows.append([f"{products:,}", row["engine"], f"{row['build_s']:.1f}",
+                         f"{row['rss'] / 2**20:.0f} / {row['rss_after'] / 2**20:.0f}{child}",
                          f"{row['disk'] / 2**20:.0f}", row["indexed"], _cell(row["unfiltered"]), _cell(row["1/8"]),
                          _cell(row["1/100"])])  # fmt: skip
-    headers = ["products", "engine", "build s", "RSS +MB", "disk MB", "indexed vectors", "unfiltered",
+        del data
+    headers = ["products", "engine", "build s", "RSS +MB built / queried", "disk MB", "indexed vectors", "unfiltered",
                "filter 1/8", "filter 1/100"]  # fmt: skip
     show(
         "Vector index at catalog scale: search stage, top-10 image points, ms p50 / p99 (recall@10 vs exact)",
