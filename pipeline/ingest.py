@@ -35,7 +35,7 @@ from pipeline.image_fetch import ImageFetcher, fetch_once
 from pipeline.product_vectors import Ahead, ProductVectors
 from pipeline.schemas import IngestReport, Outcome, Product
 from pipeline.stores.mongo import IngestState, MongoStore
-from pipeline.stores.vectors import ModelStamp, VectorIndex, VectorPoint, payload_of
+from pipeline.stores.vectors import BuildWatch, ModelStamp, VectorIndex, VectorPoint, payload_of
 from pipeline.stores.write_lock import WriteLock
 from pipeline.types import Modality
 
@@ -292,7 +292,7 @@ class IngestService:
                 await self.mongo.delete_products(known)
         return known, [i for i in ids if i not in known]
 
-    async def reindex(self, progress: Progress | None = None) -> IngestReport:
+    async def reindex(self, progress: Progress | None = None, watch: BuildWatch | None = None) -> IngestReport:
         """Rebuild the collection from every product in MongoDB (with the index settings of now) and swap it
         in atomically. With another model than the live collection's, every product is embedded again; with
         the same model, a product whose stored vectors are those of its current content is copied instead
@@ -303,12 +303,13 @@ class IngestService:
         The live collection keeps answering until the swap. Products embedded again whose images can no
         longer be read are reported and left out of the new collection (their metadata stays). Product writes wait until
         it is done (raises Busy when another re-index runs). ``progress`` is called after each batch, before
-        the swap; an exception it raises abandons the re-index (the new collection is dropped).
+        the swap; an exception it raises abandons the re-index (the new collection is dropped). ``watch(seconds)``
+        is awaited every few seconds while the engine builds the index, and may abandon it the same way.
         """
         async with self.lock.exclusive():
-            return await self._reindex(progress)
+            return await self._reindex(progress, watch)
 
-    async def _reindex(self, progress: Progress | None) -> IngestReport:
+    async def _reindex(self, progress: Progress | None, watch: BuildWatch | None) -> IngestReport:
         report = IngestReport()
         start = time.perf_counter()
         stamp = self.stamp
@@ -320,7 +321,7 @@ class IngestService:
         live = (await self.index.info()).stamp
         same_images = live is not None and (live.fingerprint, live.dim) == (stamp.fingerprint, stamp.dim)
         reuse = "all" if stamp.matches(live) else "images" if same_images else None
-        async with self.index.rebuild(stamp) as staged:
+        async with self.index.rebuild(stamp, watch) as staged:
             batch: list[Product] = []
             async for product in self.mongo.iter_products():
                 batch.append(product)

@@ -137,9 +137,9 @@ async def test_settings_apply_to_new_collections_and_a_reindex_switches_them_und
         during: list[int] = []
         build = edge_module.optimize_in_child
 
-        async def watched(path):
+        async def watched(path, watch=None):
             before = answered
-            result = await build(path)
+            result = await build(path, watch)
             during.append(answered - before)
             return result
 
@@ -223,7 +223,7 @@ async def test_a_failed_graph_build_leaves_the_rows_written_and_says_so(
     from pipeline.jobs.runner import run_foreground
     from pipeline.stack import open_stack
 
-    async def broken(path):
+    async def broken(path, watch=None):
         raise StoreUnavailable("the index build ran out of disk")
 
     monkeypatch.setattr(edge_module, "optimize_in_child", broken)
@@ -254,7 +254,7 @@ async def test_a_shutdown_during_the_build_resumes_at_the_build(
     settings = make_settings(model_repository, "edge", tmp_path, mongo_uri, index={"exact_below": 10})
     build = phase_module.reindex_reporting
 
-    async def stopped(ctx, report):
+    async def stopped(ctx, report, building=None):
         await report(5)
         raise asyncio.CancelledError  # the service stopping under the job
 

@@ -5,7 +5,8 @@ Qdrant Edge builds HNSW graphs only when a shard is optimized, which holds Pytho
 After a bulk job (``ingest``, ``sync``, ``embed-all``) that wrote (added or updated) ``exact_below`` products or
 more, or after which that many points sit outside any graph, the job ends with a re-index that copies every
 product's vectors into a new shard, builds its graphs in a child process and swaps it in: one build for the whole
-bulk load, never one per batch, and the job's progress covers it. ``PIPELINE__INDEX__BUILD_AFTER_BULK=false``
+bulk load, never one per batch, and the job's progress covers it (the build's seconds so far, every few seconds;
+a cancel kills it). ``PIPELINE__INDEX__BUILD_AFTER_BULK=false``
 leaves that to an explicit ``reindex``. A Qdrant server indexes by itself: nothing to do there.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from pipeline.errors import Busy, PipelineError
 from pipeline.jobs.context import Cancelled, JobContext
 from pipeline.jobs.model import JobKind
+from pipeline.stores.vectors import BuildWatch
 from pipeline.types import Modality
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,13 @@ log = logging.getLogger(__name__)
 BULK = frozenset({JobKind.INGEST, JobKind.SYNC, JobKind.EMBED_ALL})
 
 
-async def reindex_reporting(ctx: JobContext, report: Callable[[int], Any]) -> dict[str, Any]:
-    """``ingest.reindex`` with ``report(done)`` (a coroutine function) after each batch. A cancel one of them
-    hears abandons the re-index at the next batch (its new collection dropped, the live one untouched); once
-    swapped, nothing cancels it."""
+async def reindex_reporting(
+    ctx: JobContext, report: Callable[[int], Any], building: BuildWatch | None = None
+) -> dict[str, Any]:
+    """``ingest.reindex`` with ``report(done)`` (a coroutine function) after each batch and ``building(seconds)``
+    every few seconds while the engine builds the index. A cancel one of them hears abandons the re-index (at the
+    next batch, or killing the build: its new collection dropped, the live one untouched); once swapped,
+    nothing cancels it."""
     pending: set[asyncio.Task[None]] = set()
     stop: list[Cancelled] = []
     done = 0
@@ -49,7 +54,7 @@ async def reindex_reporting(ctx: JobContext, report: Callable[[int], Any]) -> di
         task.add_done_callback(note)
 
     try:
-        result = await ctx.stack.ingest.reindex(progress=advance)
+        result = await ctx.stack.ingest.reindex(progress=advance, watch=building)
     finally:
         await asyncio.gather(*pending, return_exceptions=True)
     return {
@@ -84,14 +89,18 @@ async def build_graph_if_due(ctx: JobContext, result: dict[str, Any], resumed: d
     log.info("job %s: building the index graph (re-index of %d products)", ctx.job.id, products)
 
     async def report(done: int) -> None:
-        step = "copying vectors" if done < products else "building the graphs"  # then the child process builds
+        step = "copying vectors" if done < products else "building the graphs"  # then the engine builds
         phase = {"phase": step, "done": done, "total": products}
         await ctx.report(rows_done + done, total, {**result, "index": phase}, checkpoint, [])
+
+    async def building(seconds: float) -> None:  # the engine gives no progress of its own: how long so far
+        phase = {"phase": "building the graphs", "done": products, "total": products, "seconds": round(seconds)}
+        await ctx.report(rows_done + products, total, {**result, "index": phase}, checkpoint, [])
 
     ctx.begin(rows_done)  # the rate (and ETA) of the build, not of the rows
     try:
         await report(0)
-        built = await reindex_reporting(ctx, report)
+        built = await reindex_reporting(ctx, report, building)
     except Cancelled as exc:
         return {**result, "index": {"cancelled": str(exc)}}
     except Busy as exc:  # another re-index holds the collection (its own build, or an activation's)

@@ -218,7 +218,12 @@ async def run_reindex(ctx: JobContext, p: NoParams) -> dict[str, Any]:
     await ctx.stack.follow()  # rebuild the active generation's collection, not one this process served before
     total = (await ctx.stack.mongo.counts())["products"]
     ctx.begin(0)
-    return await reindex_reporting(ctx, lambda done: ctx.report(done, total, {"reindexed": done}, {}, []))
+    building = {"reindexed": total, "phase": "building the graphs"}
+    return await reindex_reporting(
+        ctx,
+        lambda done: ctx.report(done, total, {"reindexed": done}, {}, []),
+        lambda seconds: ctx.report(total, total, {**building, "seconds": round(seconds)}, {}, []),
+    )
 
 
 async def run_train_kind(ctx: JobContext, p: TrainParams) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from pipeline.stores.vectors import (
     CLIP_TITLES,
     HIT_FIELDS,
     INDEXED_FIELDS,
+    BuildWatch,
     IndexInfo,
     ModelStamp,
     SpaceQuery,
@@ -158,7 +159,7 @@ class EdgeIndex:
         self._expected = stamp
         await asyncio.to_thread(self._open_sync, stamp)
 
-    async def _build_index(self, filled: _Shard) -> _Shard:
+    async def _build_index(self, filled: _Shard, watch: BuildWatch | None = None) -> _Shard:
         """Close a filled shard nobody else uses, build its indexes in a child process (``optimize()`` holds
         the GIL: here it would stop the service for the whole build), and open it again. Without index
         settings (a shard of Qdrant's defaults), or below their ``exact_below``, it is only flushed."""
@@ -168,7 +169,7 @@ class EdgeIndex:
             return filled
         await asyncio.to_thread(self._close_shard, filled)
         filled.shard = None  # closed: a failure from here on leaves nothing to close, only the folder to drop
-        await optimize_in_child(filled.path)
+        await optimize_in_child(filled.path, watch)
         filled.shard = await asyncio.to_thread(_edge().EdgeShard.load, str(filled.path))
         return filled
 
@@ -309,9 +310,10 @@ class EdgeIndex:
                              live.spec, int(info.indexed_vectors_count))  # fmt: skip
 
     @contextlib.asynccontextmanager
-    async def rebuild(self, stamp: ModelStamp) -> AsyncIterator[EdgeIndex]:
-        """Fill a new shard (with this handle's index settings), build its indexes once it is full, then point
-        at it atomically and retire the old one once idle. A failure or cancel before the swap drops it."""
+    async def rebuild(self, stamp: ModelStamp, watch: BuildWatch | None = None) -> AsyncIterator[EdgeIndex]:
+        """Fill a new shard (with this handle's index settings), build its indexes once it is full (``watch``
+        hears how long, every few seconds), then point at it atomically and retire the old one once idle. A
+        failure or cancel before the swap (an exception from ``watch`` too) drops it."""
         if self._live is None:
             raise StoreUnavailable("Qdrant Edge index is not open")
         staged = EdgeIndex(self.root, self.name, self.spec)
@@ -319,7 +321,7 @@ class EdgeIndex:
         staged._stamp = staged._expected = stamp
         try:
             yield staged
-            new = await self._build_index(staged._live)
+            new = await self._build_index(staged._live, watch)
         except BaseException:
             # The original error (or cancel) is what the caller must see, whatever closing the staged shard says.
             with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from pipeline.stores.vectors import (
     CLIP_TITLES,
     HIT_FIELDS,
     INDEXED_FIELDS,
+    BuildWatch,
     IndexInfo,
     ModelStamp,
     SpaceQuery,
@@ -280,8 +281,10 @@ class ServerIndex:
         return staged
 
     @contextlib.asynccontextmanager
-    async def rebuild(self, stamp: ModelStamp) -> AsyncIterator[ServerIndex]:
-        """Fill a new collection; on success move the alias to it in one call and drop the old one."""
+    async def rebuild(self, stamp: ModelStamp, watch: BuildWatch | None = None) -> AsyncIterator[ServerIndex]:
+        """Fill a new collection; once the server has indexed it (``watch`` hears how long, every few seconds),
+        move the alias to it in one call and drop the old one. A failure or cancel before (an exception from
+        ``watch`` too) drops the new collection."""
         name = f"{self.alias}_{uuid.uuid4().hex[:12]}"
         async with self._call("create collection"):
             await self._create_collection(name, stamp, bulk=True)
@@ -289,7 +292,7 @@ class ServerIndex:
         staged = self._sharing_client(name, stamp)
         try:
             yield staged
-            await self._index_now(name, stamp)
+            await self._index_now(name, stamp, watch)
         except BaseException:
             async with self._call("drop staged collection"):
                 await self._client.delete_collection(name)
@@ -306,7 +309,7 @@ class ServerIndex:
             if old is not None:
                 await self._client.delete_collection(old)
 
-    async def _index_now(self, name: str, stamp: ModelStamp) -> None:
+    async def _index_now(self, name: str, stamp: ModelStamp, watch: BuildWatch | None = None) -> None:
         """Turn indexing on for a bulk-filled collection and wait until the server has built it (status green),
         so the swap never puts an unindexed collection live."""
         if self.spec is None or self.backend == "qdrant-local":
@@ -319,8 +322,11 @@ class ServerIndex:
             # rate (2,000 vectors/s per space); red (an optimizer error) fails the re-index at once; grey
             # (optimizers idle after a server restart) is nudged again.
             points = (await self._client.count(name, exact=True)).count
-            deadline = time.monotonic() + 600 + points / 1000
+            start = time.monotonic()
+            deadline = start + 600 + points / 1000
             while time.monotonic() < deadline:
+                if watch is not None:  # every poll (1 s)
+                    await watch(time.monotonic() - start)
                 info = await self._client.get_collection(name)
                 if info.status == models.CollectionStatus.GREEN:
                     return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +22,9 @@ from pipeline.fusion import PointHit
 from pipeline.schemas import Product, SearchFilters
 from pipeline.stores.index_config import IndexSpec
 from pipeline.types import Modality
+
+# Awaited with the seconds an index build has run so far, every few seconds while it runs (progress, cancel).
+BuildWatch = Callable[[float], Awaitable[None]]
 
 CLIP_TITLES = "clip"
 
@@ -218,8 +221,10 @@ class VectorIndex(Protocol):
 
     async def info(self) -> IndexInfo: ...
 
-    def rebuild(self, stamp: ModelStamp) -> AbstractAsyncContextManager[VectorIndex]:
-        """A fresh, empty collection to fill; on clean exit it replaces the live one atomically."""
+    def rebuild(self, stamp: ModelStamp, watch: BuildWatch | None = None) -> AbstractAsyncContextManager[VectorIndex]:
+        """A fresh, empty collection to fill; on clean exit its index is built and it replaces the live one
+        atomically. ``watch(seconds)`` is awaited every few seconds while the engine builds the index; an
+        exception it raises abandons the rebuild (the new collection dropped, the live one untouched)."""
         ...
 
     async def drop(self) -> None:
