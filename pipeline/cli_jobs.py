@@ -53,9 +53,19 @@ def _with_store(settings: Settings, work: Callable[[JobStore], Awaitable[T]]) ->
     return asyncio.run(run())
 
 
-def _bar(kind: str, quiet: bool) -> Progress:
-    columns = (TextColumn(kind), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+def _bar(quiet: bool) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     return Progress(*columns, console=err, transient=True, disable=quiet)
+
+
+def _step(kind: str, result: dict[str, Any]) -> str:
+    """The bar's label: the job's kind, and the step of its index build once there (the engine reports no
+    progress while it builds the graphs: how long it has run)."""
+    phase = result.get("index") if kind != JobKind.REINDEX.value else result
+    if not isinstance(phase, dict) or not phase.get("phase"):
+        return kind
+    seconds = f", {phase['seconds']} s" if phase.get("seconds") is not None else ""
+    return f"{kind}: {phase['phase']}{seconds}"
 
 
 def run_job(settings: Settings, kind: JobKind, params: dict[str, Any], wait: bool = True, quiet: bool = False) -> Job:
@@ -70,21 +80,23 @@ def run_job(settings: Settings, kind: JobKind, params: dict[str, Any], wait: boo
     async def work(stack: Any) -> Job:
         from pipeline.jobs.runner import run_foreground
 
-        with _bar(kind.value, quiet) as bar:
+        with _bar(quiet) as bar:
             task = bar.add_task(kind.value, total=None)
-            return await run_foreground(
-                stack, stack.jobs, kind, params, lambda done, total: bar.update(task, completed=done, total=total)
-            )
+
+            def show(done: int, total: int | None, result: dict[str, Any]) -> None:
+                bar.update(task, completed=done, total=total, description=_step(kind.value, result))
+
+            return await run_foreground(stack, stack.jobs, kind, params, show)
 
     return run_with_stack(settings, work)
 
 
 def _follow(client: ServiceClient, job_id: str, kind: str, quiet: bool = False) -> Job:
-    with _bar(kind, quiet) as bar:
+    with _bar(quiet) as bar:
         task = bar.add_task(kind, total=None)
         while True:
             job = Job.model_validate(client.get(f"/v1/jobs/{job_id}"))
-            bar.update(task, completed=job.progress.done, total=job.progress.total)
+            bar.update(task, completed=job.progress.done, total=job.progress.total, description=_step(kind, job.result))
             if job.final or job.state is JobState.INTERRUPTED:
                 return job
             time.sleep(0.5)

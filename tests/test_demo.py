@@ -75,8 +75,11 @@ def test_demo_captions_describe_their_product_and_heldout_phrasings_use_other_fr
     pairs = read_parallel(folder / "paraphrases.jsonl")
     for p in products.values():
         for c in captions[p.id]:
-            sources = (p.name.lower(),) if c.names is None else tuple(
-                t.lower() for t in sorted({q.name for q in products.values() if q.category == p.category}))
+            sources = (
+                (p.name.lower(),)
+                if c.names is None
+                else tuple(t.lower() for t in sorted({q.name for q in products.values() if q.category == p.category}))
+            )
             assert any(sorted(s) == sorted(sources) and t == c.text for s, t in pairs), (p.id, c.text)  # fmt: skip
     assert len({t for _, t in pairs}) <= len(trained) and not {t for _, t in pairs} & {q["text"] for q in queries}
 

@@ -100,3 +100,13 @@ async def test_a_cancel_during_the_graph_build_kills_it_and_keeps_the_rows(
         assert status["indexed_vectors"] == 0 and "reindex" in status["note"]
         shards = [p for p in (tmp_path / "qdrant").iterdir() if p.is_dir()]
         assert len(shards) == 1  # the half-built one was dropped
+
+
+def test_the_cli_bar_names_the_build_step_and_its_seconds():
+    from pipeline.cli_jobs import _step
+
+    assert _step("ingest", {"added": 5}) == "ingest"
+    assert _step("ingest", {"index": {"phase": "copying vectors", "done": 3}}) == "ingest: copying vectors"
+    building = {"phase": "building the graphs", "seconds": 42}
+    assert _step("ingest", {"added": 5, "index": building}) == "ingest: building the graphs, 42 s"
+    assert _step("reindex", {"reindexed": 9, **building}) == "reindex: building the graphs, 42 s"

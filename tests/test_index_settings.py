@@ -187,7 +187,7 @@ async def test_a_bulk_ingest_job_on_edge_ends_with_one_graph_build(
     seen: list[tuple[int, int | None]] = []
     async with open_stack(settings) as stack:
         job = await run_foreground(
-            stack, stack.jobs, JobKind.INGEST, {"path": str(catalog)}, lambda d, t: seen.append((d, t))
+            stack, stack.jobs, JobKind.INGEST, {"path": str(catalog)}, lambda d, t, _: seen.append((d, t))
         )
         assert job.state is JobState.SUCCEEDED, job.message
         status = (await stack.status(deep=False))["qdrant"]["index"]

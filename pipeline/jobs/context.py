@@ -16,7 +16,7 @@ from pipeline.schemas import Outcome
 if TYPE_CHECKING:
     from pipeline.stack import Stack
 
-ProgressHook = Callable[[int, int | None], None]
+ProgressHook = Callable[[int, int | None, dict[str, Any]], None]  # done, total, the result so far
 
 
 class Cancelled(Exception):
@@ -43,7 +43,7 @@ class JobContext:
         elapsed = time.monotonic() - self._start
         rate = (done - self._first) / elapsed if elapsed > 0 and done > self._first else None
         if self.on_progress:
-            self.on_progress(done, total)
+            self.on_progress(done, total, result)
         if await self.store.report(self.job.id, done, total, result, checkpoint, errors, rate):
             raise Cancelled(f"job {self.job.id} cancelled after {done} of {total if total is not None else '?'}")
 
