@@ -57,9 +57,9 @@ IMAGE_QPS = Figure(
     "(2,500 images/s per A100 in clip-retrieval's batch inference: an upper bound, not used)",
 )  # fmt: skip
 API_RPS = Figure(
-    165.9, "requests/s per api process", "measured here: README 'The service over HTTP', 'more like this', one "
-    "client, 5.4 ms p50 over HTTP on 2 cores (HTTP, auth, two vector searches in-process, metadata, JSON; no "
-    "encoding and no cache hit: the work an api process does when Triton encodes)",
+    184.3, "requests/s per api process", "measured here: README 'The service over HTTP' (2026-12-06), 'more "
+    "like this', one client, 5.1 ms p50 over HTTP on 2 cores (HTTP, auth, two vector searches in-process, "
+    "metadata, JSON; no encoding and no cache hit: the work an api process does when Triton encodes)",
 )  # fmt: skip
 UTILISATION = 0.7  # plan every node kind to run at 70% of its measured or published rate
 MIN_REPLICAS = 2  # every kind survives the loss of one node
