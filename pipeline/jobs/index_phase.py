@@ -53,8 +53,22 @@ async def reindex_reporting(
         pending.add(task)
         task.add_done_callback(note)
 
+    async def watch(seconds: float) -> None:
+        """During the build: a cancel heard by the last batch's report, or by this one, stops it; a failed
+        progress write (the job store briefly unreachable) does not: the build goes on, the next one retries."""
+        if stop:
+            raise stop[0]
+        if building is None:
+            return
+        try:
+            await building(seconds)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            log.warning("job %s: recording the build's progress failed: %s", ctx.job.id, exc)
+
     try:
-        result = await ctx.stack.ingest.reindex(progress=advance, watch=building)
+        result = await ctx.stack.ingest.reindex(progress=advance, watch=watch)
     finally:
         await asyncio.gather(*pending, return_exceptions=True)
     return {

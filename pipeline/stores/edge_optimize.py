@@ -66,11 +66,10 @@ async def optimize_in_child(path: Path, watch: Callable[[float], Awaitable[None]
         out, err = talk.result()
     except BaseException:
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        talk.cancel()
-        with contextlib.suppress(BaseException):
-            await talk
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        # Ends once the killed child's pipes close; a second cancel meanwhile cancels it too and propagates.
+        await asyncio.gather(talk, return_exceptions=True)
         raise
     if proc.returncode != 0:
         last = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -46,6 +47,8 @@ from pipeline.stores.vectors import (
 )
 from pipeline.types import Modality
 
+log = logging.getLogger(__name__)
+
 INLINE_READS = 8  # a read of up to this many products' points runs on the event loop (see search)
 
 
@@ -74,6 +77,7 @@ class EdgeIndex:
         self._live: _Shard | None = None
         self._stamp: ModelStamp | None = None
         self._expected: ModelStamp | None = None
+        self.last_build: dict[str, Any] | None = None  # what the last graph build's child reported
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -169,7 +173,8 @@ class EdgeIndex:
             return filled
         await asyncio.to_thread(self._close_shard, filled)
         filled.shard = None  # closed: a failure from here on leaves nothing to close, only the folder to drop
-        await optimize_in_child(filled.path, watch)
+        self.last_build = await optimize_in_child(filled.path, watch)
+        log.info("built the indexes of %s: %s", filled.path.name, self.last_build)
         filled.shard = await asyncio.to_thread(_edge().EdgeShard.load, str(filled.path))
         return filled
 

@@ -318,24 +318,26 @@ class ServerIndex:
         optimizers = models.OptimizersConfigDiff(indexing_threshold=kb)
         async with self._call("build index"):
             await self._client.update_collection(name, optimizers_config=optimizers)
-            # A remote state, polled: a graph of millions of vectors takes minutes. Bounded by a generous
-            # rate (2,000 vectors/s per space); red (an optimizer error) fails the re-index at once; grey
-            # (optimizers idle after a server restart) is nudged again.
             points = (await self._client.count(name, exact=True)).count
-            start = time.monotonic()
-            deadline = start + 600 + points / 1000
-            while time.monotonic() < deadline:
-                if watch is not None:  # every poll (1 s)
-                    await watch(time.monotonic() - start)
+        # A remote state, polled: a graph of millions of vectors takes minutes. Bounded by a generous rate
+        # (2,000 vectors/s per space); red (an optimizer error) fails the re-index at once; grey (optimizers
+        # idle after a server restart) is nudged again. ``watch`` (the caller's, not Qdrant's) runs outside
+        # _call, so its own errors keep their names.
+        start = time.monotonic()
+        deadline = start + 600 + points / 1000
+        while time.monotonic() < deadline:
+            if watch is not None:  # every poll (1 s)
+                await watch(time.monotonic() - start)
+            async with self._call("build index"):
                 info = await self._client.get_collection(name)
-                if info.status == models.CollectionStatus.GREEN:
-                    return
-                if info.status == models.CollectionStatus.RED:
-                    raise StoreUnavailable(f"Qdrant at {self.url}: building the index of {name} failed "
-                                           f"({info.optimizer_status})")  # fmt: skip
                 if info.status == models.CollectionStatus.GREY:
                     await self._client.update_collection(name, optimizers_config=optimizers)
-                await asyncio.sleep(1.0)
+            if info.status == models.CollectionStatus.GREEN:
+                return
+            if info.status == models.CollectionStatus.RED:
+                raise StoreUnavailable(f"Qdrant at {self.url}: building the index of {name} failed "
+                                       f"({info.optimizer_status})")  # fmt: skip
+            await asyncio.sleep(1.0)
         raise StoreUnavailable(f"Qdrant at {self.url}: the index of {name} was not built in time; re-index again")
 
     async def drop(self) -> None:
