@@ -102,14 +102,16 @@ async def build_graph_if_due(ctx: JobContext, result: dict[str, Any], resumed: d
     total = rows_done + products
     log.info("job %s: building the index graph (re-index of %d products)", ctx.job.id, products)
 
-    async def report(done: int) -> None:
+    async def report(done: int, seconds: float | None = None) -> None:
+        """``seconds``: how long the engine has been building (it gives no progress of its own)."""
         step = "copying vectors" if done < products else "building the graphs"  # then the engine builds
-        phase = {"phase": step, "done": done, "total": products}
+        phase: dict[str, Any] = {"phase": step, "done": done, "total": products}
+        if seconds is not None:
+            phase["seconds"] = round(seconds)
         await ctx.report(rows_done + done, total, {**result, "index": phase}, checkpoint, [])
 
-    async def building(seconds: float) -> None:  # the engine gives no progress of its own: how long so far
-        phase = {"phase": "building the graphs", "done": products, "total": products, "seconds": round(seconds)}
-        await ctx.report(rows_done + products, total, {**result, "index": phase}, checkpoint, [])
+    async def building(seconds: float) -> None:
+        await report(products, seconds)
 
     ctx.begin(rows_done)  # the rate (and ETA) of the build, not of the rows
     try:
